@@ -1,0 +1,209 @@
+"""``progreg``: the command line (also ``python -m ProgressiveRegistrationLib``).
+
+Every subcommand exits 0 on success, 2 on bad input (one line on stderr, nothing
+written), 1 on an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, InputError
+
+# --- tre ----------------------------------------------------------------------------------
+
+def _add_tre(sub):
+    p = sub.add_parser("tre", help="target registration error of two landmark files, before and after a transform",
+                       description="Landmark TRE (mm). Voxel-indexed files (DIR-Lab txt, elastix 'index') need --spacing; "
+                                   "the transform maps fixed to moving points (ITK resampling direction).")
+    p.add_argument("fixed_points")
+    p.add_argument("moving_points")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"), help="voxel spacing in mm")
+    p.add_argument("--transform", help="ITK transform (.h5, .tfm, .txt) or displacement-field image")
+    p.add_argument("--snap", action="store_true", help="round transformed points to the nearest voxel (needs --spacing)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_tre)
+
+
+def cmd_tre(args) -> int:
+    from .geometry import Grid
+    from .landmarks import check_pairs, read_landmarks, snap_to_voxel, summary, tre_mm
+    from .transforms import read_transform, transform_points
+
+    fixed_lm, moving_lm = read_landmarks(args.fixed_points), read_landmarks(args.moving_points)
+    check_pairs(fixed_lm.points, moving_lm.points, f"{args.fixed_points} / {args.moving_points}")
+    fixed, moving = fixed_lm.to_lps(spacing_mm=args.spacing), moving_lm.to_lps(spacing_mm=args.spacing)
+    if args.snap and not args.spacing:
+        raise InputError("--snap needs --spacing (the voxel grid to snap to)")
+    before = tre_mm(fixed, moving)
+    result = {"before_mm": summary(before)}
+    after = None
+    if args.transform:
+        predicted = transform_points(read_transform(args.transform), fixed)
+        if args.snap:
+            predicted = snap_to_voxel(predicted, Grid((1, 1, 1), tuple(args.spacing), (0.0, 0.0, 0.0)))
+        after = tre_mm(predicted, moving)
+        result["after_mm"] = summary(after)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'label':>8} {'before_mm':>10}" + (f" {'after_mm':>10}" if after is not None else ""))
+    for i, label in enumerate(fixed_lm.labels):
+        print(f"{label:>8} {before[i]:10.2f}" + (f" {after[i]:10.2f}" if after is not None else ""))
+    for key, s in result.items():
+        print(f"{key}: {s['mean']:.2f} ± {s['sd']:.2f} mm (n = {s['n']})")
+    return 0
+
+
+# --- dirlab -------------------------------------------------------------------------------
+
+def _add_dirlab(sub):
+    p = sub.add_parser("dirlab", help="TRE of the DIR-Lab 4DCT cases (extreme phases, 300 landmarks)")
+    p.add_argument("folder", help="folder holding Case1Pack ... Case10Pack (or Case8Deploy)")
+    p.add_argument("--cases", default="1-10", help="e.g. 1-10 or 1,3,8 (default 1-10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dirlab)
+
+
+def cmd_dirlab(args) -> int:
+    from . import dirlab
+
+    result = dirlab.evaluate(args.folder, dirlab.parse_cases(args.cases))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'case':>4} {'n':>4} {'before (mm)':>16} {'paper Table II':>16}  images")
+    for case, r in result["cases"].items():
+        b, p = r["before_mm"], r["paper_before_mm"]
+        print(f"{case:>4} {r['n']:>4} {b['mean']:7.2f} ± {b['sd']:5.2f} {p['mean']:7.2f} ± {p['sd']:5.2f}  "
+              f"{'yes' if r['images'] else 'no (TRE after registration needs the images)'}")
+    return 0
+
+
+# --- series -------------------------------------------------------------------------------
+
+def _add_series(sub):
+    p = sub.add_parser("series", help="list the DICOM series in a folder (UID, description, slices)")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_series)
+
+
+def cmd_series(args) -> int:
+    from .images import list_dicom_series
+
+    if not Path(args.folder).is_dir():
+        raise InputError(f"{args.folder}: not a directory")
+    found = list_dicom_series(args.folder)
+    if not found:
+        raise InputError(f"{args.folder}: no DICOM series found in this directory")
+    for s in found:
+        print(s)
+    return 0
+
+
+# --- synth --------------------------------------------------------------------------------
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="write one synthetic training pair (paper Sec. II-E) of a CT image")
+    p.add_argument("image", help="CT image (NIfTI, NRRD, MHA, DIR-Lab .img) or DICOM folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="network grid N (multiple of 16)")
+    p.add_argument("--series", help="DICOM series UID when the folder holds several")
+    p.add_argument("--config", help="config file whose 'synthesis' section to use")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args) -> int:
+    import SimpleITK as sitk
+    import torch
+
+    from .config import load_config
+    from .images import read_image
+    from .synthesis import make_pair, pair_generator, prepare_volume
+
+    if args.size <= 0 or args.size % 16:
+        raise InputError(f"--size {args.size}: must be a positive multiple of 16")
+    cfg = load_config(args.config, [f"synthesis.size={args.size}"]).synthesis
+    image = read_image(args.image, args.series)
+    volume = prepare_volume(image, cfg, str(args.image))
+    pair = make_pair(volume, cfg, pair_generator(args.seed, 0))
+
+    def to_image(array: torch.Tensor, vector: bool = False) -> sitk.Image:
+        img = sitk.GetImageFromArray(array.numpy(), isVector=vector)
+        return volume.grid.apply_to(img)
+
+    outputs = {
+        "fixed.nii.gz": to_image(pair["fixed"]),
+        "moving.nii.gz": to_image(pair["moving"]),
+        "displacement.nii.gz": to_image(pair["target"].movedim(0, -1).contiguous(), vector=True),
+        "mask.nii.gz": to_image((pair["mask"] > 0.5).to(torch.uint8)),
+        "fixed_gradient.nii.gz": to_image(pair["input"][0]),
+        "moving_gradient.nii.gz": to_image(pair["input"][1]),
+    }
+    _write_all(Path(args.out), {k: (lambda p, im=v: sitk.WriteImage(im, str(p), True)) for k, v in outputs.items()})
+    meta = {"image": str(args.image), "seed": args.seed, "size": args.size,
+            "displacement": "u(x) in voxels of the N^3 grid, components x,y,z; fixed(x) = moving(x + u(x))",
+            "grid": {"spacing_mm": volume.grid.spacing_mm, "origin_lps": volume.grid.origin_lps}}
+    Path(args.out, "pair.json").write_text(json.dumps(meta, indent=2))
+    u = pair["target"].numpy()
+    print(f"wrote {len(outputs)} images to {args.out}: u range x [{u[0].min():.1f}, {u[0].max():.1f}] "
+          f"y [{u[1].min():.1f}, {u[1].max():.1f}] z [{u[2].min():.1f}, {u[2].max():.1f}] voxels")
+    return 0
+
+
+def _write_all(out: Path, writers: dict) -> None:
+    """Write every output into a temporary folder beside ``out``, then move them in.
+
+    Nothing is left in ``out`` if any writer fails.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, write in writers.items():
+            write(staging / name)
+        out.mkdir(exist_ok=True)
+        for name in writers:
+            (staging / name).replace(out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="progreg",
+        description="Progressively trained CNN registration of lung CT (Eppenhof et al., IEEE TMI 2019).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_tre, _add_dirlab, _add_series, _add_synth):
+        add(sub)
+    from .training import add_train_parser
+
+    add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"progreg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"progreg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Dense displacement fields on regular grids, in torch.
+
+Shapes and units:
+
+* A volume is ``(C, D, H, W)`` or ``(D, H, W)``, indexed ``[k, j, i]`` (z, y, x).
+* A voxel displacement field ``u_vox`` is ``(3, D, H, W)``; channel 0/1/2 is the x/y/z
+  (i/j/k) component in voxels of the grid it lives on.
+* A point map ``p_vox`` has the same layout and holds absolute continuous indices.
+* Sampling is trilinear with ``align_corners=True``: index 0 is the first voxel centre
+  and index n-1 the last, as in ITK.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def identity_vox(shape_zyx: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(3, D, H, W)`` map of each voxel's own index (x, y, z)."""
+    d, h, w = shape_zyx
+    z, y, x = torch.meshgrid(
+        torch.arange(d, device=device, dtype=dtype),
+        torch.arange(h, device=device, dtype=dtype),
+        torch.arange(w, device=device, dtype=dtype),
+        indexing="ij",
+    )
+    return torch.stack([x, y, z])
+
+
+def _normalise(p_vox: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:
+    """``(3, ...)`` voxel indices (x, y, z) -> grid_sample's ``(..., 3)`` in [-1, 1]."""
+    d, h, w = shape_zyx
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)],
+                         device=p_vox.device, dtype=p_vox.dtype)
+    return (p_vox.movedim(0, -1) * scale - 1.0)
+
+
+def sample(volume: torch.Tensor, p_vox: torch.Tensor, mode: str = "bilinear",
+           padding_mode: str = "border") -> torch.Tensor:
+    """Sample ``volume`` (``(C, D, H, W)`` or ``(D, H, W)``) at points ``p_vox`` (``(3, ...)``).
+
+    Returns ``(C, ...)`` (or ``(...)`` for a 3D input). ``mode='bilinear'`` is trilinear in
+    3D; ``padding_mode`` is 'border' (clamp), 'zeros' or 'reflection'.
+    """
+    squeeze = volume.dim() == 3
+    vol = volume[None, None] if squeeze else volume[None]
+    out_shape = p_vox.shape[1:]
+    grid = _normalise(p_vox.reshape(3, 1, 1, -1), vol.shape[-3:])[None].to(vol.dtype)
+    out = F.grid_sample(vol, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    out = out.reshape(vol.shape[1], *out_shape)
+    return out[0] if squeeze else out
+
+
+@functools.lru_cache(maxsize=8)
+def _identity_normalised(shape_zyx: tuple[int, int, int], device: str, dtype: torch.dtype) -> torch.Tensor:
+    """grid_sample coordinates of every voxel of a grid, ``(1, D, H, W, 3)``."""
+    return _normalise(identity_vox(shape_zyx, device, dtype), shape_zyx)[None]
+
+
+def warp(volume: torch.Tensor, u_vox: torch.Tensor, mode: str = "bilinear",
+         padding_mode: str = "border") -> torch.Tensor:
+    """``volume(x + u(x))`` on ``u``'s grid: pull-back warp, as ITK resampling does.
+
+    ``volume`` and ``u_vox`` may have different resolutions of the same extent only if
+    ``u_vox`` is expressed in ``volume``'s voxels; usually both share one grid.
+    """
+    shape = tuple(u_vox.shape[1:])
+    squeeze = volume.dim() == 3
+    vol = volume[None, None] if squeeze else volume[None]
+    d, h, w = vol.shape[-3:]
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)], dtype=u_vox.dtype,
+                         device=u_vox.device)
+    if tuple(vol.shape[-3:]) == shape:
+        base = _identity_normalised(shape, str(u_vox.device), u_vox.dtype)
+        grid = torch.addcmul(base, u_vox.movedim(0, -1)[None], scale)
+    else:
+        grid = _normalise(identity_vox(shape, u_vox.device, u_vox.dtype) + u_vox, tuple(vol.shape[-3:]))[None]
+    out = F.grid_sample(vol, grid.to(vol.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)[0]
+    return out[0] if squeeze else out
+
+
+def compose(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
+    """Displacement of ``outer ∘ inner``: ``x -> inner(x) -> outer(inner(x))``.
+
+    ``u(x) = u_inner(x) + u_outer(x + u_inner(x))``; both fields on the same grid, voxels.
+    Outside the grid, ``u_outer`` is extended by its border values.
+    """
+    return u_inner + warp(u_outer, u_inner)
+
+
+def resize_field(u_vox: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinearly resize a field to another resolution of the same extent, values unchanged.
+
+    Used for the network's per-level outputs, whose values are voxels of the full N³ grid
+    at every level (SPEC.md §1.2), so only the sampling changes. Cell-centred alignment
+    (``align_corners=False``), matching average-pool downsampling.
+    """
+    if tuple(u_vox.shape[-3:]) == tuple(shape_zyx):
+        return u_vox
+    batched = u_vox if u_vox.dim() == 5 else u_vox[None]
+    out = F.interpolate(batched, size=tuple(shape_zyx), mode="trilinear", align_corners=False)
+    return out if u_vox.dim() == 5 else out[0]
+
+
+def downsample(volume: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average-pool ``(N, C, D, H, W)`` or ``(C, D, H, W)`` by an integer factor."""
+    if factor == 1:
+        return volume
+    batched = volume if volume.dim() == 5 else volume[None]
+    out = F.avg_pool3d(batched, factor)
+    return out if volume.dim() == 5 else out[0]
+
+
+def jacobian_determinant(disp: torch.Tensor, index_to_units: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """det(I + ∂d/∂x) of a displacement field ``disp`` (``(3, D, H, W)``).
+
+    ``disp`` components are in the units of ``x`` (mm for a physical field, voxels for a
+    voxel field). ``index_to_units`` is the 3x3 matrix from a grid index step to those
+    units (``D @ diag(spacing)`` for LPS mm; identity, the default, for voxels). Derivatives
+    are central differences (one-sided at the edges), so a linear field is exact.
+    """
+    dims = (3, 2, 1)  # tensor dims of i, j, k
+    grads = torch.gradient(disp, dim=dims)  # ∂d/∂i, ∂d/∂j, ∂d/∂k, each (3, D, H, W)
+    g = torch.stack(grads, dim=1)  # (3 [component], 3 [index axis], D, H, W)
+    if index_to_units is not None:
+        inv = torch.as_tensor(np.linalg.inv(np.asarray(index_to_units, dtype=np.float64)), dtype=disp.dtype,
+                              device=disp.device)
+        g = torch.einsum("cadhw,ab->cbdhw", g, inv)
+    a = g + torch.eye(3, dtype=disp.dtype, device=disp.device)[:, :, None, None, None]
+    return (a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+            - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+            + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]))
+
+
+def folding_percent(jac_det: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Percentage of voxels (inside ``mask`` if given) whose Jacobian determinant is <= 0."""
+    folded = jac_det <= 0
+    if mask is None:
+        return float(folded.float().mean() * 100.0)
+    m = mask > 0
+    n = int(m.sum())
+    return float((folded & m).sum()) * 100.0 / n if n else 0.0
+
+
+def _correlate1d(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """Valid correlation along ``dim`` as a sum of shifted views (short kernels: far faster
+    than conv3d with a 1D kernel on the CPU). The output is ``len(kernel) - 1`` shorter."""
+    length = x.shape[dim] - kernel.numel() + 1
+    out = x.narrow(dim, 0, length) * float(kernel[0])
+    for t in range(1, kernel.numel()):
+        out.add_(x.narrow(dim, t, length), alpha=float(kernel[t]))
+    return out
+
+
+def gaussian_gradient_magnitude(volume: torch.Tensor, sigma_vox: float = 0.5) -> torch.Tensor:
+    """|∇(G_σ * I)| of a ``(..., D, H, W)`` volume, per voxel (not mm).
+
+    Gaussian derivative filters with σ in voxels, truncated at 4σ (at least one voxel),
+    applied separably, with edge replication at the borders.
+    """
+    radius = max(1, int(np.ceil(4.0 * sigma_vox)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (t / sigma_vox) ** 2)
+    g = g / g.sum()
+    dg = t * g / (t * t * g).sum()  # correlation kernel: exactly 1 on a unit ramp
+    shape = volume.shape
+    v = volume.reshape(-1, 1, *shape[-3:])
+    p = F.pad(v, (radius,) * 6, mode="replicate")
+    z, y, x = 2, 3, 4
+    sx = _correlate1d(p, g, x)
+    gz = _correlate1d(_correlate1d(sx, g, y), dg, z)
+    gy = _correlate1d(_correlate1d(sx, g, z), dg, y)
+    del sx
+    gx = _correlate1d(_correlate1d(_correlate1d(p, g, z), g, y), dg, x)
+    mag = torch.sqrt(gx * gx + gy * gy + gz * gz)
+    return mag.reshape(shape)

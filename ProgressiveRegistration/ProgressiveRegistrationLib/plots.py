@@ -1,0 +1,114 @@
+"""Figures written with a training run (paper Fig. 5, 6, 7). matplotlib, Agg backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def schedule_figure(trainer, path) -> None:
+    """Fig. 5: α_i(t) of the schedule (A) and validation error per snapshot (B)."""
+    from .schedule import alphas
+
+    plt = _plt()
+    cfg = trainer.cfg
+    total = cfg.train.iterations
+    t = np.linspace(0, total, 400)
+    a = np.array([alphas(v, cfg.network.levels, cfg.schedule.delta, cfg.schedule.Delta) for v in t])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    n = cfg.synthesis.size
+    for i in range(a.shape[1]):
+        side = n // 2 ** (cfg.network.levels - 1 - i)
+        ax1.plot(t, a[:, i], label=f"level {i} ({side}³)")
+    ax1.set_ylabel("α")
+    ax1.set_title(f"A. Schedule (δ = {cfg.schedule.delta}, Δ = {cfg.schedule.Delta})")
+    ax1.legend(fontsize=8, loc="center right")
+    its = [r["iteration"] for r in trainer.log]
+    for arm in trainer.models:
+        ax2.plot(its, [r[f"{arm}_val_mm"] for r in trainer.log], "o-", ms=3, label=arm)
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("validation error (mm)")
+    ax2.set_title("B. Mean end-point error on the validation pairs")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def comparison_figure(trainer, path) -> None:
+    """Fig. 6: progressive versus baseline validation error, one point per snapshot."""
+    plt = _plt()
+    p = np.array([r["progressive_val_mm"] for r in trainer.log])
+    b = np.array([r["baseline_val_mm"] for r in trainer.log])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    sc = ax.scatter(b, p, c=[r["iteration"] for r in trainer.log], cmap="viridis", s=12)
+    hi = float(max(p.max(), b.max())) * 1.05
+    ax.plot([0, hi], [0, hi], "k--", lw=1)
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("baseline validation error (mm)")
+    ax.set_ylabel("progressive validation error (mm)")
+    fig.colorbar(sc, label="iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def level_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every level's output map of a ProgressiveUNet on full-resolution input ``x``."""
+    net, L = model.unet, model.levels
+    skips, h = [None] * L, x
+    for i in range(L - 1, -1, -1):
+        h = net.enc[i](h if i == L - 1 else torch.nn.functional.max_pool3d(h, 2))
+        skips[i] = h
+    outs = []
+    for i in range(L):
+        if i > 0:
+            h = net.dec[i](torch.cat([net.up[i](h), skips[i]], 1))
+        outs.append(net.head(h) if i == L - 1 else model.outputs[i](h))
+    return outs
+
+
+def levels_figure(trainer, path) -> None:
+    """Fig. 7: the u_x map of each level's output head on one validation pair (mid slice)."""
+    plt = _plt()
+    pair = trainer.val[0]
+    arm = "progressive" if "progressive" in trainer.models else "baseline"
+    model = trainer.models[arm].eval()
+    outs = level_outputs(model, pair["input"][None].to(next(model.parameters()).device))
+    model.train()
+    L = len(outs)
+    fig, axes = plt.subplots(1, L + 1, figsize=(2.2 * (L + 1), 2.6))
+    truth = pair["target"][0]
+    vmax = float(truth.abs().max()) or 1.0
+    for i, o in enumerate(outs):
+        u = o[0, 0].cpu()
+        axes[i].imshow(u[u.shape[0] // 2], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        axes[i].set_title(f"level {i} ({u.shape[-1]}³)", fontsize=8)
+    axes[L].imshow(truth[truth.shape[0] // 2], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    axes[L].set_title("ground truth", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"u_x per level, {arm} network after {trainer.iteration} iterations (voxels)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def training_figures(trainer) -> None:
+    out = trainer.out
+    if trainer.log:
+        schedule_figure(trainer, out / "schedule_and_validation.png")
+        if {"progressive", "baseline"} <= set(trainer.models):
+            comparison_figure(trainer, out / "progressive_vs_baseline.png")
+    levels_figure(trainer, out / "level_outputs.png")

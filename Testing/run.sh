@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create a virtual environment, install the core with its test extras, run ruff and pytest.
+# Usage: bash Testing/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${PROGREG_TEST_VENV:-.venv-test}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# torch==2.13.0 first: the CPU build on this machine's disk (an unpinned torch pulls CUDA).
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+"$VENV/bin/python" -m pytest "$@"

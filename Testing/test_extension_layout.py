@@ -1,0 +1,162 @@
+"""The extension tree is what a Slicer build expects, and the package imports without Slicer."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+from conftest import MODULE_DIR, ROOT
+
+LIB = MODULE_DIR / "ProgressiveRegistrationLib"
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert m, f"{variable} not set"
+    items = []
+    for line in m.group(1).splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            items.append(line.replace("${MODULE_NAME}", "ProgressiveRegistration"))
+    return items
+
+
+def test_every_library_file_is_in_scripts():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = set(_cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
+    on_disk = {f"ProgressiveRegistrationLib/{p.relative_to(LIB).as_posix()}" for p in LIB.rglob("*.py")}
+    assert on_disk - scripts == set(), "library files missing from SCRIPTS"
+    assert scripts - on_disk == {"ProgressiveRegistration.py"}, "SCRIPTS lists files that do not exist"
+    assert not any("Scripts/" in s for s in scripts), "command-line scripts must not be in SCRIPTS"
+
+
+def test_every_resource_file_is_in_resources():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    resources = set(_cmake_list(text, "MODULE_PYTHON_RESOURCES"))
+    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
+    on_disk |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Scripts").rglob("*") if p.is_file()}
+    assert on_disk - resources == set(), "resource files missing from RESOURCES"
+    assert resources - on_disk == set(), "RESOURCES lists files that do not exist"
+    assert "Resources/UI/ProgressiveRegistration.ui" in resources
+    assert "Resources/Icons/ProgressiveRegistration.png" in resources
+
+
+def test_module_cmake_uses_slicer_macros():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
+    assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
+    root = (ROOT / "CMakeLists.txt").read_text()
+    assert "find_package(Slicer REQUIRED)" in root and "add_subdirectory(ProgressiveRegistration)" in root
+    assert "${Slicer_EXTENSION_CPACK}" in root
+
+
+def _s4ext() -> dict:
+    entries = {}
+    for line in (ROOT / "ProgressiveRegistration.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            entries[key] = value.strip()
+    return entries
+
+
+def _cmake_set(name: str) -> str:
+    m = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    assert m, name
+    return m.group(1)
+
+
+def test_s4ext_json_and_cmake_agree():
+    s4 = _s4ext()
+    required = {"scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+                "category", "iconurl", "status", "description", "screenshoturls", "enabled"}
+    assert required <= set(s4)
+    catalog = json.loads((ROOT / "ProgressiveRegistration.json").read_text())
+    assert catalog["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                                         "slicer-extension-catalog-entry-schema-v1")
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
+               "scm_url", "enabled", "tier"}
+    assert set(catalog) <= allowed, "the catalog schema forbids other keys"
+    assert catalog["category"] == s4["category"] == _cmake_set("EXTENSION_CATEGORY") == "Registration"
+    assert catalog["scm_url"] == s4["scmurl"]
+    assert catalog["scm_revision"] == s4["scmrevision"]
+    assert catalog["scm_type"] == s4["scm"]
+    assert catalog["build_subdirectory"] == s4["build_subdirectory"]
+    assert catalog["enabled"] == (s4["enabled"] == "1")
+    deps = [] if s4["depends"] == "NA" else s4["depends"].split()
+    assert catalog["build_dependencies"] == deps
+    assert s4["homepage"] == _cmake_set("EXTENSION_HOMEPAGE")
+    assert s4["iconurl"] == _cmake_set("EXTENSION_ICONURL")
+    assert s4["description"] == _cmake_set("EXTENSION_DESCRIPTION")
+    assert s4["screenshoturls"] == _cmake_set("EXTENSION_SCREENSHOTURLS")
+    assert s4["status"] == _cmake_set("EXTENSION_STATUS")
+    # The icon and screenshot the URLs point at exist in the repository.
+    for url in (s4["iconurl"], s4["screenshoturls"]):
+        path = url.split("/main/", 1)[1]
+        assert (ROOT / path).is_file(), path
+
+
+def test_ui_file_is_valid_and_bound_to_parameters():
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProgressiveRegistration.ui")
+    names = {w.get("name") for w in tree.iter("widget")}
+    assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "fixedVolumeSelector",
+            "movingVolumeSelector", "outputTransformSelector"} <= names
+    bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
+    module = (MODULE_DIR / "ProgressiveRegistration.py").read_text()
+    wrapper = module.split("class ProgressiveRegistrationParameterNode:")[1].split("\n\n\n")[0]
+    fields = set(re.findall(r"^\s+(\w+):", wrapper, re.M))
+    assert bound == fields, "every parameter has a widget and every widget a parameter"
+
+
+def test_module_file_has_slicer_classes_and_no_algorithm():
+    text = (MODULE_DIR / "ProgressiveRegistration.py").read_text()
+    for cls in ("ProgressiveRegistration(ScriptedLoadableModule)", "ProgressiveRegistrationWidget(",
+                "ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic)",
+                "ProgressiveRegistrationTest(ScriptedLoadableModuleTest)"):
+        assert f"class {cls}" in text
+    assert "import torch.nn" not in text and "grid_sample" not in text
+
+
+def test_library_imports_without_slicer_or_qt():
+    code = ("import sys, ProgressiveRegistrationLib.cli, ProgressiveRegistrationLib.training; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('slicer', 'qt', 'ctk', 'PythonQt', 'vtk')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_help_lists_subcommands():
+    from pathlib import Path
+
+    commands = [[sys.executable, "-m", "ProgressiveRegistrationLib", "--help"]]
+    exe = Path(sys.executable).parent / "progreg"
+    if exe.exists():
+        commands.append([str(exe), "--help"])
+    for cmd in commands:
+        r = subprocess.run(cmd, cwd=MODULE_DIR, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        for sub in ("tre", "dirlab", "synth", "train", "series", "register", "demo"):
+            assert re.search(rf"^\s+{sub}\s", r.stdout, re.M), sub
+
+
+def test_console_script_entry_point():
+    import importlib.metadata as md
+
+    eps = [e for e in md.entry_points(group="console_scripts") if e.name == "progreg"]
+    assert eps and eps[0].value == "ProgressiveRegistrationLib.cli:main"
+
+
+def test_ruff_passes():
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
+    test_cmd = [c.strip() for c in commands if "Testing/run.sh" in c]
+    assert test_cmd, "README shows the test command"
+    assert test_cmd[0].splitlines()[-1] in ci
