@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, InputError
+from .io_outputs import write_all
 
 # --- tre ----------------------------------------------------------------------------------
 
@@ -147,32 +146,118 @@ def cmd_synth(args) -> int:
         "fixed_gradient.nii.gz": to_image(pair["input"][0]),
         "moving_gradient.nii.gz": to_image(pair["input"][1]),
     }
-    _write_all(Path(args.out), {k: (lambda p, im=v: sitk.WriteImage(im, str(p), True)) for k, v in outputs.items()})
     meta = {"image": str(args.image), "seed": args.seed, "size": args.size,
             "displacement": "u(x) in voxels of the N^3 grid, components x,y,z; fixed(x) = moving(x + u(x))",
             "grid": {"spacing_mm": volume.grid.spacing_mm, "origin_lps": volume.grid.origin_lps}}
-    Path(args.out, "pair.json").write_text(json.dumps(meta, indent=2))
+    writers = {k: (lambda p, im=v: sitk.WriteImage(im, str(p), True)) for k, v in outputs.items()}
+    writers["pair.json"] = lambda p: Path(p).write_text(json.dumps(meta, indent=2))
+    write_all(Path(args.out), writers)
     u = pair["target"].numpy()
     print(f"wrote {len(outputs)} images to {args.out}: u range x [{u[0].min():.1f}, {u[0].max():.1f}] "
           f"y [{u[1].min():.1f}, {u[1].max():.1f}] z [{u[2].min():.1f}, {u[2].max():.1f}] voxels")
     return 0
 
 
-def _write_all(out: Path, writers: dict) -> None:
-    """Write every output into a temporary folder beside ``out``, then move them in.
+# --- register -----------------------------------------------------------------------------
 
-    Nothing is left in ``out`` if any writer fails.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name, write in writers.items():
-            write(staging / name)
-        out.mkdir(exist_ok=True)
-        for name in writers:
-            (staging / name).replace(out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _add_register(sub):
+    p = sub.add_parser("register", help="register a moving CT to a fixed CT (one forward pass)",
+                       description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
+                                   "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
+                                   "jacobian.nrrd, summary.json, overview.png and, with landmarks, tre.csv.")
+    p.add_argument("fixed", help="fixed image (e.g. inhale): file or DICOM folder")
+    p.add_argument("moving", help="moving image (e.g. exhale): file or DICOM folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fixed-landmarks", help="landmarks in the fixed image (any supported format)")
+    p.add_argument("--moving-landmarks", help="corresponding landmarks in the moving image")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
+    p.add_argument("--size", type=int, help="network grid N (default: the model's)")
+    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
+    p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
+    p.add_argument("--moving-series", help="DICOM series UID of the moving image")
+    p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_register)
+
+
+def _progress_printer(as_json: bool):
+    def report(fraction, message):
+        if as_json:
+            print(json.dumps({"fraction": round(fraction, 3), "message": message}), flush=True)
+        else:
+            print(f"[{int(100 * fraction):3d}%] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def cmd_register(args) -> int:
+    import warnings
+
+    from .registration import register_files
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = register_files(args.fixed, args.moving, args.out, args.fixed_landmarks, args.moving_landmarks,
+                                 args.model, args.device, args.size, args.format,
+                                 (args.fixed_series, args.moving_series), _progress_printer(args.progress_json))
+    for w in caught:
+        print(f"progreg register: warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.progress_json:
+        _print_summary(summary, args.out)
+    return 0
+
+
+def _print_summary(summary: dict, out) -> None:
+    if "tre_before_mm" in summary:
+        b, a = summary["tre_before_mm"], summary["tre_after_mm"]
+        print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   after: {a['mean']:.2f} ± {a['sd']:.2f} mm   "
+              f"(n = {a['n']})")
+    print(f"folding: {summary['folding_percent']:.3f} % of body voxels (Jacobian determinant <= 0)")
+    secs = summary["seconds"]
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
+    print(f"outputs in {out}: {', '.join(summary['files'])}")
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="register the bundled CT sample to a simulated exhale of itself")
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    import SimpleITK as sitk
+
+    from .breathing import simulate
+    from .images import read_image
+    from .landmarks import write_markups_json
+    from .registration import register_files
+    from .training import bundled_sample
+
+    out = Path(args.out)
+    inputs = out / "inputs"
+    inhale = read_image(bundled_sample())
+    pair = simulate(inhale, seed=args.seed)
+    print(f"sample: {bundled_sample().name} {inhale.GetSize()} voxels; simulated exhale with "
+          f"{len(pair.moving_points_lps)} landmark pairs", file=sys.stderr)
+    writers = {
+        "inhale_fixed.nrrd": lambda p: sitk.WriteImage(pair.inhale, str(p), True),
+        "exhale_moving.nrrd": lambda p: sitk.WriteImage(pair.exhale, str(p), True),
+        "fixed_landmarks.mrk.json": lambda p: write_markups_json(p, pair.fixed_points_lps, name="F"),
+        "moving_landmarks.mrk.json": lambda p: write_markups_json(p, pair.moving_points_lps, name="M"),
+    }
+    write_all(inputs, writers)
+    summary = register_files(inputs / "inhale_fixed.nrrd", inputs / "exhale_moving.nrrd", out,
+                             inputs / "fixed_landmarks.mrk.json", inputs / "moving_landmarks.mrk.json",
+                             args.model, progress=_progress_printer(False))
+    _print_summary(summary, out)
+    return 0
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -184,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_tre, _add_dirlab, _add_series, _add_synth):
+    for add in (_add_register, _add_demo, _add_tre, _add_dirlab, _add_series, _add_synth):
         add(sub)
     from .training import add_train_parser
 

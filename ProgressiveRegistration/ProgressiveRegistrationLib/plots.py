@@ -112,3 +112,70 @@ def training_figures(trainer) -> None:
         if {"progressive", "baseline"} <= set(trainer.models):
             comparison_figure(trainer, out / "progressive_vs_baseline.png")
     levels_figure(trainer, out / "level_outputs.png")
+
+
+def _coronal(image, j: int) -> np.ndarray:
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayViewFromImage(image)
+    return np.asarray(arr[:, j, :], dtype=np.float32)
+
+
+def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Fixed in magenta, moving in green (lung window): aligned structures turn grey."""
+    def norm(x):
+        return np.clip((x + 1000.0) / 1400.0, 0, 1)
+
+    fa, mb = norm(a), norm(b)
+    return np.stack([fa, mb, fa], -1)
+
+
+def overview_figure(fixed, moving, result, path) -> None:
+    """Fig. 8-like overview: overlays before/after, Jacobian slice, TRE histogram."""
+    import SimpleITK as sitk
+
+    plt = _plt()
+    fixed_grid = result.fixed_grid
+    # Coronal slice through the centre of the fixed lung crop.
+    centre = result.fixed_crop.points_to_lps(np.array([[(s - 1) / 2 for s in result.fixed_crop.size]]))
+    j = int(np.clip(round(fixed_grid.points_to_index(centre)[0, 1]), 0, fixed_grid.size[1] - 1))
+    moving_on_fixed = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    f = _coronal(fixed, j)
+    before = _coronal(moving_on_fixed, j)
+    after = _coronal(result.warped, j) if result.warped is not None else before
+    sx, _, sz = fixed_grid.spacing_mm
+    aspect = sz / sx
+    has_tre = result.landmarks is not None
+    ncol = 4 if has_tre else 3
+    fig, axes = plt.subplots(1, ncol, figsize=(4.2 * ncol, 4.6))
+    flip = fixed_grid.direction_matrix[2, 2] > 0  # show superior at the top
+    for ax, img, title in ((axes[0], _overlay(f, before), "before: fixed (magenta) / moving (green)"),
+                           (axes[1], _overlay(f, after), "after: fixed / warped moving")):
+        ax.imshow(img[::-1] if flip else img, aspect=aspect)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    jac_grid = result.out_grid
+    jj = int(np.clip(round(jac_grid.points_to_index(centre)[0, 1]), 0, jac_grid.size[1] - 1))
+    jac = result.jacobian[:, jj, :]
+    body = result.body_mask[:, jj, :]
+    shown = np.where(body, jac, np.nan)
+    im = axes[2].imshow(shown[::-1] if flip else shown, cmap="RdBu_r", vmin=0, vmax=2,
+                        aspect=jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0])
+    folded = np.where(body & (jac <= 0), 1.0, np.nan)
+    axes[2].imshow(folded[::-1] if flip else folded, cmap="autumn", vmin=0, vmax=1,
+                   aspect=jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0])
+    axes[2].set_title(f"Jacobian determinant (folding {result.folding_percent:.2f} % in body)", fontsize=9)
+    axes[2].axis("off")
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    if has_tre:
+        b, a = result.landmarks["before_mm"], result.landmarks["after_mm"]
+        bins = np.linspace(0, max(b.max(), a.max()) * 1.05 + 1e-6, 25)
+        axes[3].hist(b, bins, alpha=0.6, label=f"before {b.mean():.2f} ± {b.std():.2f} mm")
+        axes[3].hist(a, bins, alpha=0.6, label=f"after {a.mean():.2f} ± {a.std():.2f} mm")
+        axes[3].set_xlabel("TRE (mm)")
+        axes[3].set_ylabel("landmarks")
+        axes[3].legend(fontsize=8)
+        axes[3].set_title(f"Landmark TRE (n = {len(a)})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -44,25 +44,36 @@ def _mirror(m: np.ndarray, g: int) -> np.ndarray:
     return np.where(m >= g, period - m, m)
 
 
-@functools.lru_cache(maxsize=64)
-def spline_matrix(g: int, n: int) -> np.ndarray:
-    """``(n, g)`` matrix taking g control values to the interpolating cubic spline at n points.
-
-    The control points sit at voxels ``0, (n-1)/(g-1), ..., n-1``; the spline passes through
-    every control value (node-interpolating, coefficients from a mirror-boundary prefilter),
-    which is what ``scipy.ndimage.map_coordinates(order=3, mode='mirror')`` computes.
-    """
+@functools.lru_cache(maxsize=16)
+def _prefilter_inverse(g: int) -> np.ndarray:
     nodes = np.arange(g)
     prefilter = np.zeros((g, g))
     for d in (-1, 0, 1):
         np.add.at(prefilter, (nodes, _mirror(nodes + d, g)), _bspline3(np.full(g, float(d))))
-    t = np.arange(n) * (g - 1) / max(n - 1, 1)
+    return np.linalg.inv(prefilter)
+
+
+def spline_weights(g: int, t: np.ndarray) -> np.ndarray:
+    """``(len(t), g)`` weights of the interpolating cubic spline through g control values at
+    positions ``t`` in control-grid units (control point c at t = c).
+
+    Node-interpolating: coefficients come from a mirror-boundary prefilter, as in
+    ``scipy.ndimage.map_coordinates(order=3, mode='mirror')``, which gryds uses.
+    """
+    t = np.asarray(t, dtype=np.float64)
     base = np.floor(t).astype(int)
-    evaluate = np.zeros((n, g))
+    evaluate = np.zeros((t.size, g))
     for d in (-1, 0, 1, 2):
         m = base + d
-        np.add.at(evaluate, (np.arange(n), _mirror(m, g)), _bspline3(t - m))
-    return evaluate @ np.linalg.inv(prefilter)
+        np.add.at(evaluate, (np.arange(t.size), _mirror(m, g)), _bspline3(t - m))
+    return evaluate @ _prefilter_inverse(g)
+
+
+@functools.lru_cache(maxsize=64)
+def spline_matrix(g: int, n: int) -> np.ndarray:
+    """``(n, g)``: the spline at the n voxels of an axis; control points at voxels
+    ``0, (n-1)/(g-1), ..., n-1`` (the first on voxel 0, the last on voxel n-1)."""
+    return spline_weights(g, np.arange(n) * (g - 1) / max(n - 1, 1))
 
 
 def spline_field(values: torch.Tensor, n: int) -> torch.Tensor:

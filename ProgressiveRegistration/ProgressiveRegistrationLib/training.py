@@ -218,6 +218,9 @@ class Trainer:
         else:
             self.ddp = dict(self.models)
         self.val = validation_pairs(self.val_images, cfg)
+        self.identity_error = float(np.mean([
+            float((p["target"] * p["spacing_mm"][:, None, None, None]).norm(dim=0)[p["mask"] > 0.5].mean())
+            for p in self.val]))
 
     # state
     def _state(self) -> dict:
@@ -272,8 +275,8 @@ class Trainer:
                 self.optims[arm].zero_grad(set_to_none=True)
                 loss.backward()
                 self.optims[arm].step()
-                current[arm] = float(loss)
-                losses_since[arm].append(float(loss))
+                current[arm] = loss.item()
+                losses_since[arm].append(current[arm])
             self.iteration = t + 1
             bar.update(t, self.alpha("progressive" if "progressive" in self.models else "baseline", t), current)
             if self.iteration % tc.snapshot_every == 0 or self.iteration == total:
@@ -281,6 +284,7 @@ class Trainer:
                 a = self.alpha("progressive", t) if "progressive" in self.models else self.alpha("baseline", t)
                 row["level"] = schedule.finest_active(a)
                 row["alphas"] = " ".join(f"{v:.3f}" for v in a)
+                row["identity_val_mm"] = self.identity_error
                 for arm, model in self.models.items():
                     row[f"{arm}_loss"] = float(np.mean(losses_since[arm]))
                     row[f"{arm}_val_mm"] = validate(model, self.val, self.alpha(arm, t))

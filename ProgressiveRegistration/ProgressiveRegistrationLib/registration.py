@@ -1,0 +1,356 @@
+"""Registration end to end: two CT images in, a physical transform and its checks out.
+
+Stages (each timed, each reported to a progress callback):
+
+1. ``crop``: each image cropped around its own lung field and resampled to the model's N³;
+2. ``network``: Gaussian gradient magnitude of both, one forward pass -> u (voxels);
+3. ``transform``: u -> φ(x) - x (LPS mm) on the fixed image's grid or one no coarser than
+   the network grid (:mod:`transforms`);
+4. ``jacobian``: det(I + ∂d/∂x) on that grid, folding inside the fixed body mask;
+5. ``warp``: the moving image resampled onto the fixed grid through the ITK transform;
+6. ``landmarks``: fixed landmarks through φ, TRE before/after.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn as nn
+
+from . import fields
+from .config import NetworkConfig, SynthesisConfig
+from .errors import InputError
+from .geometry import Grid, check_volume, crop_grid, lung_box, resample, whole_box
+from .landmarks import check_pairs, summary, tre_mm
+from .network import UNet
+from .synthesis import network_input
+from .transforms import displacement_image, displacement_lps, output_grid, transform_points
+
+MODEL_FORMAT, MODEL_VERSION = "progreg-model", 1
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "progreg_cpu64.pt"
+
+
+# --- the model -------------------------------------------------------------------------------
+
+@dataclass
+class Model:
+    """An inference-ready U-Net (BN folded into the convolutions) and its input settings."""
+
+    net: nn.Module
+    synthesis: SynthesisConfig
+    path: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.synthesis.size
+
+
+def fold_batchnorm(net: UNet) -> nn.Module:
+    """A copy of ``net`` (eval mode) with every BatchNorm3d folded into the preceding conv.
+
+    ``BN(conv(x)) = conv'(x)`` with ``w' = w·g/σ`` and ``b' = β + (b − μ)·g/σ``: one pass
+    less over every feature map, the same numbers up to rounding.
+    """
+    net = copy.deepcopy(net).eval()
+    for module in net.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        layers = list(module)
+        for k in range(len(layers) - 1):
+            conv, bn = layers[k], layers[k + 1]
+            if isinstance(conv, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d):
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                  bias=True)
+                fused.weight.data = conv.weight.data * scale[:, None, None, None, None]
+                bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                fused.bias.data = bn.bias.data + (bias - bn.running_mean) * scale
+                module[k] = fused
+                module[k + 1] = nn.Identity()
+    return net.requires_grad_(False)
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu", fold_bn: bool = True) -> Model:
+    """Load an exported ``model.pt``; InputError if it is missing, corrupt or of another version."""
+    path = Path(path) if path else DEFAULT_MODEL
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file" + (" (the bundled model is missing from this install)"
+                                                          if path == DEFAULT_MODEL else ""))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise InputError(f"{path}: not a readable model file ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise InputError(f"{path}: not a ProgressiveRegistration model file")
+    if state.get("version") != MODEL_VERSION:
+        raise InputError(f"{path}: model file version {state.get('version')} is not supported "
+                         f"(this version reads {MODEL_VERSION})")
+    try:
+        cfg = NetworkConfig(**state["network"])
+        net = UNet(cfg)
+        net.load_state_dict(state["state_dict"])
+        syn = SynthesisConfig(**{k: v for k, v in state["input"].items() if k in SynthesisConfig.__dataclass_fields__})
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise InputError(f"{path}: model file is damaged or incomplete ({err})") from None
+    net = fold_batchnorm(net) if fold_bn else net.eval().requires_grad_(False)
+    net = net.to(device)
+    return Model(net, syn, str(path), {k: state.get(k) for k in ("iterations", "arm")})
+
+
+def pick_device(device: str) -> tuple[str, str | None]:
+    """(device to use, notice or None): CUDA only when asked and available."""
+    if device.startswith("cuda"):
+        if torch.cuda.is_available():
+            return device, None
+        return "cpu", "CUDA is not available here: running on the CPU"
+    if device != "cpu":
+        raise InputError(f"--device {device}: use cpu or cuda")
+    return "cpu", None
+
+
+# --- the registration -----------------------------------------------------------------------
+
+@dataclass
+class Result:
+    fixed_grid: Grid
+    fixed_crop: Grid
+    moving_crop: Grid
+    out_grid: Grid
+    u_vox: torch.Tensor
+    displacement: sitk.Image
+    jacobian: np.ndarray
+    body_mask: np.ndarray
+    folding_percent: float
+    warped: sitk.Image | None
+    seconds: dict
+    warnings: list[str]
+    fixed_input: torch.Tensor
+    moving_input: torch.Tensor
+    landmarks: dict | None = None
+
+    def transform(self) -> sitk.Transform:
+        return sitk.DisplacementFieldTransform(sitk.Cast(self.displacement, sitk.sitkVectorFloat64))
+
+
+def _crop(image: sitk.Image, syn: SynthesisConfig, what: str, notes: list[str]) -> tuple[Grid, torch.Tensor]:
+    box = lung_box(image, syn.lung_margin_mm) if syn.crop_to_lungs else None
+    if box is None:
+        if syn.crop_to_lungs:
+            notes.append(f"{what}: no lung field found; the whole image is used (is this a thorax CT in HU?)")
+        box = whole_box(image)
+    grid = crop_grid(Grid.from_image(image), box, syn.size)
+    return grid, torch.from_numpy(sitk.GetArrayFromImage(resample(image, grid)))
+
+
+def body_mask_on(image: sitk.Image, grid: Grid, threshold_hu: float = -500.0) -> np.ndarray:
+    """The body (largest component above ``threshold_hu``, holes filled per slice) on ``grid``."""
+    on = sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    body = sitk.BinaryThreshold(on, threshold_hu, 1e9, 1, 0)
+    body = sitk.Equal(sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True), 1)
+    filled = sitk.JoinSeries([sitk.BinaryFillhole(body[:, :, z]) for z in range(body.GetSize()[2])])
+    return sitk.GetArrayFromImage(filled).astype(bool)
+
+
+def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, model: Model, fg: Grid, mg: Grid, notes: list[str]):
+    ext_f = np.asarray(fg.size) * np.asarray(fg.spacing_mm)
+    ext_m = np.asarray(mg.size) * np.asarray(mg.spacing_mm)
+    ratio = ext_m / ext_f
+    if np.any(ratio > 1.5) or np.any(ratio < 1 / 1.5):
+        notes.append(f"the lung crops differ much in size (moving/fixed extent {np.round(ratio, 2).tolist()}): "
+                     "very different fields of view?")
+    for what, img in (("fixed", fixed), ("moving", moving)):
+        sp = np.asarray(img.GetSpacing())
+        if sp.max() > 5.0 or sp.min() < 0.3:
+            notes.append(f"{what}: voxel spacing {np.round(sp, 2).tolist()} mm is far from typical thorax CT")
+
+
+def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
+                    fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
+                    progress=None, warp_moving: bool = True) -> Result:
+    """Register ``moving`` to ``fixed`` (both 3D CT in HU, any geometry).
+
+    ``progress(fraction, message)`` is called at each stage. Landmarks are LPS mm.
+    """
+    check_volume(fixed, "fixed image")
+    check_volume(moving, "moving image")
+    if fixed_points_lps is not None or moving_points_lps is not None:
+        if fixed_points_lps is None or moving_points_lps is None:
+            raise InputError("landmarks: give both fixed and moving landmarks, or neither")
+        check_pairs(fixed_points_lps, moving_points_lps)
+    device, notice = pick_device(device)
+    notes = [notice] if notice else []
+    model = model or load_model(None, device)
+    report = progress or (lambda fraction, message: None)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, fraction: float, message: str):
+        report(fraction, message)
+        seconds[name] = time.perf_counter()
+
+    def done(name: str):
+        seconds[name] = round(time.perf_counter() - seconds[name], 3)
+
+    f_lo, f_hi = Grid.from_image(fixed).bounding_box_lps()
+    m_lo, m_hi = Grid.from_image(moving).bounding_box_lps()
+    if np.any(f_hi < m_lo) or np.any(m_hi < f_lo):
+        raise InputError("the moving image does not overlap the fixed image at all (check their origins)")
+
+    stage("crop", 0.05, "cropping both images around the lungs")
+    fixed_crop, fixed_hu = _crop(fixed, model.synthesis, "fixed image", notes)
+    moving_crop, moving_hu = _crop(moving, model.synthesis, "moving image", notes)
+    _warn_if_unusual(fixed, moving, model, fixed_crop, moving_crop, notes)
+    done("crop")
+
+    stage("network", 0.25, f"network forward pass ({model.size}³, {device})")
+    with torch.inference_mode():
+        x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
+        u_vox = model.net(x.to(device)).float().cpu()[0]
+    done("network")
+
+    stage("transform", 0.55, "mapping the field to the fixed image (LPS, mm)")
+    fixed_grid = Grid.from_image(fixed)
+    out = output_grid(fixed_grid, fixed_crop)
+    disp = displacement_lps(u_vox, fixed_crop, moving_crop, out)
+    disp_image = displacement_image(disp, out)
+    done("transform")
+
+    stage("jacobian", 0.7, "Jacobian determinant and folding")
+    disp_t = torch.from_numpy(disp).movedim(-1, 0)
+    jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
+    body = body_mask_on(fixed, out)
+    folding = fields.folding_percent(torch.from_numpy(jac), torch.from_numpy(body))
+    done("jacobian")
+
+    warped = None
+    if warp_moving:
+        stage("warp", 0.8, "resampling the moving image onto the fixed grid")
+        tx = sitk.DisplacementFieldTransform(sitk.Cast(disp_image, sitk.sitkVectorFloat64))
+        warped = sitk.Resample(moving, fixed, tx, sitk.sitkLinear, -1024.0, moving.GetPixelID())
+        done("warp")
+
+    result = Result(fixed_grid, fixed_crop, moving_crop, out, u_vox, disp_image, jac, body, folding, warped,
+                    seconds, notes, x[0, 0], x[0, 1])
+    if fixed_points_lps is not None:
+        stage("landmarks", 0.95, "landmark TRE")
+        predicted = transform_points(result.transform(), fixed_points_lps)
+        before = tre_mm(fixed_points_lps, moving_points_lps)
+        after = tre_mm(predicted, moving_points_lps)
+        result.landmarks = {"fixed_lps": np.asarray(fixed_points_lps), "moving_lps": np.asarray(moving_points_lps),
+                            "predicted_lps": predicted, "before_mm": before, "after_mm": after}
+        done("landmarks")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    report(1.0, "done")
+    return result
+
+
+def summary_of(result: Result, model: Model, device: str) -> dict:
+    s = {"folding_percent": result.folding_percent, "seconds": result.seconds, "model": model.path,
+         "device": device, "warnings": result.warnings,
+         "grid": {"network_size": model.size, "transform_size": list(result.out_grid.size),
+                  "transform_spacing_mm": list(result.out_grid.spacing_mm)},
+         "jacobian": {"min": float(result.jacobian[result.body_mask].min()) if result.body_mask.any() else None,
+                      "max": float(result.jacobian[result.body_mask].max()) if result.body_mask.any() else None}}
+    if result.landmarks is not None:
+        s["tre_before_mm"] = summary(result.landmarks["before_mm"])
+        s["tre_after_mm"] = summary(result.landmarks["after_mm"])
+    return s
+
+
+# --- files in, files out ------------------------------------------------------------------------
+
+OUTPUT_FORMATS = ("nrrd", "nii.gz", "h5")
+
+
+def _landmarks_lps(path, grid: Grid) -> tuple[np.ndarray, list[str]]:
+    from .landmarks import read_landmarks
+
+    lm = read_landmarks(path)
+    return lm.to_lps(grid=grid), lm.labels
+
+
+def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed_landmarks=None, moving_landmarks=None,
+                   model: str | Path | Model | None = None, device: str = "cpu", size: int | None = None,
+                   fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None) -> dict:
+    """``progreg register`` as a function: read, register, write every output into ``out``.
+
+    Returns the summary (also written as ``summary.json``). Nothing is left in ``out`` if
+    anything fails. ``size`` overrides the model's grid (a multiple of 16).
+    """
+    import csv
+    import json
+
+    from .images import read_image, write_image
+    from .io_outputs import write_all
+
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(f"--format {fmt}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("give both --fixed-landmarks and --moving-landmarks, or neither")
+    device, notice = pick_device(device)
+    if notice and progress:
+        progress(0.0, notice)
+    fixed_img = read_image(fixed, series[0], "fixed image")
+    moving_img = read_image(moving, series[1], "moving image")
+    fixed_pts = moving_pts = None
+    labels: list[str] = []
+    if fixed_landmarks is not None:
+        fixed_pts, labels = _landmarks_lps(fixed_landmarks, Grid.from_image(fixed_img))
+        moving_pts, _ = _landmarks_lps(moving_landmarks, Grid.from_image(moving_img))
+        check_pairs(fixed_pts, moving_pts, f"{fixed_landmarks} / {moving_landmarks}")
+    model = model if isinstance(model, Model) else load_model(model, device)
+    if size is not None:
+        if size <= 0 or size % 2 ** (model.net.levels - 1):
+            raise InputError(f"--size {size}: must be a positive multiple of {2 ** (model.net.levels - 1)}")
+        model = Model(model.net, SynthesisConfig(**{**model.synthesis.__dict__, "size": size}), model.path, model.meta)
+    result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, progress)
+    summary_dict = summary_of(result, model, device)
+
+    t0 = time.perf_counter()
+    from .transforms import write_transform
+
+    jac_image = sitk.GetImageFromArray(result.jacobian.astype(np.float32))
+    result.out_grid.apply_to(jac_image)
+    writers = {
+        f"transform.{fmt}": lambda p: write_transform(result.displacement, p),
+        "warped_moving.nrrd": lambda p: write_image(result.warped, p),
+        "jacobian.nrrd": lambda p: write_image(jac_image, p),
+    }
+    if result.landmarks is not None:
+        lmk = result.landmarks
+
+        def write_tre(p):
+            with open(p, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["label", "fixed_l", "fixed_p", "fixed_s", "moving_l", "moving_p", "moving_s",
+                            "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_after_mm"])
+                for i, label in enumerate(labels):
+                    w.writerow([label, *np.round(lmk["fixed_lps"][i], 4), *np.round(lmk["moving_lps"][i], 4),
+                                *np.round(lmk["predicted_lps"][i], 4), round(float(lmk["before_mm"][i]), 4),
+                                round(float(lmk["after_mm"][i]), 4)])
+
+        writers["tre.csv"] = write_tre
+
+    def write_overview(p):
+        from .plots import overview_figure
+
+        overview_figure(fixed_img, moving_img, result, p)
+
+    writers["overview.png"] = write_overview
+    summary_dict["files"] = sorted([*writers, "summary.json"])
+
+    def write_summary(p):
+        summary_dict["seconds"]["write"] = round(time.perf_counter() - t0, 3)
+        Path(p).write_text(json.dumps(summary_dict, indent=2))
+
+    writers["summary.json"] = write_summary
+    write_all(Path(out), writers)
+    return summary_dict
