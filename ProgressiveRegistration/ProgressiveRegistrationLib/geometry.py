@@ -143,30 +143,42 @@ def resample(image: sitk.Image, grid: Grid, default_value: float = -1024.0, line
     return sitk.Resample(image, grid.reference_image(), sitk.Transform(), interp, default_value, sitk.sitkFloat32)
 
 
-def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002) -> sitk.Image:
-    """Binary mask of the lung field (air inside the body) of a CT image in HU.
+def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002,
+              outside_air_hu: float = -960.0) -> sitk.Image:
+    """Binary mask of the lung field of a CT image in HU.
 
     Body: the largest connected component brighter than ``air_hu``, holes filled slice by
-    slice (lungs are enclosed in every axial slice, but open to the airway in 3D). Lungs:
-    air inside the body, components smaller than ``min_fraction`` of the image dropped
-    (bowel gas, noise). Works on a ~3 mm copy: only the bounding box matters downstream.
+    slice (lungs are enclosed in every axial slice, but open to the airway in 3D); lungs:
+    air inside it. Crops that cut through the body have no enclosed air; then the lungs
+    are the air components whose median is denser than pure air (``outside_air_hu``):
+    parenchyma sits around -850 HU, air outside the body at -1000. Components smaller than
+    ``min_fraction`` of the image are dropped (bowel gas, noise). Works on a ~3 mm copy:
+    only the bounding box matters downstream.
     """
     spacing = np.asarray(image.GetSpacing())
     shrink = [max(1, int(round(3.0 / s))) for s in spacing]
-    small = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), shrink) if max(shrink) > 1 else sitk.Cast(image, sitk.sitkFloat32)
+    small = sitk.Cast(image, sitk.sitkFloat32)
+    if max(shrink) > 1:
+        small = sitk.BinShrink(small, shrink)
+    air = sitk.BinaryThreshold(small, -1100.0, air_hu, 1, 0)
     body = sitk.BinaryThreshold(small, air_hu, 1e9, 1, 0)
-    cc = sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True)
-    body = sitk.Equal(cc, 1)
+    body = sitk.Equal(sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True), 1)
     filled = sitk.JoinSeries([sitk.BinaryFillhole(body[:, :, z]) for z in range(body.GetSize()[2])])
     filled.CopyInformation(body)
-    lungs = sitk.And(filled, sitk.Not(body))
-    lungs = sitk.And(lungs, sitk.BinaryThreshold(small, -1100.0, air_hu, 1, 0))
     min_voxels = max(1, int(min_fraction * np.prod(small.GetSize())))
-    cc = sitk.RelabelComponent(sitk.ConnectedComponent(lungs), minimumObjectSize=min_voxels)
-    mask = sitk.Greater(cc, 0)
+    lungs = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.And(filled, air)), minimumObjectSize=min_voxels)
+    mask = sitk.Greater(lungs, 0)
+    if not sitk.GetArrayViewFromImage(mask).any():
+        labels = sitk.RelabelComponent(sitk.ConnectedComponent(air), minimumObjectSize=min_voxels)
+        stats = sitk.LabelIntensityStatisticsImageFilter()
+        stats.Execute(labels, small)
+        keep = [lab for lab in stats.GetLabels() if stats.GetMedian(lab) > outside_air_hu]
+        arr = np.isin(sitk.GetArrayViewFromImage(labels), keep).astype(np.uint8)
+        mask = sitk.GetImageFromArray(arr)
+        mask.CopyInformation(small)
     if max(shrink) > 1:
         mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return mask
+    return sitk.Cast(mask, sitk.sitkUInt8)
 
 
 def lung_box(image: sitk.Image, margin_mm: float = 8.0) -> Box | None:

@@ -35,8 +35,15 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     folder = str(folder)
     series = []
     dirs = [folder] + [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_dir()]
+    # GDCM warns on stderr about every folder without DICOM; we report emptiness ourselves.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        ids = {d: sitk.ImageSeriesReader.GetGDCMSeriesIDs(d) or () for d in dirs}
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     for d in dirs:
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(d) or ():
+        for uid in ids[d]:
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, uid)
             reader = sitk.ImageFileReader()
             reader.SetFileName(files[0])
