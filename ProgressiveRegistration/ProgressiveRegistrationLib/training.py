@@ -327,8 +327,8 @@ class Trainer:
 # --- command line -------------------------------------------------------------------------------
 
 SMOKE_OVERRIDES = [
-    "synthesis.size=32", "network.levels=3", "network.base_channels=4", "schedule.delta=8", "schedule.Delta=24",
-    "train.iterations=60", "train.snapshot_every=20", "train.validation_pairs=2", "train.workers=0",
+    "synthesis.size=32", "network.levels=3", "network.base_channels=4", "schedule.delta=20", "schedule.Delta=60",
+    "train.iterations=120", "train.snapshot_every=40", "train.validation_pairs=2", "train.workers=0", "train.threads=2",
 ]
 
 
@@ -345,7 +345,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--smoke", action="store_true",
-                   help="a tiny run (32³, 3 levels, 60 iterations) on the bundled sample, about a minute")
+                   help="a tiny run (32³, 3 levels, 120 iterations, both arms) on the bundled sample")
     p.add_argument("--images", nargs="+", help="training images (files, folders, DICOM folders)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.iterations=500")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -361,10 +361,14 @@ def cmd_train(args) -> int:
         overrides.append("train.images=" + json.dumps(list(args.images)))
     elif args.smoke and not args.config:
         overrides.append("train.images=" + json.dumps([str(bundled_sample())]))
-    cfg = load_config(args.config, overrides)
     out = Path(args.out)
     if not args.resume and (out / "checkpoint.pt").exists():
         raise InputError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    config_file = args.config
+    if args.resume and not config_file and (out / "config.json").is_file():
+        config_file = out / "config.json"  # the run's own settings; --set may extend train.iterations
+        overrides = list(args.set) + ([f"train.images={json.dumps(list(args.images))}"] if args.images else [])
+    cfg = load_config(config_file, overrides)
     try:
         trainer = Trainer(cfg, out, resume=args.resume, quiet=args.quiet)
         if trainer.rank == 0:

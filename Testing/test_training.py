@@ -1,0 +1,176 @@
+"""Network, schedule and trainer (paper Sec. II-A to II-F), on tiny sizes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import MODULE_DIR
+
+from ProgressiveRegistrationLib import schedule
+from ProgressiveRegistrationLib.config import NetworkConfig, load_config
+from ProgressiveRegistrationLib.errors import InputError
+from ProgressiveRegistrationLib.network import ProgressiveUNet, UNet
+
+TRAIN = MODULE_DIR / "Scripts" / "train.py"
+
+
+def trapezoid(t, i, levels, delta, Delta):
+    tau = -Delta / 2 + (Delta - delta) * i
+    rise = min(1, max(0, (t - tau) / delta))
+    fall = 1.0 if i == levels - 1 else min(1, max(0, (tau + Delta - t) / delta))
+    return min(rise, fall)
+
+
+@pytest.mark.parametrize("t", [0, 500, 1999, 2000, 2500, 4000, 7777, 12000, 14999, 15000, 40000])
+def test_alpha_is_the_papers_trapezoid(t):
+    a = schedule.alphas(t, 5, 2000, 6000)
+    assert a.sum() == pytest.approx(1.0)
+    assert (a > 0).sum() <= 2
+    np.testing.assert_allclose(a, [trapezoid(t, i, 5, 2000, 6000) for i in range(5)])
+
+
+def test_schedule_landmarks_of_the_paper():
+    np.testing.assert_allclose(schedule.alphas(0, 5, 2000, 6000), [1, 0, 0, 0, 0])
+    np.testing.assert_allclose(schedule.alphas(2000, 5, 2000, 6000), [0.5, 0.5, 0, 0, 0])
+    np.testing.assert_allclose(schedule.alphas(15000, 5, 2000, 6000), [0, 0, 0, 0, 1])
+    assert schedule.end_of_growth(5, 2000, 6000) == 15000
+    a = schedule.alphas(3000, 5, 2000, 6000)
+    np.testing.assert_allclose(schedule.betas(a), [0, 1, 1, 1, 1])
+    np.testing.assert_allclose(schedule.gammas(schedule.alphas(2500, 5, 2000, 6000)), [0.75, 0, 0, 0, 0])
+    np.testing.assert_allclose(schedule.alphas(123, 5, 2000, 6000, progressive=False), [0, 0, 0, 0, 1])
+
+
+def test_delta_zero_is_a_step():
+    for t in range(-100, 30000, 250):
+        a = schedule.alphas(t, 5, 0, 4000)
+        assert a.sum() == 1 and set(np.unique(a)) <= {0.0, 1.0}
+    assert schedule.alphas(1999, 5, 0, 4000)[0] == 1 and schedule.alphas(2000, 5, 0, 4000)[1] == 1
+
+
+def test_last_level_only_equals_plain_unet():
+    torch.manual_seed(0)
+    net = ProgressiveUNet(NetworkConfig(levels=4, base_channels=4)).eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, [0, 0, 0, 1]), net.unet(x), rtol=0, atol=0)
+    # The exported test-time network has exactly the U-Net's parameters.
+    plain = UNet(NetworkConfig(levels=4, base_channels=4))
+    plain.load_state_dict(net.unet.state_dict())
+    assert set(plain.state_dict()) == set(net.unet.state_dict())
+
+
+def test_paper_network_shape_and_size():
+    net = UNet(NetworkConfig())
+    assert net.channels == [256, 128, 64, 32, 16]
+    progressive = ProgressiveUNet(NetworkConfig())
+    assert len(progressive.inputs) == 4 and len(progressive.outputs) == 4  # the paper's eight extra layers
+    w = net.enc[4][0].weight
+    assert w.shape == (16, 2, 3, 3, 3)
+    assert isinstance(net.enc[4][2], torch.nn.LeakyReLU) and net.enc[4][2].negative_slope == 0.01
+
+
+def test_finer_levels_are_not_computed():
+    net = ProgressiveUNet(NetworkConfig(levels=3, base_channels=4))
+    called = []
+    net.unet.enc[2].register_forward_hook(lambda *a: called.append("enc2"))
+    net.unet.dec[2].register_forward_hook(lambda *a: called.append("dec2"))
+    out = net(torch.randn(1, 2, 4, 4, 4), [1, 0, 0])  # coarsest level at its own 4³ resolution
+    assert out.shape == (1, 3, 4, 4, 4) and not called
+    out = net(torch.randn(1, 2, 8, 8, 8), [0.3, 0.7, 0])
+    assert out.shape == (1, 3, 8, 8, 8) and not called
+    net(torch.randn(1, 2, 16, 16, 16), [0, 0.5, 0.5])
+    assert called == ["enc2", "dec2"]
+
+
+def test_config_errors():
+    with pytest.raises(InputError, match="unknown key"):
+        load_config(None, ["train.iterationz=3"])
+    with pytest.raises(InputError, match="divisible"):
+        load_config(None, ["synthesis.size=40"])
+
+
+def run_train(out, *extra, env=None):
+    return subprocess.run([sys.executable, str(TRAIN), "--smoke", "--quiet", "--out", str(out), *map(str, extra)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def read_log(out):
+    with open(out / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_run_learns_and_writes_everything(tmp_path):
+    out = tmp_path / "smoke"
+    r = run_train(out)
+    assert r.returncode == 0, r.stderr
+    for name in ("log.csv", "checkpoint.pt", "model.pt", "model_baseline.pt", "config.json",
+                 "schedule_and_validation.png", "progressive_vs_baseline.png", "level_outputs.png"):
+        assert (out / name).is_file(), name
+    log = read_log(out)
+    assert len(log) >= 3
+    levels = [int(row["level"]) for row in log]
+    assert levels[-1] == 2  # reached the finest level: every transition passed
+    first, last = float(log[0]["progressive_loss"]), float(log[-1]["progressive_loss"])
+    assert last < first, (first, last)
+    model = torch.load(out / "model.pt", weights_only=False)
+    assert model["format"] == "progreg-model" and model["input"]["size"] == 32
+    net = UNet(NetworkConfig(**model["network"]))
+    net.load_state_dict(model["state_dict"])  # loadable without the trainer
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--set", "train.snapshot_every=15", "train.mode=both"]
+    assert run_train(a, *common, "train.iterations=45").returncode == 0
+    r = run_train(b, *common, "train.iterations=30")
+    assert r.returncode == 0, r.stderr
+    r = run_train(b, "--resume", "--set", "train.iterations=45")
+    assert r.returncode == 0, r.stderr
+    wa = torch.load(a / "checkpoint.pt", weights_only=False)
+    wb = torch.load(b / "checkpoint.pt", weights_only=False)
+    assert wa["iteration"] == wb["iteration"] == 45
+    for arm in ("progressive", "baseline"):
+        for k, v in wa["models"][arm].items():
+            torch.testing.assert_close(v, wb["models"][arm][k], rtol=0, atol=0, msg=f"{arm} {k}")
+    assert [r["progressive_loss"] for r in read_log(a)] == [r["progressive_loss"] for r in read_log(b)]
+
+
+def test_existing_run_needs_resume(tmp_path):
+    out = tmp_path / "r"
+    assert run_train(out, "--set", "train.iterations=2", "train.snapshot_every=1").returncode == 0
+    r = run_train(out, "--set", "train.iterations=2")
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_training_errors_are_clear(tmp_path):
+    r = run_train(tmp_path / "x", "--set", "train.bogus=1")
+    assert r.returncode == 2 and "unknown key" in r.stderr
+    r = run_train(tmp_path / "y", "--images", tmp_path / "none.nii.gz")
+    assert r.returncode == 2 and "no such file" in r.stderr
+    (tmp_path / "bad.nii.gz").write_text("garbage")
+    r = run_train(tmp_path / "z", "--images", tmp_path / "bad.nii.gz")
+    assert r.returncode == 2 and "not a readable image" in r.stderr
+    # A diverging run stops with a clear message and keeps its last good checkpoint.
+    out = tmp_path / "nan"
+    r = run_train(out, "--set", "train.lr=1e20", "train.snapshot_every=1", "train.iterations=50")
+    assert r.returncode == 1 and "loss is" in r.stderr, r.stderr
+    if (out / "checkpoint.pt").exists():
+        state = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert all(torch.isfinite(v).all() for v in state["models"]["progressive"].values() if v.is_floating_point())
+
+
+def test_two_process_distributed_run(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                        str(TRAIN), "--smoke", "--quiet", "--out", str(out), "--set", "train.iterations=6",
+                        "train.snapshot_every=3", "train.threads=1"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(read_log(out)) == 2 and (out / "model.pt").is_file()
