@@ -8,3 +8,10 @@ files, TRE), ``dirlab``, ``synthesis`` (training pairs), ``schedule``, ``network
 """
 
 __version__ = "0.1.0"
+
+
+def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None, **kwargs):
+    """Register two volume nodes of ``scene``; see :func:`ProgressiveRegistrationLib.mrml.register_volume_nodes`."""
+    from .mrml import register_volume_nodes as _register
+
+    return _register(scene, fixed, moving, fixed_landmarks, moving_landmarks, model, **kwargs)

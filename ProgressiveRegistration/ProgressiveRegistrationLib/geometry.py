@@ -144,7 +144,7 @@ def resample(image: sitk.Image, grid: Grid, default_value: float = -1024.0, line
 
 
 def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002,
-              outside_air_hu: float = -960.0) -> sitk.Image:
+              outside_air_hu: float = -960.0, include_open: bool = False) -> sitk.Image:
     """Binary mask of the lung field of a CT image in HU.
 
     Body: the largest connected component brighter than ``air_hu``, holes filled slice by
@@ -152,7 +152,8 @@ def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0
     air inside it. Crops that cut through the body have no enclosed air; then the lungs
     are the air components whose median is denser than pure air (``outside_air_hu``):
     parenchyma sits around -850 HU, air outside the body at -1000. Components smaller than
-    ``min_fraction`` of the image are dropped (bowel gas, noise). Works on a ~3 mm copy:
+    ``min_fraction`` of the image are dropped (bowel gas, noise). ``include_open`` adds those
+    dense air components even when enclosed lungs were found. Works on a ~3 mm copy:
     only the bounding box matters downstream.
     """
     spacing = np.asarray(image.GetSpacing())
@@ -168,12 +169,13 @@ def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0
     min_voxels = max(1, int(min_fraction * np.prod(small.GetSize())))
     lungs = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.And(filled, air)), minimumObjectSize=min_voxels)
     mask = sitk.Greater(lungs, 0)
-    if not sitk.GetArrayViewFromImage(mask).any():
+    if include_open or not sitk.GetArrayViewFromImage(mask).any():
         labels = sitk.RelabelComponent(sitk.ConnectedComponent(air), minimumObjectSize=min_voxels)
         stats = sitk.LabelIntensityStatisticsImageFilter()
         stats.Execute(labels, small)
         keep = [lab for lab in stats.GetLabels() if stats.GetMedian(lab) > outside_air_hu]
-        arr = np.isin(sitk.GetArrayViewFromImage(labels), keep).astype(np.uint8)
+        arr = np.isin(sitk.GetArrayViewFromImage(labels), keep) | sitk.GetArrayViewFromImage(mask).astype(bool)
+        arr = arr.astype(np.uint8)
         mask = sitk.GetImageFromArray(arr)
         mask.CopyInformation(small)
     if max(shrink) > 1:

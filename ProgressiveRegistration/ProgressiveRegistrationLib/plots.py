@@ -147,10 +147,13 @@ def overview_figure(fixed, moving, result, path) -> None:
     aspect = sz / sx
     has_tre = result.landmarks is not None
     ncol = 4 if has_tre else 3
-    fig, axes = plt.subplots(1, ncol, figsize=(4.2 * ncol, 4.6))
+    height_mm = f.shape[0] * sz
+    width_mm = f.shape[1] * sx
+    panel_w = 3.6 * min(1.6, max(0.5, width_mm / height_mm))
+    fig, axes = plt.subplots(1, ncol, figsize=(panel_w * 3 + (4.0 if has_tre else 0), 4.2),
+                             gridspec_kw={"width_ratios": [1, 1, 1.15] + ([1.6 * 3.6 / panel_w] if has_tre else [])})
     flip = fixed_grid.direction_matrix[2, 2] > 0  # show superior at the top
-    for ax, img, title in ((axes[0], _overlay(f, before), "before: fixed (magenta) / moving (green)"),
-                           (axes[1], _overlay(f, after), "after: fixed / warped moving")):
+    for ax, img, title in ((axes[0], _overlay(f, before), "before"), (axes[1], _overlay(f, after), "after")):
         ax.imshow(img[::-1] if flip else img, aspect=aspect)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -158,13 +161,15 @@ def overview_figure(fixed, moving, result, path) -> None:
     jj = int(np.clip(round(jac_grid.points_to_index(centre)[0, 1]), 0, jac_grid.size[1] - 1))
     jac = result.jacobian[:, jj, :]
     body = result.body_mask[:, jj, :]
+    jac_aspect = jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0]
+    ct = _coronal(sitk.Resample(fixed, jac_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0,
+                                sitk.sitkFloat32), jj)
+    axes[2].imshow(ct[::-1] if flip else ct, cmap="gray", vmin=-1000, vmax=400, aspect=jac_aspect)
     shown = np.where(body, jac, np.nan)
-    im = axes[2].imshow(shown[::-1] if flip else shown, cmap="RdBu_r", vmin=0, vmax=2,
-                        aspect=jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0])
+    im = axes[2].imshow(shown[::-1] if flip else shown, cmap="PuOr_r", vmin=0, vmax=2, alpha=0.75, aspect=jac_aspect)
     folded = np.where(body & (jac <= 0), 1.0, np.nan)
-    axes[2].imshow(folded[::-1] if flip else folded, cmap="autumn", vmin=0, vmax=1,
-                   aspect=jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0])
-    axes[2].set_title(f"Jacobian determinant (folding {result.folding_percent:.2f} % in body)", fontsize=9)
+    axes[2].imshow(folded[::-1] if flip else folded, cmap="autumn", vmin=0, vmax=1, aspect=jac_aspect)
+    axes[2].set_title(f"Jacobian det.\nfolding {result.folding_percent:.2f} % (red)", fontsize=9)
     axes[2].axis("off")
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     if has_tre:
@@ -176,6 +181,7 @@ def overview_figure(fixed, moving, result, path) -> None:
         axes[3].set_ylabel("landmarks")
         axes[3].legend(fontsize=8)
         axes[3].set_title(f"Landmark TRE (n = {len(a)})", fontsize=9)
+    fig.suptitle("Coronal slice: fixed in magenta, moving in green (grey where they agree)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -27,7 +27,7 @@ import torch.nn as nn
 from . import fields
 from .config import NetworkConfig, SynthesisConfig
 from .errors import InputError
-from .geometry import Grid, check_volume, crop_grid, lung_box, resample, whole_box
+from .geometry import Grid, check_volume, crop_grid, lung_box, lung_mask, resample, whole_box
 from .landmarks import check_pairs, summary, tre_mm
 from .network import UNet
 from .synthesis import network_input
@@ -151,12 +151,14 @@ def _crop(image: sitk.Image, syn: SynthesisConfig, what: str, notes: list[str]) 
 
 
 def body_mask_on(image: sitk.Image, grid: Grid, threshold_hu: float = -500.0) -> np.ndarray:
-    """The body (largest component above ``threshold_hu``, holes filled per slice) on ``grid``."""
+    """The body on ``grid``: the largest component above ``threshold_hu`` with holes filled
+    per slice, plus the lung field (crops that cut the body open leave the lungs unfilled)."""
     on = sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
     body = sitk.BinaryThreshold(on, threshold_hu, 1e9, 1, 0)
     body = sitk.Equal(sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True), 1)
     filled = sitk.JoinSeries([sitk.BinaryFillhole(body[:, :, z]) for z in range(body.GetSize()[2])])
-    return sitk.GetArrayFromImage(filled).astype(bool)
+    lungs = sitk.GetArrayFromImage(lung_mask(on, include_open=True)).astype(bool)
+    return sitk.GetArrayFromImage(filled).astype(bool) | lungs
 
 
 def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, model: Model, fg: Grid, mg: Grid, notes: list[str]):

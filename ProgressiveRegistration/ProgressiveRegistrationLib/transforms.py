@@ -113,6 +113,15 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
     return sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
 
 
+def read_displacement_field(path: str | os.PathLike) -> sitk.Image:
+    """The displacement-field image (LPS, vector float64) of a transform file we wrote."""
+    tx = read_transform(path)
+    try:
+        return sitk.DisplacementFieldTransform(tx).GetDisplacementField()
+    except (RuntimeError, TypeError):
+        raise InputError(f"{path}: not a displacement-field transform") from None
+
+
 def transform_points(transform: sitk.Transform, points_lps: np.ndarray) -> np.ndarray:
     """Apply an ITK transform to ``(n, 3)`` LPS points."""
     return np.array([transform.TransformPoint([float(v) for v in p]) for p in np.asarray(points_lps)])

@@ -1,0 +1,352 @@
+"""MRML side of the module, Qt-free: every function takes the scene as a parameter.
+
+Runs inside Slicer and against the ``slicer-core`` wheel (real MRML without Qt), which is
+how it is tested. Slicer works in RAS, files and the engine in LPS: the conversion
+``diag(-1, -1, 1)`` happens here and nowhere else.
+
+Outputs of a registration:
+
+* a ``vtkMRMLGridTransformNode`` holding the field as a ``vtkOrientedGridTransform`` in the
+  FromParent (resampling, fixed -> moving) direction, with node references to the fixed
+  and moving volumes, set as the moving volume's parent transform;
+* a scalar volume of the Jacobian determinant on the fixed volume's geometry;
+* a table: one row per landmark (label, TRE before, after) plus mean and SD rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import Grid, check_volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+# --- nodes <-> images and points ---------------------------------------------------------------
+
+def _ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def grid_of_volume_node(node) -> Grid:
+    """The LPS :class:`Grid` of a volume node (its own geometry; parent transforms ignored)."""
+    dims = node.GetImageData().GetDimensions()
+    m = _ijk_to_ras(node)
+    spacing = np.asarray(node.GetSpacing(), dtype=np.float64)
+    direction_lps = LPS_TO_RAS @ (m[:3, :3] / spacing)
+    origin_lps = LPS_TO_RAS @ m[:3, 3]
+    return Grid(tuple(int(d) for d in dims), tuple(float(s) for s in spacing), tuple(float(v) for v in origin_lps),
+                tuple(float(v) for v in direction_lps.ravel()))
+
+
+def image_from_volume_node(node, what: str) -> sitk.Image:
+    """A SimpleITK image (LPS) of a scalar volume node, checked for sanity."""
+    import slicer.util
+
+    if node is None or node.GetImageData() is None:
+        raise InputError(f"{what}: no volume (or a volume without image data)")
+    arr = slicer.util.arrayFromVolume(node)
+    if arr.ndim != 3:
+        raise InputError(f"{what}: expected a 3D scalar volume, got an array of shape {arr.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    grid_of_volume_node(node).apply_to(image)
+    check_volume(image, what)
+    return image
+
+
+def markups_lps(node) -> tuple[np.ndarray, list[str]]:
+    """(n, 3) LPS positions (the node's own coordinates) and labels of a point list."""
+    import slicer.util
+
+    ras = np.asarray(slicer.util.arrayFromMarkupsControlPoints(node, world=False), dtype=np.float64).reshape(-1, 3)
+    labels = [node.GetNthControlPointLabel(i) or str(i + 1) for i in range(len(ras))]
+    return ras @ LPS_TO_RAS, labels
+
+
+def _vtk_matrix(a: np.ndarray):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+# --- output nodes --------------------------------------------------------------------------------
+
+def set_grid_transform(node, displacement: sitk.Image) -> None:
+    """Store an ITK displacement field (LPS, resampling direction) as the node's FromParent
+    ``vtkOrientedGridTransform`` (RAS displacements on the same grid)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    grid = Grid.from_image(displacement)
+    disp_lps = sitk.GetArrayFromImage(displacement).astype(np.float64)  # [k, j, i, 3]
+    disp_ras = disp_lps * np.array([-1.0, -1.0, 1.0])
+    image = vtk.vtkImageData()
+    image.SetDimensions(*grid.size)
+    image.SetSpacing(*grid.spacing_mm)
+    image.SetOrigin(*(LPS_TO_RAS @ np.asarray(grid.origin_lps)))
+    scalars = numpy_support.numpy_to_vtk(disp_ras.reshape(-1, 3), deep=True, array_type=vtk.VTK_DOUBLE)
+    scalars.SetNumberOfComponents(3)
+    image.GetPointData().SetScalars(scalars)
+    direction = np.eye(4)
+    direction[:3, :3] = LPS_TO_RAS @ grid.direction_matrix
+    transform = slicer.vtkOrientedGridTransform()
+    transform.SetDisplacementGridData(image)
+    transform.SetGridDirectionMatrix(_vtk_matrix(direction))
+    transform.SetInterpolationModeToLinear()  # as ITK's DisplacementFieldTransform
+    node.SetAndObserveTransformFromParent(transform)
+
+
+def set_volume_from_image(node, image: sitk.Image) -> None:
+    import slicer.util
+
+    grid = Grid.from_image(image)
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ grid.direction_matrix @ np.diag(grid.spacing_mm)
+    m[:3, 3] = LPS_TO_RAS @ np.asarray(grid.origin_lps)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    node.SetIJKToRASMatrix(_vtk_matrix(m))
+
+
+def set_tre_table(node, labels: list[str], before: np.ndarray, after: np.ndarray) -> None:
+    """One row per landmark (label, TRE before, after in mm), then 'mean' and 'sd' rows."""
+    import vtk
+
+    table = node.GetTable()
+    table.Initialize()
+    names = vtk.vtkStringArray()
+    names.SetName("label")
+    cols = []
+    for title in ("TRE before (mm)", "TRE after (mm)"):
+        col = vtk.vtkDoubleArray()
+        col.SetName(title)
+        cols.append(col)
+    rows = [(lab, b, a) for lab, b, a in zip(labels, before, after)]
+    rows += [("mean", float(np.mean(before)), float(np.mean(after))), ("sd", float(np.std(before)), float(np.std(after)))]
+    for lab, b, a in rows:
+        names.InsertNextValue(str(lab))
+        cols[0].InsertNextValue(float(b))
+        cols[1].InsertNextValue(float(a))
+    table.AddColumn(names)
+    for col in cols:
+        table.AddColumn(col)
+    node.Modified()
+
+
+def _style_jacobian(node) -> None:
+    """Diverging colours centred on 1 (no volume change); det <= 0 at the saturated blue end."""
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is None:
+        return
+    scene = node.GetScene()
+    for color_id in ("vtkMRMLColorTableNodeFileDivergingBlueRed.txt", "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"):
+        if scene.GetNodeByID(color_id) is not None:
+            display.SetAndObserveColorNodeID(color_id)
+            break
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 2.0)
+
+
+@dataclass
+class RegistrationNodes:
+    """What a registration put in the scene, and its numbers."""
+
+    transform: object
+    jacobian: object
+    table: object | None
+    summary: dict
+    seconds: float = 0.0
+    tre_before_mm: dict | None = None
+    tre_after_mm: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def folding_percent(self) -> float:
+        return self.summary["folding_percent"]
+
+    def describe(self) -> str:
+        text = f"Folding: {self.folding_percent:.3f} % of body voxels."
+        if self.tre_before_mm:
+            b, a = self.tre_before_mm, self.tre_after_mm
+            text = (f"TRE before {b['mean']:.2f} ± {b['sd']:.2f} mm, after {a['mean']:.2f} ± {a['sd']:.2f} mm "
+                    f"(n = {a['n']}). ") + text
+        return text
+
+
+def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
+             tre_rows: tuple | None, transform=None, jacobian_node=None, table=None,
+             apply_to_moving: bool = True) -> RegistrationNodes:
+    base = moving.GetName() or "moving"
+    if transform is None:
+        transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", scene.GenerateUniqueName(f"{base} registered"))
+    set_grid_transform(transform, displacement)
+    transform.SetNodeReferenceID("fixedVolume", fixed.GetID())
+    transform.SetNodeReferenceID("movingVolume", moving.GetID())
+    transform.SetAttribute("ProgressiveRegistration.model", str(summary.get("model", "")))
+    if apply_to_moving:
+        moving.SetAndObserveTransformNodeID(transform.GetID())
+
+    # The Jacobian on the fixed volume's geometry (the engine computes it on the transform's grid).
+    fixed_grid = grid_of_volume_node(fixed)
+    jac_on_fixed = sitk.Resample(jacobian, fixed_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, 1.0,
+                                 sitk.sitkFloat32)
+    if jacobian_node is None:
+        jacobian_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} Jacobian"))
+    set_volume_from_image(jacobian_node, jac_on_fixed)
+    jacobian_node.SetAttribute("ProgressiveRegistration.foldingPercent", f"{summary['folding_percent']:.6f}")
+    _style_jacobian(jacobian_node)
+
+    if tre_rows is not None:
+        if table is None:
+            table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} TRE"))
+        set_tre_table(table, *tre_rows)
+    else:
+        table = None
+    seconds = float(sum(v for v in summary.get("seconds", {}).values()))
+    return RegistrationNodes(transform, jacobian_node, table, summary, seconds, summary.get("tre_before_mm"),
+                             summary.get("tre_after_mm"), summary.get("warnings", []))
+
+
+def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
+    if fixed is None or moving is None:
+        raise InputError("select a fixed and a moving volume")
+    if fixed is moving or fixed.GetID() == moving.GetID():
+        raise InputError("fixed and moving volumes must be different nodes")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("give both landmark lists, or neither")
+    fixed_image = image_from_volume_node(fixed, f"fixed volume '{fixed.GetName()}'")
+    moving_image = image_from_volume_node(moving, f"moving volume '{moving.GetName()}'")
+    points = None
+    if fixed_landmarks is not None:
+        f, labels = markups_lps(fixed_landmarks)
+        m, _ = markups_lps(moving_landmarks)
+        if len(f) != len(m):
+            raise InputError(f"landmarks: {len(f)} fixed but {len(m)} moving points; they must pair up")
+        if len(f) == 0:
+            raise InputError("landmarks: the point lists are empty")
+        points = (f, m, labels)
+    return fixed_image, moving_image, points
+
+
+def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None,
+                          device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
+                          progress=None) -> RegistrationNodes:
+    """Register two volume nodes in-process and put the results in ``scene``.
+
+    The scripting API for Slicer's Python console::
+
+        import ProgressiveRegistrationLib as prl
+        r = prl.register_volume_nodes(slicer.mrmlScene, fixedNode, movingNode)
+        r.transform, r.jacobian, r.table   # output nodes (table is None without landmarks)
+
+    ``model``: a model file path (default: the bundled model) or a loaded ``Model``.
+    Inputs are never modified, except that the moving volume gets the result as its parent
+    transform when ``apply_to_moving``. Bad input raises InputError before any node is made.
+    """
+    from .registration import Model, load_model, register_images, summary_of
+
+    fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
+    model = model if isinstance(model, Model) else load_model(model, device)
+    f_pts, m_pts = (points[0], points[1]) if points else (None, None)
+    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=False)
+    summary = summary_of(result, model, device)
+    jac = sitk.GetImageFromArray(result.jacobian.astype(np.float32))
+    result.out_grid.apply_to(jac)
+    rows = (points[2], result.landmarks["before_mm"], result.landmarks["after_mm"]) if points else None
+    return _outputs(scene, fixed, moving, result.displacement, jac, summary, rows, transform, jacobian, table,
+                    apply_to_moving)
+
+
+# --- the background-process path of the module ---------------------------------------------------
+
+@dataclass
+class Job:
+    fixed_id: str
+    moving_id: str
+    fixed_path: str
+    moving_path: str
+    out_dir: str
+    fixed_landmarks_path: str | None = None
+    moving_landmarks_path: str | None = None
+
+
+def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None) -> Job:
+    """Write the inputs of a background ``progreg register`` run into ``work_dir``."""
+    from .landmarks import write_markups_json
+
+    fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
+    work = Path(work_dir)
+    job = Job(fixed.GetID(), moving.GetID(), str(work / "fixed.nrrd"), str(work / "moving.nrrd"), str(work / "out"))
+    sitk.WriteImage(fixed_image, job.fixed_path, True)
+    sitk.WriteImage(moving_image, job.moving_path, True)
+    if points:
+        job.fixed_landmarks_path = str(work / "fixed.mrk.json")
+        job.moving_landmarks_path = str(work / "moving.mrk.json")
+        write_markups_json(job.fixed_landmarks_path, points[0], points[2])
+        write_markups_json(job.moving_landmarks_path, points[1])
+    return job
+
+
+def read_tre_csv(path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return ([r["label"] for r in rows], np.array([float(r["tre_before_mm"]) for r in rows]),
+            np.array([float(r["tre_after_mm"]) for r in rows]))
+
+
+def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True
+                 ) -> RegistrationNodes:
+    """Turn a finished ``progreg register`` output folder into output nodes."""
+    out = Path(job.out_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    transform_file = next(out / f for f in summary["files"] if f.startswith("transform."))
+    from .transforms import read_displacement_field
+
+    displacement = read_displacement_field(transform_file)
+    rows = read_tre_csv(out / "tre.csv") if (out / "tre.csv").exists() else None
+    return _outputs(scene, scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id), displacement,
+                    sitk.ReadImage(str(out / "jacobian.nrrd")), summary, rows, transform, jacobian, table,
+                    apply_to_moving)
+
+
+# --- sample data -----------------------------------------------------------------------------------
+
+def add_volume_node(scene, image: sitk.Image, name: str):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    set_volume_from_image(node, image)
+    return node
+
+
+def add_points_node(scene, points_lps: np.ndarray, name: str):
+    import slicer.util
+
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(name))
+    slicer.util.updateMarkupsControlPointsFromArray(node, np.asarray(points_lps) @ LPS_TO_RAS)
+    return node
+
+
+def sample_pair_nodes(scene, seed: int = 0):
+    """Bundled CT (inhale, fixed) and a simulated exhale (moving) with landmark lists."""
+    from .breathing import simulate
+    from .images import read_image
+    from .training import bundled_sample
+
+    pair = simulate(read_image(bundled_sample()), seed=seed)
+    return (add_volume_node(scene, pair.inhale, "inhale"), add_volume_node(scene, pair.exhale, "exhale"),
+            add_points_node(scene, pair.fixed_points_lps, "F"), add_points_node(scene, pair.moving_points_lps, "M"))
