@@ -66,6 +66,8 @@ def _add_dirlab(sub):
     p = sub.add_parser("dirlab", help="TRE of the DIR-Lab 4DCT cases (extreme phases, 300 landmarks)")
     p.add_argument("folder", help="folder holding Case1Pack ... Case10Pack (or Case8Deploy)")
     p.add_argument("--cases", default="1-10", help="e.g. 1-10 or 1,3,8 (default 1-10)")
+    p.add_argument("--model", help="model for the cases whose images are present (default: the bundled model)")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dirlab)
 
@@ -73,15 +75,23 @@ def _add_dirlab(sub):
 def cmd_dirlab(args) -> int:
     from . import dirlab
 
-    result = dirlab.evaluate(args.folder, dirlab.parse_cases(args.cases))
+    def progress(case, message):
+        print(f"case {case}: {message}", file=sys.stderr, flush=True)
+
+    result = dirlab.evaluate(args.folder, dirlab.parse_cases(args.cases), args.model, args.device, progress)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{'case':>4} {'n':>4} {'before (mm)':>16} {'paper Table II':>16}  images")
+    print(f"{'case':>4} {'n':>4} {'before (mm)':>15} {'paper before':>15} {'after (mm)':>15} {'snapped':>15} {'folding':>8}")
     for case, r in result["cases"].items():
         b, p = r["before_mm"], r["paper_before_mm"]
-        print(f"{case:>4} {r['n']:>4} {b['mean']:7.2f} ± {b['sd']:5.2f} {p['mean']:7.2f} ± {p['sd']:5.2f}  "
-              f"{'yes' if r['images'] else 'no (TRE after registration needs the images)'}")
+        line = f"{case:>4} {r['n']:>4} {b['mean']:6.2f} ± {b['sd']:5.2f} {p['mean']:6.2f} ± {p['sd']:5.2f}"
+        if "after_mm" in r:
+            a, s = r["after_mm"], r["after_snapped_mm"]
+            line += f" {a['mean']:6.2f} ± {a['sd']:5.2f} {s['mean']:6.2f} ± {s['sd']:5.2f} {r['folding_percent']:7.2f}%"
+        else:
+            line += "   (no images: TRE after registration needs CaseNPack/Images/caseN_T00*.img and _T50)"
+        print(line)
     return 0
 
 

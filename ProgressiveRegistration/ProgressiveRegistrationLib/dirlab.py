@@ -119,21 +119,45 @@ def case_points_mm(root, case: int) -> tuple[np.ndarray, np.ndarray]:
     return fixed, moving
 
 
-def evaluate(root, cases: list[int]) -> dict:
-    """``{"cases": {"1": {"n": 300, "before_mm": {...}, "paper_before_mm": {...}}, ...}}``."""
+def evaluate(root, cases: list[int], model=None, device: str = "cpu", progress=None) -> dict:
+    """``{"cases": {"1": {"n": 300, "before_mm": {...}, "paper_before_mm": {...}}, ...}}``.
+
+    Where a case folder holds its raw images, the pair is registered (T00 fixed, T50
+    moving) and ``after_mm`` and ``after_snapped_mm`` (predictions rounded to the nearest
+    voxel, the DIR-Lab leaderboard rule) are added, with ``folding_percent``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such DIR-Lab folder")
     out = {}
+    loaded = None
     for case in cases:
         if extreme_phase_files(root, case) is None:
             continue
         fixed, moving = case_points_mm(root, case)
         before = tre_mm(fixed, moving)
         mean, sd = CASES[case].paper_before_mm
-        out[str(case)] = {"n": len(before), "before_mm": summary(before),
-                          "paper_before_mm": {"mean": mean, "sd": sd},
-                          "images": image_files(root, case) is not None}
+        images = image_files(root, case)
+        entry = {"n": len(before), "before_mm": summary(before), "paper_before_mm": {"mean": mean, "sd": sd},
+                 "images": images is not None}
+        if images is not None:
+            from .geometry import Grid
+            from .images import read_dirlab_raw
+            from .landmarks import snap_to_voxel
+            from .registration import load_model, register_images
+
+            if progress:
+                progress(case, "registering")
+            loaded = loaded or load_model(model, device)
+            c = CASES[case]
+            t00, t50 = (read_dirlab_raw(p, c.size, c.spacing_mm) for p in images)
+            result = register_images(t00, t50, loaded, device, fixed, moving, warp_moving=False)
+            predicted = result.landmarks["predicted_lps"]
+            entry["after_mm"] = summary(result.landmarks["after_mm"])
+            entry["after_snapped_mm"] = summary(tre_mm(snap_to_voxel(predicted, Grid.from_image(t50)), moving))
+            entry["folding_percent"] = result.folding_percent
+            entry["seconds"] = result.seconds
+        out[str(case)] = entry
     if not out:
         raise InputError(f"{root}: no DIR-Lab case folders (CaseNPack or CaseNDeploy) with landmark files")
     return {"cases": out}

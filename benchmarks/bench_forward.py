@@ -1,0 +1,154 @@
+"""Network forward pass at N³ with the paper-size U-Net: eager torch versus the optimised paths.
+
+Variants, all measured in the same run on the same input (median of --repeats):
+
+* eager: the trained module as is (BN in eval mode), ``torch.no_grad``;
+* folded: BN folded into the convolutions, ``torch.inference_mode`` (what ``progreg`` uses);
+* folded + channels_last_3d;
+* ONNX Runtime (CPU execution provider) on the folded network, if onnxruntime is installed.
+
+Reports seconds, GFLOP per pass (counted from the layers) and achieved GFLOP/s against the
+machine's ceiling (SPEC.md §4: ~160 GFLOP/s float32 through torch on these 2 cores).
+
+    python benchmarks/bench_forward.py [--size 128] [--threads 2] [--repeats 3]
+
+Writes benchmarks/results/forward.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
+
+from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
+from ProgressiveRegistrationLib.network import UNet  # noqa: E402
+from ProgressiveRegistrationLib.registration import fold_batchnorm  # noqa: E402
+
+CEILING_GFLOPS = 160.0
+
+
+def count_gflop(net: torch.nn.Module, x: torch.Tensor) -> float:
+    """2 × multiply-accumulates of every convolution, from the actual output shapes."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = int(np.prod(module.kernel_size))
+        if isinstance(module, torch.nn.ConvTranspose3d):
+            total += 2 * inputs[0].numel() * module.out_channels * k
+        else:
+            total += 2 * output.numel() * module.in_channels * k // module.groups
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    with torch.inference_mode():
+        net(x)
+    for h in handles:
+        h.remove()
+    return total / 1e9
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--base-channels", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    net = UNet(NetworkConfig(base_channels=args.base_channels)).eval()
+    for m in net.modules():  # trained-like BN statistics
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.uniform_(-0.5, 0.5)
+    n = args.size
+    x = torch.randn(1, 2, n, n, n)
+    gflop = count_gflop(net, x)
+    folded = fold_batchnorm(net)
+    rows = []
+
+    def eager():
+        with torch.no_grad():
+            return net(x)
+
+    def fold():
+        with torch.inference_mode():
+            return folded(x)
+
+    folded_cl = fold_batchnorm(net).to(memory_format=torch.channels_last_3d)
+    x_cl = x.to(memory_format=torch.channels_last_3d)
+
+    def fold_cl():
+        with torch.inference_mode():
+            return folded_cl(x_cl)
+
+    with torch.inference_mode():
+        ref = net(x)
+        err = float((folded(x) - ref).abs().max())
+        err_cl = float((folded_cl(x_cl) - ref).abs().max())
+    rows.append(("eager torch (BN eval, no_grad)", timed(eager, args.repeats), 0.0))
+    rows.append(("BN folded + inference_mode", timed(fold, args.repeats), err))
+    rows.append(("BN folded + inference_mode + channels_last_3d", timed(fold_cl, args.repeats), err_cl))
+    try:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as d:
+            path = str(Path(d) / "unet.onnx")
+            torch.onnx.export(folded, (x,), path, input_names=["x"], output_names=["u"], dynamo=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = args.threads
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            xn = x.numpy()
+            out = sess.run(None, {"x": xn})[0]
+            rows.append((f"ONNX Runtime {ort.__version__} (BN folded)", timed(lambda: sess.run(None, {"x": xn}), args.repeats),
+                         float(np.abs(out - ref.numpy()).max())))
+    except Exception as err:  # noqa: BLE001 - optional runtime
+        print(f"onnxruntime skipped: {err}", file=sys.stderr)
+
+    base = rows[0][1]
+    lines = [
+        "# Network forward pass (benchmarks/bench_forward.py)",
+        "",
+        f"Paper-size U-Net (5 levels, {args.base_channels}…{args.base_channels * 16} channels), one {n}³ pair, "
+        f"{gflop:.0f} GFLOP per pass, {args.threads} threads, median of {args.repeats}, all rows in one run "
+        f"({platform.machine()}, torch {torch.__version__}). Ceiling: {CEILING_GFLOPS:.0f} GFLOP/s (SPEC.md §4).",
+        "",
+        "| variant | seconds | GFLOP/s | % of ceiling | speed-up vs eager | max abs diff vs eager (voxels) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, sec, diff in rows:
+        lines.append(f"| {name} | {sec:.2f} | {gflop / sec:.0f} | {100 * gflop / sec / CEILING_GFLOPS:.0f} % | "
+                     f"{base / sec:.2f}× | {diff:.1e} |")
+    lines += ["", f"Command: `python benchmarks/bench_forward.py --size {n} --threads {args.threads} "
+                  f"--repeats {args.repeats}`"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    name = "forward.md" if n == 128 and args.base_channels == 16 else f"forward_{n}_{args.base_channels}.md"
+    (ROOT / "benchmarks" / "results" / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
