@@ -189,14 +189,18 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     def libraryPath():
         return os.path.dirname(os.path.abspath(__file__))
 
-    def ensureDependencies(self, askUser=True):
-        """Make torch importable: PyTorchUtils when the PyTorch extension is there, else pip."""
+    def ensureDependencies(self, askUser=True, install=True):
+        """Make torch importable: PyTorchUtils when the PyTorch extension is there, else pip.
+
+        ``install=False`` (scripts, tests) never installs: it raises if torch is missing.
+        """
         try:
             import torch  # noqa: F401
 
             return True
         except ImportError:
-            pass
+            if not install:
+                raise RuntimeError(_("PyTorch is not installed; open the module once to install it.")) from None
         if askUser and not slicer.util.confirmOkCancelDisplay(
                 _("This module needs PyTorch, which is not installed. Install it now (CPU or CUDA build as "
                   "detected)? This may take several minutes.")):
@@ -314,7 +318,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     def process(self, fixedVolume, movingVolume, fixedLandmarks=None, movingLandmarks=None, model=None,
                 device="cpu", applyToMoving=True):
         """Register in-process (blocks); returns the Lib's result with the output nodes."""
-        self.ensureDependencies(askUser=False)
+        self.ensureDependencies(install=False)
         import ProgressiveRegistrationLib
 
         return ProgressiveRegistrationLib.register_volume_nodes(

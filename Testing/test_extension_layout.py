@@ -123,7 +123,7 @@ def test_library_imports_without_slicer_or_qt():
     code = ("import sys, ProgressiveRegistrationLib.cli, ProgressiveRegistrationLib.training; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('slicer', 'qt', 'ctk', 'PythonQt', 'vtk')]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -135,7 +135,7 @@ def test_cli_help_lists_subcommands():
     if exe.exists():
         commands.append([str(exe), "--help"])
     for cmd in commands:
-        r = subprocess.run(cmd, cwd=MODULE_DIR, capture_output=True, text=True)
+        r = subprocess.run(cmd, cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
         assert r.returncode == 0, r.stderr
         for sub in ("tre", "dirlab", "synth", "train", "series", "register", "demo"):
             assert re.search(rf"^\s+{sub}\s", r.stdout, re.M), sub
@@ -149,7 +149,7 @@ def test_console_script_entry_point():
 
 
 def test_ruff_passes():
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

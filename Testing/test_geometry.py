@@ -219,7 +219,7 @@ def test_snap_to_voxel():
 
 def progreg(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", *map(str, args)], cwd=cwd or MODULE_DIR,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8")
 
 
 def test_dirlab_reproduces_table_ii(dirlab_root):

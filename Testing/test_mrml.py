@@ -105,7 +105,7 @@ def test_table_equals_cli_tre_csv(scene, tiny_model, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", "register", job.fixed_path, job.moving_path,
                         "--out", job.out_dir, "--fixed-landmarks", job.fixed_landmarks_path, "--moving-landmarks",
                         job.moving_landmarks_path, "--model", tiny_model, "--progress-json"],
-                       cwd=MODULE_DIR, capture_output=True, text=True)
+                       cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 0, r.stderr
     assert '"fraction": 1.0' in r.stdout
     loaded = mrml.load_results(scene, job)

@@ -22,7 +22,7 @@ from ProgressiveRegistrationLib.registration import DEFAULT_MODEL, fold_batchnor
 
 def progreg(*args):
     return subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", *map(str, args)], cwd=MODULE_DIR,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, encoding="utf-8", timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_pairs_are_deterministic_with_workers():
 def test_synth_cli_writes_a_consistent_pair(tmp_path):
     out = tmp_path / "pair"
     r = subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", "synth", str(SAMPLE), "--out", str(out),
-                        "--seed", "2", "--size", "32"], cwd=MODULE_DIR, capture_output=True, text=True)
+                        "--seed", "2", "--size", "32"], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 0, r.stderr
     names = {"fixed.nii.gz", "moving.nii.gz", "displacement.nii.gz", "mask.nii.gz", "fixed_gradient.nii.gz",
              "moving_gradient.nii.gz", "pair.json"}
@@ -160,5 +160,5 @@ def test_synth_cli_writes_a_consistent_pair(tmp_path):
 @pytest.mark.parametrize("size", ["17", "0"])
 def test_synth_rejects_bad_size(tmp_path, size):
     r = subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", "synth", str(SAMPLE), "--out",
-                        str(tmp_path / "o"), "--size", size], cwd=MODULE_DIR, capture_output=True, text=True)
+                        str(tmp_path / "o"), "--size", size], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 2 and not (tmp_path / "o").exists()

@@ -97,7 +97,7 @@ def test_config_errors():
 
 def run_train(out, *extra, env=None):
     return subprocess.run([sys.executable, str(TRAIN), "--smoke", "--quiet", "--out", str(out), *map(str, extra)],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
 
 
 def read_log(out):
@@ -171,6 +171,6 @@ def test_two_process_distributed_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                         str(TRAIN), "--smoke", "--quiet", "--out", str(out), "--set", "train.iterations=6",
                         "train.snapshot_every=3", "train.threads=1"],
-                       capture_output=True, text=True, env=env, timeout=600)
+                       capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(read_log(out)) == 2 and (out / "model.pt").is_file()

@@ -143,21 +143,28 @@ def resample(image: sitk.Image, grid: Grid, default_value: float = -1024.0, line
     return sitk.Resample(image, grid.reference_image(), sitk.Transform(), interp, default_value, sitk.sitkFloat32)
 
 
-def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002,
-              outside_air_hu: float = -960.0, include_open: bool = False) -> sitk.Image:
-    """Binary mask of the lung field of a CT image in HU.
+@dataclass
+class ThoraxMasks:
+    """Lung field and body of a CT on a coarse working grid (``shrink`` voxels per cell)."""
+
+    lungs: sitk.Image
+    body: sitk.Image
+    shrink: tuple[int, int, int]
+
+
+def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002,
+                 outside_air_hu: float = -960.0, working_mm: float = 4.0) -> ThoraxMasks:
+    """Lung field and body of a CT image in HU, on a ~``working_mm`` copy of the image.
 
     Body: the largest connected component brighter than ``air_hu``, holes filled slice by
-    slice (lungs are enclosed in every axial slice, but open to the airway in 3D); lungs:
-    air inside it. Crops that cut through the body have no enclosed air; then the lungs
-    are the air components whose median is denser than pure air (``outside_air_hu``):
-    parenchyma sits around -850 HU, air outside the body at -1000. Components smaller than
-    ``min_fraction`` of the image are dropped (bowel gas, noise). ``include_open`` adds those
-    dense air components even when enclosed lungs were found. Works on a ~3 mm copy:
-    only the bounding box matters downstream.
+    slice (lungs are enclosed in every axial slice of a full field of view, but open to
+    the airway in 3D). Lungs: the air enclosed by the body, plus every air component whose
+    median is denser than pure air (``outside_air_hu``): parenchyma sits around -850 HU,
+    air outside the body at -1000, and crops that cut through the chest enclose nothing.
+    Components smaller than ``min_fraction`` of the image are dropped (bowel gas, noise).
     """
     spacing = np.asarray(image.GetSpacing())
-    shrink = [max(1, int(round(3.0 / s))) for s in spacing]
+    shrink = tuple(max(1, int(round(working_mm / s))) for s in spacing)
     small = sitk.Cast(image, sitk.sitkFloat32)
     if max(shrink) > 1:
         small = sitk.BinShrink(small, shrink)
@@ -167,32 +174,38 @@ def lung_mask(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0
     filled = sitk.JoinSeries([sitk.BinaryFillhole(body[:, :, z]) for z in range(body.GetSize()[2])])
     filled.CopyInformation(body)
     min_voxels = max(1, int(min_fraction * np.prod(small.GetSize())))
-    lungs = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.And(filled, air)), minimumObjectSize=min_voxels)
-    mask = sitk.Greater(lungs, 0)
-    if include_open or not sitk.GetArrayViewFromImage(mask).any():
-        labels = sitk.RelabelComponent(sitk.ConnectedComponent(air), minimumObjectSize=min_voxels)
-        stats = sitk.LabelIntensityStatisticsImageFilter()
-        stats.Execute(labels, small)
-        keep = [lab for lab in stats.GetLabels() if stats.GetMedian(lab) > outside_air_hu]
-        arr = np.isin(sitk.GetArrayViewFromImage(labels), keep) | sitk.GetArrayViewFromImage(mask).astype(bool)
-        arr = arr.astype(np.uint8)
-        mask = sitk.GetImageFromArray(arr)
-        mask.CopyInformation(small)
-    if max(shrink) > 1:
-        mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.Cast(mask, sitk.sitkUInt8)
+    enclosed = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.And(filled, air)), minimumObjectSize=min_voxels)
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(air), minimumObjectSize=min_voxels)
+    stats = sitk.LabelIntensityStatisticsImageFilter()
+    stats.Execute(labels, small)
+    keep = [lab for lab in stats.GetLabels() if stats.GetMedian(lab) > outside_air_hu]
+    lungs_arr = np.isin(sitk.GetArrayViewFromImage(labels), keep) | (sitk.GetArrayViewFromImage(enclosed) > 0)
+    lungs = sitk.GetImageFromArray(lungs_arr.astype(np.uint8))
+    lungs.CopyInformation(small)
+    body_arr = (sitk.GetArrayViewFromImage(filled) > 0) | lungs_arr
+    body_img = sitk.GetImageFromArray(body_arr.astype(np.uint8))
+    body_img.CopyInformation(small)
+    return ThoraxMasks(lungs, body_img, shrink)
 
 
-def lung_box(image: sitk.Image, margin_mm: float = 8.0) -> Box | None:
-    """Bounding box of the lung field plus a margin, or None if no lungs are found."""
+def lung_mask(image: sitk.Image, **kwargs) -> sitk.Image:
+    """The lung field of :func:`thorax_masks` on ``image``'s own grid (uint8)."""
+    lungs = thorax_masks(image, **kwargs).lungs
+    return sitk.Resample(lungs, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def lung_box(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMasks | None = None) -> Box | None:
+    """Bounding box (in ``image``'s voxels) of the lung field plus a margin, or None."""
+    masks = masks or thorax_masks(image)
     stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.Cast(lung_mask(image), sitk.sitkUInt8))
+    stats.Execute(masks.lungs)
     if not stats.GetLabels():
         return None
-    x0, y0, z0, sx, sy, sz = stats.GetBoundingBox(1)
+    bb = np.asarray(stats.GetBoundingBox(1))
+    f = np.asarray(masks.shrink)
     margin = np.ceil(margin_mm / np.asarray(image.GetSpacing())).astype(int)
-    start = np.array([x0, y0, z0]) - margin
-    size = np.array([sx, sy, sz]) + 2 * margin
+    start = bb[:3] * f - margin
+    size = bb[3:] * f + 2 * margin
     return Box(tuple(int(v) for v in start), tuple(int(v) for v in size)).clipped_to(image.GetSize())
 
 

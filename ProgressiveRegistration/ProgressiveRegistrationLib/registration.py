@@ -27,7 +27,7 @@ import torch.nn as nn
 from . import fields
 from .config import NetworkConfig, SynthesisConfig
 from .errors import InputError
-from .geometry import Grid, check_volume, crop_grid, lung_box, lung_mask, resample, whole_box
+from .geometry import Grid, ThoraxMasks, check_volume, crop_grid, lung_box, resample, thorax_masks, whole_box
 from .landmarks import check_pairs, summary, tre_mm
 from .network import UNet
 from .synthesis import network_input
@@ -140,8 +140,9 @@ class Result:
         return sitk.DisplacementFieldTransform(sitk.Cast(self.displacement, sitk.sitkVectorFloat64))
 
 
-def _crop(image: sitk.Image, syn: SynthesisConfig, what: str, notes: list[str]) -> tuple[Grid, torch.Tensor]:
-    box = lung_box(image, syn.lung_margin_mm) if syn.crop_to_lungs else None
+def _crop(image: sitk.Image, syn: SynthesisConfig, what: str, notes: list[str], masks: ThoraxMasks
+          ) -> tuple[Grid, torch.Tensor]:
+    box = lung_box(image, syn.lung_margin_mm, masks) if syn.crop_to_lungs else None
     if box is None:
         if syn.crop_to_lungs:
             notes.append(f"{what}: no lung field found; the whole image is used (is this a thorax CT in HU?)")
@@ -150,15 +151,11 @@ def _crop(image: sitk.Image, syn: SynthesisConfig, what: str, notes: list[str]) 
     return grid, torch.from_numpy(sitk.GetArrayFromImage(resample(image, grid)))
 
 
-def body_mask_on(image: sitk.Image, grid: Grid, threshold_hu: float = -500.0) -> np.ndarray:
-    """The body on ``grid``: the largest component above ``threshold_hu`` with holes filled
-    per slice, plus the lung field (crops that cut the body open leave the lungs unfilled)."""
-    on = sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-    body = sitk.BinaryThreshold(on, threshold_hu, 1e9, 1, 0)
-    body = sitk.Equal(sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True), 1)
-    filled = sitk.JoinSeries([sitk.BinaryFillhole(body[:, :, z]) for z in range(body.GetSize()[2])])
-    lungs = sitk.GetArrayFromImage(lung_mask(on, include_open=True)).astype(bool)
-    return sitk.GetArrayFromImage(filled).astype(bool) | lungs
+def body_mask_on(masks: ThoraxMasks, grid: Grid) -> np.ndarray:
+    """The body (with the lung field) of :func:`thorax_masks`, resampled onto ``grid``."""
+    on = sitk.Resample(masks.body, grid.reference_image(sitk.sitkUInt8), sitk.Transform(), sitk.sitkNearestNeighbor,
+                       0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(on).astype(bool)
 
 
 def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, model: Model, fg: Grid, mg: Grid, notes: list[str]):
@@ -206,8 +203,9 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         raise InputError("the moving image does not overlap the fixed image at all (check their origins)")
 
     stage("crop", 0.05, "cropping both images around the lungs")
-    fixed_crop, fixed_hu = _crop(fixed, model.synthesis, "fixed image", notes)
-    moving_crop, moving_hu = _crop(moving, model.synthesis, "moving image", notes)
+    fixed_masks, moving_masks = thorax_masks(fixed), thorax_masks(moving)
+    fixed_crop, fixed_hu = _crop(fixed, model.synthesis, "fixed image", notes, fixed_masks)
+    moving_crop, moving_hu = _crop(moving, model.synthesis, "moving image", notes, moving_masks)
     _warn_if_unusual(fixed, moving, model, fixed_crop, moving_crop, notes)
     done("crop")
 
@@ -227,7 +225,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     stage("jacobian", 0.7, "Jacobian determinant and folding")
     disp_t = torch.from_numpy(disp).movedim(-1, 0)
     jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
-    body = body_mask_on(fixed, out)
+    body = body_mask_on(fixed_masks, out)
     folding = fields.folding_percent(torch.from_numpy(jac), torch.from_numpy(body))
     done("jacobian")
 
