@@ -63,8 +63,13 @@ def breathing_field_lps(image: sitk.Image, amplitude_si_mm: float, amplitude_ap_
 
 
 def simulate(inhale: sitk.Image, seed: int = 0, amplitude_si_mm: float = 15.0, amplitude_ap_mm: float = 5.0,
-             n_landmarks: int = 60) -> BreathingPair:
-    """Exhale image and landmark pairs (fixed = inhale, moving = exhale) from an inhale CT."""
+             n_landmarks: int = 60, fixed_landmarks_lps: np.ndarray | None = None) -> BreathingPair:
+    """Exhale image and landmark pairs (fixed = inhale, moving = exhale) from an inhale CT.
+
+    Landmarks: given inhale points (e.g. the phantom's vessel bifurcations), their exhale
+    partners solve ``y + w(y) = x`` (fixed-point iteration; w is a contraction); otherwise
+    bright high-gradient lung voxels of the exhale image are picked.
+    """
     rng = np.random.default_rng(seed)
     grid = Grid.from_image(inhale)
     w = breathing_field_lps(inhale, amplitude_si_mm, amplitude_ap_mm)
@@ -72,8 +77,22 @@ def simulate(inhale: sitk.Image, seed: int = 0, amplitude_si_mm: float = 15.0, a
     step_inv = np.linalg.inv(grid.index_to_lps[:3, :3])
     w_vox = torch.from_numpy(np.einsum("ab,kjib->akji", step_inv, w).astype(np.float32))
     exhale_arr = fields.warp(vol, w_vox).numpy()
-    exhale = sitk.GetImageFromArray(exhale_arr.astype(sitk.GetArrayViewFromImage(inhale).dtype))
+    dtype = sitk.GetArrayViewFromImage(inhale).dtype
+    exhale = sitk.GetImageFromArray((np.round(exhale_arr) if dtype.kind in 'iu' else exhale_arr).astype(dtype))
     exhale.CopyInformation(inhale)
+
+    w_t = torch.from_numpy(w).movedim(-1, 0).double()
+    if fixed_landmarks_lps is not None:
+        x = np.asarray(fixed_landmarks_lps, dtype=np.float64).reshape(-1, 3)
+        y = x.copy()
+        for _ in range(50):
+            idx = grid.points_to_index(y)
+            w_at = fields.sample(w_t, torch.from_numpy(idx.T.copy())).T.numpy()
+            y_new = x - w_at
+            if np.abs(y_new - y).max() < 1e-6:
+                break
+            y = y_new
+        return BreathingPair(inhale, exhale, x, y, w)
 
     # Landmarks on bright, high-gradient lung voxels of the exhale image (vessels).
     lungs = sitk.GetArrayFromImage(lung_mask(exhale)).astype(bool)
@@ -90,7 +109,6 @@ def simulate(inhale: sitk.Image, seed: int = 0, amplitude_si_mm: float = 15.0, a
             break
     moving_pts = np.array(chosen)
     idx = grid.points_to_index(moving_pts)
-    w_at = fields.sample(torch.from_numpy(w).movedim(-1, 0).double(),
-                         torch.from_numpy(idx.T.copy()).reshape(3, -1)).T.numpy()
+    w_at = fields.sample(w_t, torch.from_numpy(idx.T.copy()).reshape(3, -1)).T.numpy()
     fixed_pts = moving_pts + w_at
     return BreathingPair(inhale, exhale, fixed_pts, moving_pts, w)

@@ -270,6 +270,54 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# --- phantom ------------------------------------------------------------------------------------
+
+def _add_phantom(sub):
+    p = sub.add_parser("phantom", help="write a procedural thorax CT phantom (and optionally a breathing pair)")
+    p.add_argument("--out", required=True, help="output image (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=3, default=[192, 160, 128], metavar=("NX", "NY", "NZ"))
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.6, 1.6, 2.5], metavar=("SX", "SY", "SZ"))
+    p.add_argument("--exhale", help="also write a simulated exhale image here, with landmark files beside it")
+    p.add_argument("--amplitude", type=float, default=20.0, help="diaphragm motion of the exhale, mm (default 20)")
+    p.set_defaults(func=cmd_phantom)
+
+
+def cmd_phantom(args) -> int:
+    import SimpleITK as sitk
+
+    from .breathing import simulate
+    from .images import is_image_path
+    from .landmarks import write_markups_json
+    from .phantom import generate
+
+    for path in (args.out, args.exhale):
+        if path and not is_image_path(path):
+            raise InputError(f"{path}: unknown image format (use .nii.gz, .nrrd or .mha)")
+    if min(args.size) < 32 or min(args.spacing) <= 0:
+        raise InputError("--size needs at least 32 voxels per axis and --spacing positive values")
+    ph = generate(args.seed, tuple(args.size), tuple(args.spacing))
+    out = Path(args.out)
+    writers = {out.name: lambda p: sitk.WriteImage(ph.image, str(p), True)}
+    if args.exhale:
+        pair = simulate(ph.image, seed=args.seed, amplitude_si_mm=args.amplitude, amplitude_ap_mm=args.amplitude / 3,
+                        fixed_landmarks_lps=ph.bifurcations_lps)
+        ex = Path(args.exhale)
+        if ex.parent.resolve() != out.parent.resolve():
+            raise InputError("--exhale must be in the same folder as --out")
+        stem = ex.name.split(".")[0]
+        writers[ex.name] = lambda p: sitk.WriteImage(pair.exhale, str(p), True)
+        writers[f"{out.name.split('.')[0]}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.fixed_points_lps)
+        writers[f"{stem}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.moving_points_lps)
+    staging = out.parent / f".{out.name}.staging"
+    write_all(staging, writers)
+    for name in writers:
+        (staging / name).replace(out.parent / name)
+    staging.rmdir()
+    print(f"wrote {', '.join(writers)} ({len(ph.bifurcations_lps)} vessel bifurcations in the lungs)")
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_register, _add_demo, _add_tre, _add_dirlab, _add_series, _add_synth):
+    for add in (_add_register, _add_demo, _add_tre, _add_dirlab, _add_series, _add_synth, _add_phantom):
         add(sub)
     from .training import add_train_parser
 
