@@ -221,3 +221,19 @@ def test_dirlab_registers_cases_whose_images_are_present(tmp_path, tiny_model):
         r = progreg("dirlab", tmp_path, "--cases", "1", "--json")
         c = json.loads(r.stdout)["cases"]["1"]
         assert c["after_mm"]["mean"] < c["before_mm"]["mean"], c
+
+
+def test_unusual_pairs_warn_but_run(pair, tmp_path, tiny_model):
+    fixed = sitk.ReadImage(str(pair / "fixed.nrrd"))
+    half = fixed[:, :, : fixed.GetSize()[2] // 3]  # a much shorter field of view
+    sitk.WriteImage(half, str(tmp_path / "half.nrrd"))
+    r = progreg("register", pair / "fixed.nrrd", tmp_path / "half.nrrd", "--out", tmp_path / "o1", "--model", tiny_model)
+    assert r.returncode == 0, r.stderr
+    assert "warning" in r.stderr and "differ much in size" in r.stderr
+    rng = np.random.default_rng(0)
+    tissue = sitk.GetImageFromArray((40 + 10 * rng.standard_normal((40, 50, 50))).astype(np.int16))
+    tissue.SetSpacing((8.0, 8.0, 8.0))  # and a spacing far from thorax CT
+    sitk.WriteImage(tissue, str(tmp_path / "tissue.nrrd"))
+    r = progreg("register", tmp_path / "tissue.nrrd", tmp_path / "tissue.nrrd", "--out", tmp_path / "o2", "--model", tiny_model)
+    assert r.returncode == 0, r.stderr
+    assert "no lung field found" in r.stderr and "spacing" in r.stderr

@@ -165,6 +165,36 @@ def test_training_errors_are_clear(tmp_path):
         assert all(torch.isfinite(v).all() for v in state["models"]["progressive"].values() if v.is_floating_point())
 
 
+def test_landmark_validation_and_image_folders(tmp_path):
+    import json
+
+    import SimpleITK as sitk
+    from conftest import SAMPLE
+
+    from ProgressiveRegistrationLib.breathing import simulate
+    from ProgressiveRegistrationLib.landmarks import write_markups_json
+    from ProgressiveRegistrationLib.training import collect_images
+
+    p = simulate(sitk.ReadImage(str(SAMPLE)), n_landmarks=20)
+    sitk.WriteImage(p.inhale, str(tmp_path / "f.nrrd"))
+    sitk.WriteImage(p.exhale, str(tmp_path / "m.nrrd"))
+    write_markups_json(tmp_path / "f.mrk.json", p.fixed_points_lps)
+    write_markups_json(tmp_path / "m.mrk.json", p.moving_points_lps)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    sitk.WriteImage(p.inhale, str(tmp_path / "imgs" / "a.nii.gz"))
+    sitk.WriteImage(p.exhale, str(tmp_path / "imgs" / "sub" / "b.mha"))
+    assert [x.split("/")[-1] for x in collect_images([str(tmp_path / "imgs")])] == ["a.nii.gz", "b.mha"]
+    lm = [{"fixed": str(tmp_path / "f.nrrd"), "moving": str(tmp_path / "m.nrrd"),
+           "fixed_landmarks": str(tmp_path / "f.mrk.json"), "moving_landmarks": str(tmp_path / "m.mrk.json")}]
+    out = tmp_path / "run"
+    r = run_train(out, "--images", tmp_path / "imgs", "--set", "train.iterations=20", "train.snapshot_every=10",
+                  "train.validation_landmarks=" + json.dumps(lm))
+    assert r.returncode == 0, r.stderr
+    log = read_log(out)
+    assert len(log) == 2 and float(log[-1]["progressive_landmark_tre_mm"]) > 0
+    assert "baseline_landmark_tre_mm" in log[-1]
+
+
 def test_two_process_distributed_run(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -174,3 +204,19 @@ def test_two_process_distributed_run(tmp_path):
                        capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(read_log(out)) == 2 and (out / "model.pt").is_file()
+
+
+def test_dicom_series_as_training_images(tmp_path):
+    from test_geometry import _write_dicom_series
+
+    from ProgressiveRegistrationLib.config import SynthesisConfig
+    from ProgressiveRegistrationLib.synthesis import load_volume
+    from ProgressiveRegistrationLib.training import _split_ref, collect_images
+
+    _write_dicom_series(tmp_path / "4dct", "1.2.3.111", "T00", n=8)
+    _write_dicom_series(tmp_path / "4dct", "1.2.3.222", "T50", n=8)
+    refs = collect_images([str(tmp_path / "4dct")])
+    assert sorted(r.split("::")[1] for r in refs) == ["1.2.3.111", "1.2.3.222"]
+    path, uid = _split_ref(refs[0])
+    vol = load_volume(path, SynthesisConfig(size=16, crop_to_lungs=False), uid)
+    assert vol.hu.shape == (16, 16, 16)

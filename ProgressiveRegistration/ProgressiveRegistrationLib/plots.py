@@ -15,6 +15,13 @@ def _plt():
     return plt
 
 
+def _metric(trainer) -> tuple[str, str]:
+    """The snapshot metric to plot: landmark TRE when landmark pairs were given."""
+    if trainer.log and any(k.endswith("landmark_tre_mm") for k in trainer.log[-1]):
+        return "landmark_tre_mm", "validation landmark TRE"
+    return "val_mm", "validation end-point error"
+
+
 def schedule_figure(trainer, path) -> None:
     """Fig. 5: α_i(t) of the schedule (A) and validation error per snapshot (B)."""
     from .schedule import alphas
@@ -33,11 +40,12 @@ def schedule_figure(trainer, path) -> None:
     ax1.set_title(f"A. Schedule (δ = {cfg.schedule.delta}, Δ = {cfg.schedule.Delta})")
     ax1.legend(fontsize=8, loc="center right")
     its = [r["iteration"] for r in trainer.log]
+    key, label = _metric(trainer)
     for arm in trainer.models:
-        ax2.plot(its, [r[f"{arm}_val_mm"] for r in trainer.log], "o-", ms=3, label=arm)
+        ax2.plot(its, [r[f"{arm}_{key}"] for r in trainer.log], "o-", ms=3, label=arm)
     ax2.set_xlabel("iteration")
-    ax2.set_ylabel("validation error (mm)")
-    ax2.set_title("B. Mean end-point error on the validation pairs")
+    ax2.set_ylabel(f"{label} (mm)")
+    ax2.set_title(f"B. {label} per snapshot")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -47,16 +55,17 @@ def schedule_figure(trainer, path) -> None:
 def comparison_figure(trainer, path) -> None:
     """Fig. 6: progressive versus baseline validation error, one point per snapshot."""
     plt = _plt()
-    p = np.array([r["progressive_val_mm"] for r in trainer.log])
-    b = np.array([r["baseline_val_mm"] for r in trainer.log])
+    key, label = _metric(trainer)
+    p = np.array([r[f"progressive_{key}"] for r in trainer.log])
+    b = np.array([r[f"baseline_{key}"] for r in trainer.log])
     fig, ax = plt.subplots(figsize=(5, 5))
     sc = ax.scatter(b, p, c=[r["iteration"] for r in trainer.log], cmap="viridis", s=12)
     hi = float(max(p.max(), b.max())) * 1.05
     ax.plot([0, hi], [0, hi], "k--", lw=1)
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
-    ax.set_xlabel("baseline validation error (mm)")
-    ax.set_ylabel("progressive validation error (mm)")
+    ax.set_xlabel(f"baseline {label} (mm)")
+    ax.set_ylabel(f"progressive {label} (mm)")
     fig.colorbar(sc, label="iteration")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -93,6 +93,54 @@ def validation_pairs(images: list[str], cfg: Config) -> list[dict]:
 
 # --- loss and metrics ---------------------------------------------------------------------------
 
+class _Snapshot(torch.nn.Module):
+    """The network as it is at iteration t (its α), as a full-resolution U-Net for the engine."""
+
+    def __init__(self, model: ProgressiveUNet, alpha: np.ndarray):
+        super().__init__()
+        self.model, self.alpha = model, alpha
+        self.levels = model.levels
+
+    def forward(self, x):
+        factor = 2 ** (self.levels - 1 - schedule.finest_active(self.alpha))
+        return fields.resize_field(self.model(fields.downsample(x, factor), self.alpha), x.shape[-3:])
+
+
+def load_landmark_pairs(entries: list[dict]) -> list[dict]:
+    """Read the validation landmark pairs: {fixed, moving, fixed_landmarks, moving_landmarks}."""
+    from .geometry import Grid
+    from .images import read_image
+    from .landmarks import check_pairs, read_landmarks
+
+    pairs = []
+    for i, e in enumerate(entries):
+        missing = {"fixed", "moving", "fixed_landmarks", "moving_landmarks"} - set(e)
+        if missing:
+            raise InputError(f"train.validation_landmarks[{i}]: missing {', '.join(sorted(missing))}")
+        fixed, moving = read_image(e["fixed"]), read_image(e["moving"])
+        f = read_landmarks(e["fixed_landmarks"]).to_lps(Grid.from_image(fixed))
+        m = read_landmarks(e["moving_landmarks"]).to_lps(Grid.from_image(moving))
+        check_pairs(f, m, f"train.validation_landmarks[{i}]")
+        pairs.append({"fixed": fixed, "moving": moving, "fixed_lps": f, "moving_lps": m})
+    return pairs
+
+
+@torch.no_grad()
+def landmark_tre(model: ProgressiveUNet, pairs: list[dict], alpha: np.ndarray, syn) -> float:
+    """Mean TRE (mm) over the landmark validation pairs, through the full registration engine."""
+    from .registration import Model, register_images
+
+    model.eval()
+    engine = Model(_Snapshot(model, alpha), syn, "snapshot")
+    tres = []
+    for p in pairs:
+        r = register_images(p["fixed"], p["moving"], engine, str(next(model.parameters()).device), p["fixed_lps"],
+                            p["moving_lps"], warp_moving=False)
+        tres.append(r.landmarks["after_mm"])
+    model.train()
+    return float(np.concatenate(tres).mean())
+
+
 def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ M ‖u - û‖² / Σ M (paper Eq. 4); ``pred``/``target`` ``(B, 3, ...)``, ``mask`` ``(B, ...)``."""
     return (mask * ((pred - target) ** 2).sum(1)).sum() / mask.sum().clamp_min(1e-6)
@@ -218,6 +266,7 @@ class Trainer:
         else:
             self.ddp = dict(self.models)
         self.val = validation_pairs(self.val_images, cfg)
+        self.landmark_pairs = load_landmark_pairs(tc.validation_landmarks)
         self.identity_error = float(np.mean([
             float((p["target"] * p["spacing_mm"][:, None, None, None]).norm(dim=0)[p["mask"] > 0.5].mean())
             for p in self.val]))
@@ -288,6 +337,9 @@ class Trainer:
                 for arm, model in self.models.items():
                     row[f"{arm}_loss"] = float(np.mean(losses_since[arm]))
                     row[f"{arm}_val_mm"] = validate(model, self.val, self.alpha(arm, t))
+                    if self.landmark_pairs:
+                        row[f"{arm}_landmark_tre_mm"] = landmark_tre(model, self.landmark_pairs, self.alpha(arm, t),
+                                                                     self.cfg.synthesis)
                     losses_since[arm] = []
                 if main:
                     self.log.append(row)
