@@ -220,3 +220,14 @@ def test_dicom_series_as_training_images(tmp_path):
     path, uid = _split_ref(refs[0])
     vol = load_volume(path, SynthesisConfig(size=16, crop_to_lungs=False), uid)
     assert vol.hu.shape == (16, 16, 16)
+
+
+def test_phantoms_as_training_images(tmp_path):
+    from ProgressiveRegistrationLib.training import collect_images
+
+    assert collect_images(["phantom:3-5"]) == ["phantom:3", "phantom:4", "phantom:5"]
+    with pytest.raises(InputError, match="phantom:SEED"):
+        collect_images(["phantom:x"])
+    r = run_train(tmp_path / "ph", "--images", "phantom:0-1", "--set", "train.iterations=4", "train.snapshot_every=2")
+    assert r.returncode == 0, r.stderr
+    assert len(read_log(tmp_path / "ph")) == 2

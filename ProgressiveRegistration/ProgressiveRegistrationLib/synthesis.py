@@ -127,15 +127,25 @@ def prepare_volume(image: sitk.Image, cfg: SynthesisConfig, source: str = "") ->
     return Volume(hu, bore, grid, source)
 
 
-@functools.lru_cache(maxsize=16)
+PHANTOM_PREFIX = "phantom:"
+
+
+@functools.lru_cache(maxsize=256)
 def _cached_volume(path: str, series: str | None, cfg_key: tuple) -> Volume:
     size, margin, crop = cfg_key
     cfg = SynthesisConfig(size=size, lung_margin_mm=margin, crop_to_lungs=crop)
-    return prepare_volume(read_image(path, series), cfg, path)
+    if path.startswith(PHANTOM_PREFIX):
+        from .phantom import generate
+
+        image = generate(int(path[len(PHANTOM_PREFIX):])).image
+    else:
+        image = read_image(path, series)
+    return prepare_volume(image, cfg, path)
 
 
 def load_volume(path: str | Path, cfg: SynthesisConfig, series: str | None = None) -> Volume:
-    """``prepare_volume`` of a file, cached per process (repeated pairs re-read nothing)."""
+    """``prepare_volume`` of a file (or of ``phantom:SEED``), cached per process: repeated
+    pairs re-read and re-resample nothing."""
     return _cached_volume(str(path), series, (cfg.size, cfg.lung_margin_mm, cfg.crop_to_lungs))
 
 

@@ -15,6 +15,7 @@ import copy
 import csv
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from .config import Config, load_config, save_config
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, list_dicom_series
 from .network import ProgressiveUNet, export_state
-from .synthesis import SyntheticPairs, load_volume, make_pair, pair_generator
+from .synthesis import PHANTOM_PREFIX, SyntheticPairs, load_volume, make_pair, pair_generator
 
 ARMS = {"progressive": ("progressive",), "baseline": ("baseline",), "both": ("progressive", "baseline")}
 
@@ -37,12 +38,19 @@ ARMS = {"progressive": ("progressive",), "baseline": ("baseline",), "both": ("pr
 def collect_images(entries: list[str]) -> list[str]:
     """Expand files, folders of images and DICOM folders into a sorted list of image refs.
 
-    A DICOM series is referred to as ``folder::SeriesInstanceUID``.
+    A DICOM series is referred to as ``folder::SeriesInstanceUID``; ``phantom:0-39`` stands
+    for 40 generated thorax phantoms (seeds 0 to 39).
     """
     found: list[str] = []
     for entry in entries:
         p = Path(entry)
-        if p.is_file():
+        if entry.startswith(PHANTOM_PREFIX):
+            m = re.fullmatch(r"phantom:(\d+)(?:-(\d+))?", entry)
+            if not m:
+                raise InputError(f"training image {entry}: use phantom:SEED or phantom:FIRST-LAST")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            found.extend(f"{PHANTOM_PREFIX}{s}" for s in range(lo, hi + 1))
+        elif p.is_file():
             found.append(str(p))
         elif p.is_dir():
             files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES)
