@@ -129,7 +129,8 @@ def jacobian_determinant(disp: torch.Tensor, index_to_units: np.ndarray | torch.
     if index_to_units is not None:
         inv = torch.as_tensor(np.linalg.inv(np.asarray(index_to_units, dtype=np.float64)), dtype=disp.dtype,
                               device=disp.device)
-        g = torch.einsum("cadhw,ab->cbdhw", g, inv)
+        # (3, 3, D, H, W) · (3, 3) over the index axis, as one matrix product.
+        g = torch.tensordot(g, inv, dims=([1], [0])).permute(0, 4, 1, 2, 3)
     a = g + torch.eye(3, dtype=disp.dtype, device=disp.device)[:, :, None, None, None]
     return (a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
             - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])

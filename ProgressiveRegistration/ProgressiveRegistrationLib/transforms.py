@@ -50,14 +50,16 @@ def displacement_lps(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, o
     nx, ny, nz = out.size
     result = np.empty((nz, ny, nx, 3), dtype=np.float32)
     jj, ii = torch.meshgrid(torch.arange(ny, dtype=torch.float64), torch.arange(nx, dtype=torch.float64), indexing="ij")
+    def affine(m: torch.Tensor, p: torch.Tensor) -> torch.Tensor:  # (4, 4) on (3, ...) points
+        return (m[:3, :3] @ p.reshape(3, -1) + m[:3, 3:]).reshape(p.shape)
+
     for z0 in range(0, nz, slab):
         kk = torch.arange(z0, min(nz, z0 + slab), dtype=torch.float64)
         idx = torch.stack([ii.expand(len(kk), -1, -1), jj.expand(len(kk), -1, -1),
                            kk[:, None, None].expand(-1, ny, nx)])  # (3, k, j, i)
-        x = torch.einsum("ab,b...->a...", o_mat[:3, :3], idx) + o_mat[:3, 3, None, None, None]
-        q = torch.einsum("ab,b...->a...", f_inv[:3, :3], x) + f_inv[:3, 3, None, None, None]
-        uq = fields.sample(u, q, padding_mode="border")
-        phi = torch.einsum("ab,b...->a...", m_mat[:3, :3], q + uq) + m_mat[:3, 3, None, None, None]
+        x = affine(o_mat, idx)
+        q = affine(f_inv, x)
+        phi = affine(m_mat, q + fields.sample(u, q, padding_mode="border"))
         result[z0:z0 + len(kk)] = (phi - x).movedim(0, -1).numpy()
     return result
 
