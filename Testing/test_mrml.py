@@ -78,6 +78,12 @@ def test_outputs_match_the_engine(scene, tiny_model, tmp_path):
     np.testing.assert_allclose(mrml._ijk_to_ras(r.jacobian), mrml._ijk_to_ras(fixed), atol=1e-6)
     jac = slicer.util.arrayFromVolume(r.jacobian)
     assert np.isfinite(jac).all() and 0.2 < np.median(jac) < 5
+    display = r.jacobian.GetDisplayNode()
+    colors = scene.GetNodeByID(display.GetColorNodeID())
+    assert colors.GetName() == mrml.JACOBIAN_COLORS and display.GetWindowLevelMin() == 0.0
+    rgba = [0.0] * 4
+    colors.GetColor(0, rgba)
+    assert rgba[:3] == [1.0, 0.0, 1.0]  # folding stands out
 
     # Table: one row per landmark plus mean and sd, equal to the engine's TRE.
     table = r.table.GetTable()

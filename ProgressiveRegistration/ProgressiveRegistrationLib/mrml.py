@@ -148,17 +148,38 @@ def set_tre_table(node, labels: list[str], before: np.ndarray, after: np.ndarray
     node.Modified()
 
 
+JACOBIAN_COLORS = "ProgressiveRegistration Jacobian"
+
+
+def jacobian_color_node(scene):
+    """A colour table for det J over [0, 2]: magenta at det <= 0 (folding), blue where the
+    tissue compresses, white at 1, red where it expands. Made once per scene."""
+    node = scene.GetFirstNodeByName(JACOBIAN_COLORS)
+    if node is not None:
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", JACOBIAN_COLORS)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    node.SetNamesInitialised(True)
+    for i in range(256):
+        v = 2.0 * i / 255.0
+        if i == 0:
+            rgb = (1.0, 0.0, 1.0)  # det <= 0: folding
+        elif v < 1.0:
+            rgb = (v, v, 1.0)
+        else:
+            rgb = (1.0, 2.0 - v, 2.0 - v)
+        node.SetColor(i, f"{v:.3f}", *rgb, 1.0)
+    node.SetAttribute("Category", "ProgressiveRegistration")
+    return node
+
+
 def _style_jacobian(node) -> None:
-    """Diverging colours centred on 1 (no volume change); det <= 0 at the saturated blue end."""
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is None:
         return
-    scene = node.GetScene()
-    for color_id in ("vtkMRMLColorTableNodeFileDivergingBlueRed.txt", "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"):
-        if scene.GetNodeByID(color_id) is not None:
-            display.SetAndObserveColorNodeID(color_id)
-            break
+    display.SetAndObserveColorNodeID(jacobian_color_node(node.GetScene()).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 2.0)
 
