@@ -148,7 +148,9 @@ def generate(seed: int = 0, size: tuple[int, int, int] = (192, 160, 128),
     hc = np.array([rng.uniform(10, 30), -rng.uniform(10, 30), base + dome_h + rng.uniform(10, 30)])
     hr = np.array([rng.uniform(45, 60), rng.uniform(38, 50), rng.uniform(40, 55)])
     heart = ((X - hc[0]) / hr[0]) ** 2 + ((Y - hc[1]) / hr[1]) ** 2 + ((Z - hc[2]) / hr[2]) ** 2 <= 1
-    lungs = cavity & (Z > dome) & (Z < apex) & ~mediastinum & ~heart & ~spine & ~canal
+    # Rounded apices: the lung top falls off towards the chest wall.
+    apex_surface = apex - 35.0 * np.clip(cav_r, 0, 1) ** 2
+    lungs = cavity & (Z > dome) & (Z < apex_surface) & ~mediastinum & ~heart & ~spine & ~canal
     lungs &= ~((X**2 + (Y - spine_y) ** 2) <= (spine_r + 12) ** 2)
     vol[cavity & ~lungs & ~spine & ~canal] = HU["soft"]
     vol[cavity & (Z <= dome)] = HU["liver"]
@@ -158,6 +160,8 @@ def generate(seed: int = 0, size: tuple[int, int, int] = (192, 160, 128),
         sitk.GetImageFromArray(rng.normal(0, 1, Z.shape).astype(np.float32)), 3.0))
     texture *= 25.0 / max(float(texture.std()), 1e-6)
     vol[lungs] = HU["lung"] + texture[lungs]
+    soft = (vol > -200) & (vol < 200)
+    vol[soft] += 0.5 * texture[soft]  # mild soft-tissue texture
 
     # Ribs: inclined bony rings hugging the inside of the chest wall, with a sternal gap.
     theta = np.arctan2(Y, X)
@@ -192,11 +196,12 @@ def generate(seed: int = 0, size: tuple[int, int, int] = (192, 160, 128),
         airway_segments += segs
         hilum = carina + np.array([side * rng.uniform(20, 30), -rng.uniform(5, 15), -rng.uniform(5, 20)])
         # Lobar and segmental roots fanning out from the hilum in every direction.
-        for root in range(7):
-            up = np.cos(np.pi * (root + rng.uniform(0, 1)) / 7)
+        roots = 10
+        for root in range(roots):
+            up = np.cos(np.pi * (root + rng.uniform(0, 1)) / roots)
             d = np.array([side * rng.uniform(0.6, 1.0), rng.uniform(-0.8, 0.8), 1.6 * up])
-            segs, bif = _grow_tree(rng, hilum, d, rng.uniform(2.8, 4.0), in_lungs_or_mediastinum, 0.6, 9.0,
-                                   max_depth=11)
+            segs, bif = _grow_tree(rng, hilum, d, rng.uniform(2.5, 3.6), in_lungs_or_mediastinum, 0.5, 9.0,
+                                   max_depth=12)
             vessel_segments += segs
             bifurcations += [b for b in bif if in_lungs(b)]
     thorax = cavity & (Z < apex + 25)

@@ -337,7 +337,9 @@ class Trainer:
             self.iteration = t + 1
             bar.update(t, self.alpha("progressive" if "progressive" in self.models else "baseline", t), current)
             if self.iteration % tc.snapshot_every == 0 or self.iteration == total:
-                row = {"iteration": self.iteration, "seconds": round(time.time() - t_start, 2)}
+                elapsed = (self.log[-1]["seconds"] if self.log else 0.0) + time.time() - t_start
+                t_start = time.time()  # seconds accumulate across resumes
+                row = {"iteration": self.iteration, "seconds": round(elapsed, 2)}
                 a = self.alpha("progressive", t) if "progressive" in self.models else self.alpha("baseline", t)
                 row["level"] = schedule.finest_active(a)
                 row["alphas"] = " ".join(f"{v:.3f}" for v in a)
