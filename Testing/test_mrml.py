@@ -8,32 +8,16 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from conftest import MODULE_DIR
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 from ProgressiveRegistrationLib import mrml  # noqa: E402
-from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
 from ProgressiveRegistrationLib.errors import InputError  # noqa: E402
-from ProgressiveRegistrationLib.network import UNet, export_state  # noqa: E402
 from ProgressiveRegistrationLib.registration import load_model, register_images  # noqa: E402
 from ProgressiveRegistrationLib.transforms import transform_points  # noqa: E402
 
 RAS = np.array([-1.0, -1.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny random U-Net: the checks here are about geometry, not accuracy."""
-    torch.manual_seed(0)
-    cfg = NetworkConfig(levels=3, base_channels=4)
-    net = UNet(cfg)
-    with torch.no_grad():
-        net.head.weight.mul_(0.05)  # displacements of a few voxels: smooth, mostly fold-free
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(export_state(net, cfg, {"input": {"size": 32}, "iterations": 0, "arm": "test"}), path)
-    return str(path)
 
 
 @pytest.fixture

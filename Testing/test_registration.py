@@ -16,7 +16,7 @@ from conftest import MODULE_DIR, SAMPLE
 from ProgressiveRegistrationLib.breathing import simulate
 from ProgressiveRegistrationLib.config import NetworkConfig
 from ProgressiveRegistrationLib.landmarks import write_markups_json
-from ProgressiveRegistrationLib.network import UNet, export_state
+from ProgressiveRegistrationLib.network import UNet
 from ProgressiveRegistrationLib.registration import DEFAULT_MODEL, fold_batchnorm
 
 
@@ -35,18 +35,6 @@ def pair(tmp_path_factory):
     write_markups_json(d / "fixed.mrk.json", p.fixed_points_lps)
     write_markups_json(d / "moving.mrk.json", p.moving_points_lps)
     return d
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(1)
-    cfg = NetworkConfig(levels=3, base_channels=4)
-    net = UNet(cfg)
-    with torch.no_grad():
-        net.head.weight.mul_(0.05)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(export_state(net, cfg, {"input": {"size": 32}, "iterations": 0, "arm": "test"}), path)
-    return path
 
 
 def run_register(pair, out, *extra):
