@@ -42,7 +42,6 @@ def run_register(pair, out, *extra):
                    pair / "fixed.mrk.json", "--moving-landmarks", pair / "moving.mrk.json", *extra)
 
 
-@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="bundled model not present")
 def test_bundled_model_reduces_tre_and_outputs_agree(pair, tmp_path):
     out = tmp_path / "out"
     r = run_register(pair, out, "--json")
