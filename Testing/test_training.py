@@ -210,15 +210,14 @@ def test_dicom_series_as_training_images(tmp_path):
     from test_geometry import _write_dicom_series
 
     from ProgressiveRegistrationLib.config import SynthesisConfig
-    from ProgressiveRegistrationLib.synthesis import load_volume
-    from ProgressiveRegistrationLib.training import _split_ref, collect_images
+    from ProgressiveRegistrationLib.synthesis import load_ref
+    from ProgressiveRegistrationLib.training import collect_images
 
     _write_dicom_series(tmp_path / "4dct", "1.2.3.111", "T00", n=8)
     _write_dicom_series(tmp_path / "4dct", "1.2.3.222", "T50", n=8)
     refs = collect_images([str(tmp_path / "4dct")])
     assert sorted(r.split("::")[1] for r in refs) == ["1.2.3.111", "1.2.3.222"]
-    path, uid = _split_ref(refs[0])
-    vol = load_volume(path, SynthesisConfig(size=16, crop_to_lungs=False), uid)
+    vol = load_ref(refs[0], SynthesisConfig(size=16, crop_to_lungs=False))
     assert vol.hu.shape == (16, 16, 16)
 
 

@@ -309,11 +309,7 @@ def cmd_phantom(args) -> int:
         writers[ex.name] = lambda p: sitk.WriteImage(pair.exhale, str(p), True)
         writers[f"{out.name.split('.')[0]}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.fixed_points_lps)
         writers[f"{stem}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.moving_points_lps)
-    staging = out.parent / f".{out.name}.staging"
-    write_all(staging, writers)
-    for name in writers:
-        (staging / name).replace(out.parent / name)
-    staging.rmdir()
+    write_all(out.parent, writers)
     print(f"wrote {', '.join(writers)} ({len(ph.bifurcations_lps)} vessel bifurcations in the lungs)")
     return 0
 

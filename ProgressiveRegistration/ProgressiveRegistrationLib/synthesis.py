@@ -149,6 +149,12 @@ def load_volume(path: str | Path, cfg: SynthesisConfig, series: str | None = Non
     return _cached_volume(str(path), series, (cfg.size, cfg.lung_margin_mm, cfg.crop_to_lungs))
 
 
+def load_ref(ref: str, cfg: SynthesisConfig) -> Volume:
+    """:func:`load_volume` of an image reference: a path, ``folder::SeriesUID`` or ``phantom:SEED``."""
+    path, _, uid = ref.partition("::")
+    return load_volume(path, cfg, uid or None)
+
+
 # --- pairs ---------------------------------------------------------------------------------
 
 def network_input(volume_hu: torch.Tensor, cfg: SynthesisConfig) -> torch.Tensor:
@@ -198,6 +204,6 @@ class SyntheticPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         gen = pair_generator(self.seed, index)
         which = int(torch.randint(len(self.images), (1,), generator=gen))
-        pair = make_pair(load_volume(self.images[which], self.cfg), self.cfg, gen)
+        pair = make_pair(load_ref(self.images[which], self.cfg), self.cfg, gen)
         pair["image_index"] = torch.tensor(which)
         return pair

@@ -28,7 +28,7 @@ from .config import Config, load_config, save_config
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, list_dicom_series
 from .network import ProgressiveUNet, export_state
-from .synthesis import PHANTOM_PREFIX, SyntheticPairs, load_volume, make_pair, pair_generator
+from .synthesis import PHANTOM_PREFIX, SyntheticPairs, load_ref, make_pair, pair_generator
 
 ARMS = {"progressive": ("progressive",), "baseline": ("baseline",), "both": ("progressive", "baseline")}
 
@@ -66,11 +66,6 @@ def collect_images(entries: list[str]) -> list[str]:
     return found
 
 
-def _split_ref(ref: str) -> tuple[str, str | None]:
-    path, _, uid = ref.partition("::")
-    return path, uid or None
-
-
 class _Pairs(SyntheticPairs):
     """Pairs ``offset + rank + world * k`` for ``k = 0, 1, ...`` (one stream per process)."""
 
@@ -79,11 +74,7 @@ class _Pairs(SyntheticPairs):
         self.offset, self.rank, self.world = offset, rank, world
 
     def __getitem__(self, k):
-        index = self.offset + self.rank + self.world * k
-        gen = pair_generator(self.seed, index)
-        which = int(torch.randint(len(self.images), (1,), generator=gen))
-        path, uid = _split_ref(self.images[which])
-        return make_pair(load_volume(path, self.cfg, uid), self.cfg, gen)
+        return super().__getitem__(self.offset + self.rank + self.world * k)
 
 
 def validation_pairs(images: list[str], cfg: Config) -> list[dict]:
@@ -91,8 +82,7 @@ def validation_pairs(images: list[str], cfg: Config) -> list[dict]:
     pairs = []
     for k in range(cfg.train.validation_pairs):
         ref = images[k % len(images)]
-        path, uid = _split_ref(ref)
-        volume = load_volume(path, cfg.synthesis, uid)
+        volume = load_ref(ref, cfg.synthesis)
         pair = make_pair(volume, cfg.synthesis, pair_generator(cfg.train.seed + 7919, 10**6 + k))
         pair["spacing_mm"] = torch.tensor(volume.grid.spacing_mm, dtype=torch.float32)
         pairs.append(pair)
@@ -248,8 +238,7 @@ class Trainer:
                 val_images = self.images  # one image: validation pairs differ only by their seeds
         self.val_images = val_images
         for ref in self.images + self.val_images:  # fail early on unreadable images
-            path, uid = _split_ref(ref)
-            load_volume(path, cfg.synthesis, uid)
+            load_ref(ref, cfg.synthesis)
 
         torch.manual_seed(tc.seed)
         prog = ProgressiveUNet(cfg.network)
