@@ -1,0 +1,79 @@
+"""The experiment driver's statistics and report (experiments/paper_cpu.py), on made-up results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+@pytest.fixture(scope="module")
+def paper_cpu():
+    spec = importlib.util.spec_from_file_location("paper_cpu", ROOT / "experiments" / "paper_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wilcoxon_w_is_the_papers_statistic(paper_cpu):
+    # The paper: progressive better on all 17 pairs gives W = 17·18/2 = 153, p = 2^-17.
+    rng = np.random.default_rng(0)
+    baseline = rng.uniform(2, 6, 17)
+    progressive = baseline - rng.uniform(0.1, 1.0, 17)
+    w = paper_cpu._one_sided_wilcoxon(progressive, baseline)
+    assert w["W"] == 153 and w["n"] == 17
+    assert w["p"] == pytest.approx(2.0**-17, rel=1e-6)
+    # Mixed pairs: W and scipy's rank sum for the other sign add up to n(n+1)/2.
+    mixed = baseline + rng.normal(0, 0.5, 17)
+    w = paper_cpu._one_sided_wilcoxon(mixed, baseline)
+    other = scipy_stats.wilcoxon(mixed, baseline, alternative="less").statistic
+    assert w["W"] + other == pytest.approx(153)
+    assert paper_cpu._one_sided_wilcoxon(baseline, baseline) is None
+
+
+def test_arms_share_seed_and_follow_table_iv(paper_cpu):
+    arms = paper_cpu.arms()
+    assert [a for a in arms if a.startswith("init")] == ["init0", "init1", "init2"]
+    assert all("train.mode=both" in arms[f"init{s}"] for s in range(3))
+    no_transitions = arms["delta0_Delta250"]
+    assert "schedule.delta=0" in no_transitions and "train.seed=0" in no_transitions
+    # The CPU schedule is the paper's δ = 2000, Δ = 6000 divided by 16.
+    assert paper_cpu.SCALE["schedule.delta"] * 16 == 2000 and paper_cpu.SCALE["schedule.Delta"] * 16 == 6000
+
+
+def test_report_tables_and_kept_reading(paper_cpu, tmp_path):
+    out = tmp_path / "runs"
+    for run, arms in (("init0", ("progressive", "baseline")), ("delta0_Delta250", ("progressive",))):
+        (out / run).mkdir(parents=True)
+        (out / run / "config.json").write_text("{}")
+        head = ["iteration", "seconds", "identity_val_mm"] + [f"{a}_val_mm" for a in arms]
+        rows = [",".join(head)] + [",".join(map(str, [50 * k, 10.0 * k, 12.0] + [12.0 - k] * len(arms)))
+                                   for k in range(1, 4)]
+        (out / run / "log.csv").write_text("\n".join(rows) + "\n")
+    kinds = ["breathing"] * 3 + ["synthetic"]
+    summ = {"breathing": {"mean": 2.5, "sd": 1.0, "n": 30}, "synthetic": {"mean": 4.0, "sd": 2.0, "n": 100}}
+    fold = {"breathing": {"mean": 0.01, "sd": 0.0, "n": 3}, "synthetic": {"mean": 0.2, "sd": 0.0, "n": 1}}
+    model = {"per_pair_mm": [2.0, 2.5, 3.0, 4.0], "folding_percent": [0, 0, 0.03, 0.2], "tre_mm": summ, "folding": fold}
+    results = {"pairs": ["a", "b", "c", "d"], "kinds": kinds, "before_mm": [8.0, 9.0, 10.0, 15.0],
+               "models": {"init0/progressive": model, "init0/baseline": {**model, "per_pair_mm": [3, 3, 4, 5]}},
+               "runs": {"init0": {"status": "ok", "iterations": 150, "seconds": 30.0},
+                        "delta0_Delta250": {"status": "exit 1: FloatingPointError: progressive loss is nan",
+                                            "iterations": 100, "seconds": 20.0}},
+               "wilcoxon": {"init0/breathing": {"W": 6.0, "p": 0.125, "n": 3}}}
+    json.dumps(results)  # what evaluate() writes must be JSON
+    report = tmp_path / "RESULTS.md"
+    paper_cpu.write_report(results, out, report, tmp_path / "figures")
+    text = report.read_text()
+    assert "| init0/progressive | 2.50 ± 1.00 | 4.00 ± 2.00 | 0.010 | 0.200 |" in text
+    assert "| init0 | breathing | 6 | 0.1250 | 3 |" in text
+    assert "| delta0_Delta250/– | exit 1: FloatingPointError" in text  # a crashed arm is reported, not dropped
+    assert (tmp_path / "figures" / "training_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "per_pair.png").stat().st_size > 10_000
+    report.write_text(text.replace("(to be written)", "Progressive wins here."))
+    paper_cpu.write_report(results, out, report, tmp_path / "figures")
+    assert report.read_text().endswith("## Reading\n\nProgressive wins here.\n")
