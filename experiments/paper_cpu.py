@@ -186,13 +186,24 @@ def evaluate(out: Path, micro: bool) -> dict:
         results["runs"][run.name] = {"status": status, "iterations": int(last.get("iteration", 0)),
                                      "seconds": float(last.get("seconds", 0.0))}
     for name, path in _models(out).items():
-        model = load_model(path)
-        per_pair, folding, tre = [], [], {"breathing": [], "synthetic": []}
-        for p in pairs:
-            r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"], warp_moving=False)
-            per_pair.append(float(r.landmarks["after_mm"].mean()))
-            tre[p["kind"]].append(r.landmarks["after_mm"])
-            folding.append(r.folding_percent)
+        # One file per network and evaluation set, so that finished arms are evaluated while others train.
+        cache = path.with_name(f"eval_{path.stem}.json")
+        if cache.exists() and json.loads(cache.read_text())["pairs"] == results["pairs"]:
+            done = json.loads(cache.read_text())
+        else:
+            model = load_model(path)
+            done = {"pairs": results["pairs"], "after_mm": [], "folding_percent": []}
+            for p in pairs:
+                r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"],
+                                    warp_moving=False)
+                done["after_mm"].append(r.landmarks["after_mm"].tolist())
+                done["folding_percent"].append(r.folding_percent)
+            cache.write_text(json.dumps(done))
+        folding = done["folding_percent"]
+        per_pair = [float(np.mean(a)) for a in done["after_mm"]]
+        tre = {"breathing": [], "synthetic": []}
+        for kind, after in zip(kinds, done["after_mm"]):
+            tre[kind].append(np.asarray(after))
         results["models"][name] = {
             "per_pair_mm": per_pair, "folding_percent": folding,
             "tre_mm": {k: summary(np.concatenate(v)) for k, v in tre.items() if v},
