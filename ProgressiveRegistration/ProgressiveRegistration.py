@@ -211,7 +211,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
         except ImportError:
             slicer.util.pip_install("torch")
-        slicer.util.pip_install("SimpleITK matplotlib PyYAML")
+        slicer.util.pip_install("SimpleITK matplotlib PyYAML numba")
         return True
 
     @staticmethod

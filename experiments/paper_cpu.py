@@ -144,15 +144,20 @@ def evaluation_pairs(micro: bool):
     return pairs
 
 
-def _models(out: Path) -> dict[str, Path]:
-    """'<run>/<arm>' -> exported model file, for every finished run."""
+def _models(out: Path) -> dict[str, tuple[Path, Path]]:
+    """'<run>/<arm>' -> (exported model file, its evaluation cache), for every finished run,
+    and the shipped model for reference (trained differently: see its model card)."""
+    from ProgressiveRegistrationLib.registration import DEFAULT_MODEL
+
     models = {}
     for run in sorted(p for p in out.iterdir() if (p / "model.pt").exists()):
         if (run / "model_baseline.pt").exists():
-            models[f"{run.name}/progressive"] = run / "model.pt"
-            models[f"{run.name}/baseline"] = run / "model_baseline.pt"
+            arms = {"progressive": run / "model.pt", "baseline": run / "model_baseline.pt"}
         else:
-            models[f"{run.name}/{json.loads((run / 'config.json').read_text())['train']['mode']}"] = run / "model.pt"
+            arms = {json.loads((run / "config.json").read_text())["train"]["mode"]: run / "model.pt"}
+        for arm, path in arms.items():
+            models[f"{run.name}/{arm}"] = (path, path.with_name(f"eval_{path.stem}.json"))
+    models[f"shipped/{DEFAULT_MODEL.stem}"] = (DEFAULT_MODEL, out / "shipped" / f"eval_{DEFAULT_MODEL.stem}.json")
     return models
 
 
@@ -185,9 +190,8 @@ def evaluate(out: Path, micro: bool) -> dict:
         status = (run / "status.txt").read_text().strip() if (run / "status.txt").exists() else "not run"
         results["runs"][run.name] = {"status": status, "iterations": int(last.get("iteration", 0)),
                                      "seconds": float(last.get("seconds", 0.0))}
-    for name, path in _models(out).items():
+    for name, (path, cache) in _models(out).items():
         # One file per network and evaluation set, so that finished arms are evaluated while others train.
-        cache = path.with_name(f"eval_{path.stem}.json")
         if cache.exists() and json.loads(cache.read_text())["pairs"] == results["pairs"]:
             done = json.loads(cache.read_text())
         else:
@@ -198,6 +202,7 @@ def evaluate(out: Path, micro: bool) -> dict:
                                     warp_moving=False)
                 done["after_mm"].append(r.landmarks["after_mm"].tolist())
                 done["folding_percent"].append(r.folding_percent)
+            cache.parent.mkdir(exist_ok=True)
             cache.write_text(json.dumps(done))
         folding = done["folding_percent"]
         per_pair = [float(np.mean(a)) for a in done["after_mm"]]

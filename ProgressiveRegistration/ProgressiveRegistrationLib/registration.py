@@ -7,7 +7,8 @@ Stages (each timed, each reported to a progress callback):
 3. ``transform``: u -> φ(x) - x (LPS mm) on the fixed image's grid or one no coarser than
    the network grid (:mod:`transforms`);
 4. ``jacobian``: det(I + ∂d/∂x) on that grid, folding inside the fixed body mask;
-5. ``warp``: the moving image resampled onto the fixed grid through the ITK transform;
+5. ``warp``: the moving image resampled onto the fixed grid through that transform
+   (:mod:`warp`: ITK's resampler's values, computed in one compiled kernel);
 6. ``landmarks``: fixed landmarks through φ, TRE before/after.
 """
 
@@ -24,7 +25,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn as nn
 
-from . import fields
+from . import fields, warp
 from .config import NetworkConfig, SynthesisConfig
 from .errors import InputError
 from .geometry import Grid, ThoraxMasks, check_volume, crop_grid, lung_box, resample, thorax_masks, whole_box
@@ -234,8 +235,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     warped = None
     if warp_moving:
         stage("warp", 0.8, "resampling the moving image onto the fixed grid")
-        tx = sitk.DisplacementFieldTransform(sitk.Cast(disp_image, sitk.sitkVectorFloat64))
-        warped = sitk.Resample(moving, fixed, tx, sitk.sitkLinear, -1024.0, moving.GetPixelID())
+        warped = warp.warp_moving(moving, fixed_grid, disp_image, -1024.0)
         done("warp")
 
     result = Result(fixed_grid, fixed_crop, moving_crop, out, u_vox, disp_image, jac, body, folding, warped,
