@@ -233,11 +233,9 @@ def evaluate(out: Path, micro: bool) -> dict:
 
 def _curves_figure(out: Path, path: Path) -> None:
     """Paper Fig. 5B/6 for every arm: validation error per snapshot, progressive solid, baseline dashed."""
-    import matplotlib
+    from ProgressiveRegistrationLib.plots import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     runs = sorted(p for p in out.iterdir() if (p / "log.csv").exists())
@@ -267,11 +265,9 @@ def _curves_figure(out: Path, path: Path) -> None:
 
 def _pairs_figure(results: dict, path: Path) -> None:
     """Per-pair TRE, progressive against baseline (each point one evaluation pair)."""
-    import matplotlib
+    from ProgressiveRegistrationLib.plots import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     kinds = np.array(results["kinds"])
     for key, m in results["models"].items():
