@@ -244,11 +244,18 @@ def _curves_figure(out: Path, path: Path) -> None:
         head = rows[0].split(",")
         data = [dict(zip(head, r.split(","))) for r in rows[1:]]
         its = [int(r["iteration"]) for r in data]
-        ax = axes[0] if run.name.startswith("init") else axes[1]
-        for arm, style in (("progressive", "-"), ("baseline", "--")):
-            if f"{arm}_val_mm" in head:
-                ax.plot(its, [float(r[f"{arm}_val_mm"]) for r in data], style, color=colours[k % 10], lw=1.2,
-                        label=f"{run.name} {arm}")
+        config = run / "config.json"
+        sched = json.loads(config.read_text()).get("schedule", {}) if config.exists() else {}
+        sched = {"delta": sched.get("delta", "?"), "Delta": sched.get("Delta", "?")}
+        # Panel B compares schedules from seed 0: the ablations and init0's two arms.
+        panels = [axes[0]] if run.name.startswith("init") else [axes[1]]
+        panels += [axes[1]] if run.name == "init0" else []
+        for ax in panels:
+            for arm, style in (("progressive", "-"), ("baseline", "--")):
+                if f"{arm}_val_mm" in head:
+                    what = f" (δ = {sched['delta']}, Δ = {sched['Delta']})" if arm == "progressive" else ""
+                    ax.plot(its, [float(r[f"{arm}_val_mm"]) for r in data], style, color=colours[k % 10], lw=1.2,
+                            label=f"{run.name} {arm}{what}")
         if k == 0 and data:
             for a in axes:
                 a.axhline(float(data[0]["identity_val_mm"]), color="grey", lw=0.8, ls=":", label="no registration")
