@@ -321,8 +321,8 @@ def write_report(results: dict, out: Path, path: Path, figures: Path) -> None:
     cpu_h = sum(r["seconds"] for r in results["runs"].values()) / 3600
     lines = ["# The paper's experiments at CPU scale", "",
              "Produced by `python experiments/paper_cpu.py --out experiments/runs` (training, then evaluation; "
-             "`--evaluate-only` redoes the evaluation). Everything below the tables up to *Reading* is written by "
-             "that script.", "",
+             "`--evaluate-only` redoes the evaluation). Everything above *Reading* is written by that script; the "
+             "reading is by hand and kept when the script rewrites the file.", "",
              "## Scale", "",
              f"- Network and schedule: {', '.join(f'`{k}={v}`' for k, v in SCALE.items())}; SGD lr 1e-2, momentum "
              "0.5, batch 1, the paper's Table I deformations (in voxels of the 32³ grid).",
