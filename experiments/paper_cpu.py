@@ -161,6 +161,17 @@ def _models(out: Path) -> dict[str, tuple[Path, Path]]:
     return models
 
 
+def _read_log(run: Path) -> list[dict[str, str]]:
+    """The rows of a run's ``log.csv`` (one per snapshot), or [] if it has none yet."""
+    import csv
+
+    path = run / "log.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _one_sided_wilcoxon(a: np.ndarray, b: np.ndarray) -> dict | None:
     """H1: a < b, over pairs. W is the sum of the ranks of |a − b| where a < b: the paper's
     W (153 = 17·18/2 means a < b for all of its 17 pairs). scipy's statistic for this
@@ -185,8 +196,8 @@ def evaluate(out: Path, micro: bool) -> dict:
     results = {"pairs": [p["name"] for p in pairs], "kinds": kinds, "models": {}, "runs": {}}
     results["before_mm"] = [float(np.linalg.norm(p["fixed_lps"] - p["moving_lps"], axis=1).mean()) for p in pairs]
     for run in sorted(p for p in out.iterdir() if (p / "config.json").exists()):
-        log = (run / "log.csv").read_text().splitlines() if (run / "log.csv").exists() else []
-        last = dict(zip(log[0].split(","), log[-1].split(","))) if len(log) > 1 else {}
+        log = _read_log(run)
+        last = log[-1] if log else {}
         status = (run / "status.txt").read_text().strip() if (run / "status.txt").exists() else "not run"
         results["runs"][run.name] = {"status": status, "iterations": int(last.get("iteration", 0)),
                                      "seconds": float(last.get("seconds", 0.0))}
@@ -240,9 +251,8 @@ def _curves_figure(out: Path, path: Path) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     runs = sorted(p for p in out.iterdir() if (p / "log.csv").exists())
     for k, run in enumerate(runs):
-        rows = (run / "log.csv").read_text().splitlines()
-        head = rows[0].split(",")
-        data = [dict(zip(head, r.split(","))) for r in rows[1:]]
+        data = _read_log(run)
+        head = data[0].keys() if data else ()
         its = [int(r["iteration"]) for r in data]
         config = run / "config.json"
         sched = json.loads(config.read_text()).get("schedule", {}) if config.exists() else {}
