@@ -111,20 +111,34 @@ def test_phi_outside_crop_is_continuous_and_covers_image(setup):
     assert np.all(np.asarray(out.spacing_mm) <= np.asarray(fixed_crop.spacing_mm) + 1e-9)
 
 
-def test_jacobian_of_linear_field_is_exact():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_jacobian_of_linear_field_is_exact(compiled):
     rng = np.random.default_rng(1)
     a = rng.uniform(-0.2, 0.2, (3, 3))
     grid = Grid((12, 10, 9), (0.8, 1.1, 2.5), (5.0, -3.0, 40.0), tuple(rotation(0.3, 0.1, -0.2).ravel()))
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in grid.size], indexing="ij"), -1).reshape(-1, 3)
     x = grid.points_to_lps(idx)
     d = (x @ a.T).reshape(*grid.size, 3).transpose(2, 1, 0, 3)  # [k, j, i, c]
-    det = fields.jacobian_determinant(torch.from_numpy(d).movedim(-1, 0), grid.index_to_lps[:3, :3])
+    det = fields.jacobian_determinant(torch.from_numpy(d).movedim(-1, 0), grid.index_to_lps[:3, :3], compiled=compiled)
     np.testing.assert_allclose(det.numpy(), np.linalg.det(np.eye(3) + a), rtol=1e-10)
     # The voxel form gives the same determinant (det is frame independent).
     m = grid.index_to_lps[:3, :3]
     u_vox = np.einsum("ab,kjib->akji", np.linalg.inv(m), d)
-    np.testing.assert_allclose(fields.jacobian_determinant(torch.from_numpy(u_vox)).numpy(), np.linalg.det(np.eye(3) + a),
-                               rtol=1e-10)
+    np.testing.assert_allclose(fields.jacobian_determinant(torch.from_numpy(u_vox), compiled=compiled).numpy(),
+                               np.linalg.det(np.eye(3) + a), rtol=1e-10)
+
+
+def test_compiled_jacobian_matches_the_tensor_expression():
+    """A rough float32 field (channel-last, as registration passes it) and a float64
+    channel-first one: the compiled pass and the reference agree, edges included."""
+    rng = np.random.default_rng(2)
+    grid_m = Grid((11, 9, 7), (0.7, 0.9, 2.5), (0.0, 0.0, 0.0), tuple(rotation(0.2, -0.1, 0.4).ravel()))
+    m = grid_m.index_to_lps[:3, :3]
+    last = torch.from_numpy(rng.normal(size=(7, 9, 11, 3)).astype(np.float32)).movedim(-1, 0)
+    first = torch.from_numpy(rng.normal(size=(3, 7, 9, 11)))
+    for disp in (last, first):
+        ref = fields.jacobian_determinant(disp, m, compiled=False)
+        np.testing.assert_allclose(fields.jacobian_determinant(disp, m).numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_folding_is_reported():
@@ -336,3 +350,24 @@ def test_fill_holes_per_slice_matches_slice_loop():
     ours = fill_holes_per_slice(image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(reference))
     assert ours.GetSpacing() == image.GetSpacing()
+
+
+def test_axis_aligned_and_general_paths_agree(setup):
+    """The crop is cut along the fixed axes, so the field is sampled separably; the general
+    path (every point mapped through grid_sample) must give the same field."""
+    fixed_grid, _, _, fixed_crop, moving_crop, u = setup
+    out = transforms.output_grid(fixed_grid, fixed_crop)
+    fast = transforms.displacement_lps(u, fixed_crop, moving_crop, out)
+    general = transforms._displacement_general(u, fixed_crop, moving_crop, out, slab=5)
+    np.testing.assert_allclose(fast, general, atol=1e-4)
+
+
+def test_rotated_output_grid_takes_the_general_path(setup):
+    """An output grid not aligned with the crop (here: the moving image's grid) is still φ - x."""
+    _, moving_grid, _, fixed_crop, moving_crop, u = setup
+    disp = transforms.displacement_lps(u, fixed_crop, moving_crop, moving_grid)
+    rng = np.random.default_rng(1)
+    nodes = rng.integers(0, moving_grid.size, size=(40, 3))
+    x = moving_grid.points_to_lps(nodes)
+    np.testing.assert_allclose(x + disp[nodes[:, 2], nodes[:, 1], nodes[:, 0]],
+                               phi_ours(x, fixed_crop, moving_crop, u), atol=1e-4)

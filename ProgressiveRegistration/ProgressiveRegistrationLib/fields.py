@@ -18,6 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+try:
+    import numba
+except ImportError:  # optional: the tensor expressions do the same, slower
+    numba = None
+
 
 def identity_vox(shape_zyx: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
     """``(3, D, H, W)`` map of each voxel's own index (x, y, z)."""
@@ -115,16 +120,27 @@ def downsample(volume: torch.Tensor, factor: int) -> torch.Tensor:
     return out if volume.dim() == 5 else out[0]
 
 
-def jacobian_determinant(disp: torch.Tensor, index_to_units: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+def jacobian_determinant(disp: torch.Tensor, index_to_units: np.ndarray | torch.Tensor | None = None,
+                         compiled: bool = True) -> torch.Tensor:
     """det(I + ∂d/∂x) of a displacement field ``disp`` (``(3, D, H, W)``).
 
     ``disp`` components are in the units of ``x`` (mm for a physical field, voxels for a
     voxel field). ``index_to_units`` is the 3x3 matrix from a grid index step to those
     units (``D @ diag(spacing)`` for LPS mm; identity, the default, for voxels). Derivatives
     are central differences (one-sided at the edges), so a linear field is exact.
+
+    A CPU field that needs no gradient goes through one compiled pass over the voxels
+    (numba, both cores; ~10x faster than the tensor expression at 257x257x130) when numba
+    is installed and ``compiled`` is true; the tensor expression below is the reference.
     """
-    grads = torch.gradient(disp, dim=(3, 2, 1))  # ∂d/∂i, ∂d/∂j, ∂d/∂k, each (3, D, H, W)
     inv = np.eye(3) if index_to_units is None else np.linalg.inv(np.asarray(index_to_units, dtype=np.float64))
+    if numba is not None and compiled and disp.device.type == "cpu" and not disp.requires_grad \
+            and min(disp.shape[1:]) >= 2:
+        field = disp.detach().movedim(0, -1).numpy()  # [k, j, i, c]; no copy for a channel-last field
+        out = np.empty(field.shape[:3], dtype=field.dtype)
+        _jacobian_voxels(field, np.ascontiguousarray(inv), out)
+        return torch.from_numpy(out)
+    grads = torch.gradient(disp, dim=(3, 2, 1))  # ∂d/∂i, ∂d/∂j, ∂d/∂k, each (3, D, H, W)
     # a[c][r] = δ_cr + Σ_s ∂d_c/∂index_s · (∂index_s/∂x_r), written out: stacking the nine
     # maps and contracting them with tensordot costs ~1.7x more in copies and strides.
     a = [[None] * 3 for _ in range(3)]
@@ -136,6 +152,49 @@ def jacobian_determinant(disp: torch.Tensor, index_to_units: np.ndarray | torch.
     return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
             - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
             + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+
+
+def _jacobian_voxels(field, inv, out):
+    """``out[k, j, i] = det(I + G(k, j, i) · inv)``, ``G[c, s]`` the central difference of
+    ``field[k, j, i, c]`` along index axis s = i, j, k (one-sided at the edges)."""
+    nk, nj, ni = out.shape
+    for k in numba.prange(nk):
+        k0, k1 = max(k - 1, 0), min(k + 1, nk - 1)
+        hk = 1.0 / (k1 - k0)
+        for j in range(nj):
+            j0, j1 = max(j - 1, 0), min(j + 1, nj - 1)
+            hj = 1.0 / (j1 - j0)
+            for i in range(ni):
+                i0, i1 = max(i - 1, 0), min(i + 1, ni - 1)
+                hi = 1.0 / (i1 - i0)
+                # rows c of I + G·inv, one displacement component at a time
+                r0 = _row(field, k, j, i, k0, k1, j0, j1, i0, i1, hk, hj, hi, 0, inv)
+                r1 = _row(field, k, j, i, k0, k1, j0, j1, i0, i1, hk, hj, hi, 1, inv)
+                r2 = _row(field, k, j, i, k0, k1, j0, j1, i0, i1, hk, hj, hi, 2, inv)
+                out[k, j, i] = (r0[0] * (r1[1] * r2[2] - r1[2] * r2[1])
+                                - r0[1] * (r1[0] * r2[2] - r1[2] * r2[0])
+                                + r0[2] * (r1[0] * r2[1] - r1[1] * r2[0]))
+
+
+def _row(field, k, j, i, k0, k1, j0, j1, i0, i1, hk, hj, hi, c, inv):
+    gi = (field[k, j, i1, c] - field[k, j, i0, c]) * hi
+    gj = (field[k, j1, i, c] - field[k, j0, i, c]) * hj
+    gk = (field[k1, j, i, c] - field[k0, j, i, c]) * hk
+    return (gi * inv[0, 0] + gj * inv[1, 0] + gk * inv[2, 0] + (1.0 if c == 0 else 0.0),
+            gi * inv[0, 1] + gj * inv[1, 1] + gk * inv[2, 1] + (1.0 if c == 1 else 0.0),
+            gi * inv[0, 2] + gj * inv[1, 2] + gk * inv[2, 2] + (1.0 if c == 2 else 0.0))
+
+
+def load_jacobian_kernel() -> None:
+    """Compile (first use) or load from numba's cache the Jacobian kernel for the float32
+    channel-last fields that registration produces, so a caller can do it while other work runs."""
+    if numba is not None:
+        jacobian_determinant(torch.zeros(2, 2, 2, 3).movedim(-1, 0))
+
+
+if numba is not None:
+    _row = numba.njit(inline="always")(_row)
+    _jacobian_voxels = numba.njit(parallel=True, cache=True)(_jacobian_voxels)
 
 
 def folding_percent(jac_det: torch.Tensor, mask: torch.Tensor | None = None) -> float:

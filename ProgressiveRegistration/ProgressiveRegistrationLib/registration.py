@@ -15,6 +15,7 @@ Stages (each timed, each reported to a progress callback):
 from __future__ import annotations
 
 import copy
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,14 +26,14 @@ import SimpleITK as sitk
 import torch
 import torch.nn as nn
 
-from . import fields, warp
+from . import fields, transforms, warp
 from .config import NetworkConfig, SynthesisConfig
 from .errors import InputError
 from .geometry import Grid, ThoraxMasks, check_volume, crop_grid, lung_box, resample, thorax_masks, whole_box
 from .landmarks import check_pairs, summary, tre_mm
 from .network import UNet
 from .synthesis import network_input
-from .transforms import displacement_image, displacement_lps, output_grid, transform_points
+from .transforms import displacement_image, displacement_lps, field_transform, output_grid, transform_points
 
 MODEL_FORMAT, MODEL_VERSION = "progreg-model", 1
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "progreg_cpu64.pt"
@@ -139,7 +140,7 @@ class Result:
     landmarks: dict | None = None
 
     def transform(self) -> sitk.Transform:
-        return sitk.DisplacementFieldTransform(sitk.Cast(self.displacement, sitk.sitkVectorFloat64))
+        return field_transform(self.displacement)
 
 
 def _crop(image: sitk.Image, syn: SynthesisConfig, what: str, notes: list[str], masks: ThoraxMasks
@@ -171,6 +172,15 @@ def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, model: Model, fg: Gr
         sp = np.asarray(img.GetSpacing())
         if sp.max() > 5.0 or sp.min() < 0.3:
             notes.append(f"{what}: voxel spacing {np.round(sp, 2).tolist()} mm is far from typical thorax CT")
+
+
+def _load_kernels(moving_dtype: np.dtype) -> None:
+    try:
+        transforms.load_kernel()
+        fields.load_jacobian_kernel()
+        warp.load_kernel(moving_dtype)
+    except Exception:  # noqa: BLE001 - the real call compiles again and reports the error itself
+        pass
 
 
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
@@ -212,6 +222,10 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     done("crop")
 
     stage("network", 0.25, f"network forward pass ({model.size}³, {device})")
+    # The compiled transform, Jacobian and warp kernels load from numba's cache (~1 s in a new process)
+    # while the forward pass runs; torch releases the GIL there.
+    loader = threading.Thread(target=_load_kernels, args=(sitk.GetArrayViewFromImage(moving).dtype,), daemon=True)
+    loader.start()
     with torch.inference_mode():
         x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
         x_in = x.to(device).contiguous(memory_format=torch.channels_last_3d)
@@ -226,6 +240,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     done("transform")
 
     stage("jacobian", 0.7, "Jacobian determinant and folding")
+    loader.join()
     disp_t = torch.from_numpy(disp).movedim(-1, 0)
     jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
     body = body_mask_on(fixed_masks, out)

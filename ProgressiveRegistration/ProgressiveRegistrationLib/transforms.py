@@ -21,6 +21,13 @@ import SimpleITK as sitk
 import torch
 
 from . import fields
+
+try:
+    import numba
+
+    prange = numba.prange
+except ImportError:  # optional: the general path gives the same field, slower
+    numba, prange = None, range
 from .errors import InputError
 from .geometry import Grid
 from .images import atomic_path
@@ -41,8 +48,77 @@ def displacement_lps(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, o
     """``φ(x) - x`` on ``out`` as an array ``[k, j, i, c]`` (c = L, P, S; mm; float32).
 
     ``u_vox``: ``(3, N, N, N)`` network output on the fixed crop grid, in its voxels.
-    Computed in slabs of ``slab`` output slices to bound memory.
     """
+    out_to_crop = fixed_crop.lps_to_index @ out.index_to_lps
+    if numba is not None and np.allclose(out_to_crop[:3, :3], np.diag(np.diag(out_to_crop[:3, :3])), atol=1e-9):
+        return _displacement_axis_aligned(u_vox, moving_crop, out, out_to_crop)
+    return _displacement_general(u_vox, fixed_crop, moving_crop, out, slab)
+
+
+def _displacement_axis_aligned(u_vox: torch.Tensor, moving_crop: Grid, out: Grid,
+                               out_to_crop: np.ndarray) -> np.ndarray:
+    """The usual case: the crop is cut from the fixed image along its axes, so output axis
+    a maps onto crop axis a alone and each voxel's trilinear weights are a product of three
+    per-axis weights, computed once per axis; one compiled pass then writes the result.
+
+    With ``q = A·p`` (output index -> crop index, ``A`` diagonal), ``x = O·p`` and the
+    moving crop's ``M``: ``φ(x) − x = M·u(q) + (M·A − O)·p``, in float64 per voxel.
+    """
+    u = np.ascontiguousarray(u_vox.detach().to("cpu", torch.float32).numpy())
+    n_crop = u.shape[:0:-1]  # (N_i, N_j, N_k)
+    cells = []
+    for a, n in enumerate(out.size):
+        q = np.clip(out_to_crop[a, a] * np.arange(n) + out_to_crop[a, 3], 0, n_crop[a] - 1)
+        lower = np.minimum(np.floor(q).astype(np.int64), max(n_crop[a] - 2, 0))
+        cells += [lower, np.minimum(lower + 1, n_crop[a] - 1), q - lower]
+    m = moving_crop.index_to_lps
+    result = np.empty((*out.shape_zyx, 3), dtype=np.float32)
+    _axis_aligned_kernel(u, *cells, np.ascontiguousarray(m[:3, :3]), m @ out_to_crop - out.index_to_lps, result)
+    return result
+
+
+def _axis_aligned_kernel(u, i0, i1, fi, j0, j1, fj, k0, k1, fk, m, affine, out):
+    """``out[k, j, i] = m · u(fk, fj, fi corners) + affine · (i, j, k, 1)`` (see above)."""
+    nk, nj, ni = out.shape[:3]
+    for k in prange(nk):
+        a0, a1, tk = k0[k], k1[k], fk[k]
+        for j in range(nj):
+            b0, b1, tj = j0[j], j1[j], fj[j]
+            for i in range(ni):
+                c0, c1, ti = i0[i], i1[i], fi[i]
+                v0 = _corners(u, 0, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                v1 = _corners(u, 1, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                v2 = _corners(u, 2, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                for r in range(3):
+                    out[k, j, i, r] = (m[r, 0] * v0 + m[r, 1] * v1 + m[r, 2] * v2
+                                       + affine[r, 0] * i + affine[r, 1] * j + affine[r, 2] * k + affine[r, 3])
+
+
+def _corners(u, c, a0, a1, b0, b1, c0, c1, tk, tj, ti):
+    """Trilinear interpolation of component ``c`` between the 8 corners of one cell."""
+    return (((u[c, a0, b0, c0] * (1 - ti) + u[c, a0, b0, c1] * ti) * (1 - tj)
+             + (u[c, a0, b1, c0] * (1 - ti) + u[c, a0, b1, c1] * ti) * tj) * (1 - tk)
+            + ((u[c, a1, b0, c0] * (1 - ti) + u[c, a1, b0, c1] * ti) * (1 - tj)
+               + (u[c, a1, b1, c0] * (1 - ti) + u[c, a1, b1, c1] * ti) * tj) * tk)
+
+
+if numba is not None:
+    _corners = numba.njit(inline="always")(_corners)
+    _axis_aligned_kernel = numba.njit(parallel=True, cache=True)(_axis_aligned_kernel)
+
+
+def load_kernel() -> None:
+    """Compile (first use) or load from numba's cache the axis-aligned kernel, so a caller
+    can do it while other work runs."""
+    if numba is not None:
+        grid = Grid((2, 2, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+        _displacement_axis_aligned(torch.zeros(3, 2, 2, 2), grid, grid, np.eye(4))
+
+
+def _displacement_general(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, out: Grid,
+                          slab: int) -> np.ndarray:
+    """Any crop orientation: every output point mapped and sampled (grid_sample, float64),
+    in slabs of ``slab`` output slices to bound memory."""
     u = u_vox.detach().to("cpu", torch.float64)
     f_inv = torch.as_tensor(fixed_crop.lps_to_index)
     m_mat = torch.as_tensor(moving_crop.index_to_lps)
@@ -71,6 +147,12 @@ def displacement_image(disp_lps: np.ndarray, grid: Grid) -> sitk.Image:
     return image
 
 
+def field_transform(disp_image: sitk.Image) -> sitk.DisplacementFieldTransform:
+    """An ITK transform of a displacement-field image. The transform takes over the pixels
+    it is given, so it gets a float64 copy and ``disp_image`` stays intact."""
+    return sitk.DisplacementFieldTransform(sitk.Cast(disp_image, sitk.sitkVectorFloat64))
+
+
 def write_transform(disp_image: sitk.Image, path: str | os.PathLike) -> None:
     """Write a displacement field atomically as .nrrd/.nii.gz/.mha (image) or .h5 (transform).
 
@@ -83,7 +165,7 @@ def write_transform(disp_image: sitk.Image, path: str | os.PathLike) -> None:
     tmp, final = atomic_path(path)
     try:
         if name.endswith(".h5"):
-            tx = sitk.DisplacementFieldTransform(sitk.Cast(disp_image, sitk.sitkVectorFloat64))
+            tx = field_transform(disp_image)
             sitk.WriteTransform(tx, tmp)
         else:
             image = sitk.Cast(disp_image, sitk.sitkVectorFloat32)
@@ -112,7 +194,7 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
         raise InputError(f"{path}: not a readable transform ({str(err).strip().splitlines()[-1]})") from None
     if image.GetNumberOfComponentsPerPixel() != image.GetDimension() or image.GetDimension() != 3:
         raise InputError(f"{path}: a displacement field needs 3 components per voxel in 3D")
-    return sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+    return field_transform(image)
 
 
 def read_displacement_field(path: str | os.PathLike) -> sitk.Image:
