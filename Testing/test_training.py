@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -130,6 +131,18 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert run_train(a, *common, "train.iterations=45").returncode == 0
     r = run_train(b, *common, "train.iterations=30")
     assert r.returncode == 0, r.stderr
+    # A snapshot of a run still training exports like a finished run.
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    shutil.copy(b / "checkpoint.pt", snap)
+    r = run_train(snap, "--export")
+    assert r.returncode == 0, r.stderr
+    at30 = torch.load(b / "checkpoint.pt", weights_only=False)["models"]
+    for name, arm in (("model.pt", "progressive"), ("model_baseline.pt", "baseline")):
+        exported = torch.load(snap / name, weights_only=False)
+        assert exported["iterations"] == 30 and exported["arm"] == arm and exported["input"]["size"] == 32
+        for k, v in exported["state_dict"].items():
+            torch.testing.assert_close(v, at30[arm][f"unet.{k}"], rtol=0, atol=0)
     r = run_train(b, "--resume", "--set", "train.iterations=45")
     assert r.returncode == 0, r.stderr
     wa = torch.load(a / "checkpoint.pt", weights_only=False)

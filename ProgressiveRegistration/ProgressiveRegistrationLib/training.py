@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import fields, schedule
-from .config import Config, load_config, save_config
+from .config import Config, config_from_dict, load_config, save_config
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, list_dicom_series
 from .network import ProgressiveUNet, export_state
@@ -365,14 +365,37 @@ class Trainer:
 
     def export(self) -> None:
         """``model.pt`` (progressive arm, or the only arm) and ``model_baseline.pt``."""
-        syn = self.cfg.synthesis
-        extra = {"input": {"size": syn.size, "gradient_sigma_vox": syn.gradient_sigma_vox,
-                           "intensity_scale_hu": syn.intensity_scale_hu, "lung_margin_mm": syn.lung_margin_mm,
-                           "crop_to_lungs": syn.crop_to_lungs},
-                 "iterations": self.iteration, "config": self.cfg.to_dict()}
-        for arm, model in self.models.items():
-            name = "model.pt" if (arm == "progressive" or len(self.models) == 1) else "model_baseline.pt"
-            atomic_save(export_state(model.unet, self.cfg.network, {**extra, "arm": arm}), self.out / name)
+        export_models(self.models, self.cfg, self.iteration, self.out)
+
+
+def export_models(models: dict[str, ProgressiveUNet], cfg, iteration: int, out: Path) -> list[Path]:
+    """Write each arm's plain U-Net as ``model.pt`` (the progressive arm, or the only arm)
+    or ``model_baseline.pt`` in ``out``, with what inference needs to prepare its input."""
+    syn = cfg.synthesis
+    extra = {"input": {"size": syn.size, "gradient_sigma_vox": syn.gradient_sigma_vox,
+                       "intensity_scale_hu": syn.intensity_scale_hu, "lung_margin_mm": syn.lung_margin_mm,
+                       "crop_to_lungs": syn.crop_to_lungs},
+             "iterations": iteration, "config": cfg.to_dict()}
+    written = []
+    for arm, model in models.items():
+        name = "model.pt" if (arm == "progressive" or len(models) == 1) else "model_baseline.pt"
+        atomic_save(export_state(model.unet, cfg.network, {**extra, "arm": arm}), out / name)
+        written.append(out / name)
+    return written
+
+
+def export_checkpoint(run: Path) -> list[Path]:
+    """The models of ``run/checkpoint.pt`` as of its last snapshot (e.g. of a run still training)."""
+    path = Path(run) / "checkpoint.pt"
+    if not path.is_file():
+        raise InputError(f"{path}: no checkpoint to export")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(state["config"])
+    models = {}
+    for arm, weights in state["models"].items():
+        models[arm] = ProgressiveUNet(cfg.network)
+        models[arm].load_state_dict(weights)
+    return export_models(models, cfg, int(state["iteration"]), Path(run))
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -395,6 +418,8 @@ def add_train_arguments(p) -> None:
     p.add_argument("--config", help="JSON or YAML config (defaults: the paper's values)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--export", action="store_true",
+                   help="only write OUT/model.pt (and model_baseline.pt) from OUT/checkpoint.pt's last snapshot")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny run (32³, 3 levels, 120 iterations, both arms) on the bundled sample")
     p.add_argument("--images", nargs="+", help="training images (files, folders, DICOM folders)")
@@ -413,6 +438,10 @@ def cmd_train(args) -> int:
     elif args.smoke and not args.config:
         overrides.append("train.images=" + json.dumps([str(bundled_sample())]))
     out = Path(args.out)
+    if args.export:
+        for path in export_checkpoint(out):
+            print(path)
+        return 0
     if not args.resume and (out / "checkpoint.pt").exists():
         raise InputError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     config_file = args.config
