@@ -77,3 +77,46 @@ def test_report_tables_and_kept_reading(paper_cpu, tmp_path):
     report.write_text(text.replace("(to be written)", "Progressive wins here."))
     paper_cpu.write_report(results, out, report, tmp_path / "figures")
     assert report.read_text().endswith("## Reading\n\nProgressive wins here.\n")
+
+
+@pytest.fixture(scope="module")
+def shipped_model(paper_cpu):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("shipped_model", ROOT / "experiments" / "shipped_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_model_report_checks_the_targets(paper_cpu, shipped_model):
+    kinds = ["breathing"] * 5 + ["synthetic"]
+    rng = np.random.default_rng(3)
+    before = rng.uniform(5, 7, 6)
+    good = [list(b * 0.3 + rng.uniform(-0.1, 0.1, 4)) for b in before]  # 30 % of the initial TRE
+    worse = [list(np.asarray(a) + 1.0) for a in good]  # the baseline: 1 mm worse on every pair
+    results = {"pairs": [f"p{k}" for k in range(6)], "kinds": kinds, "before_mm": list(before),
+               "before_tre_mm": {"breathing": {"mean": float(before[:5].mean()), "sd": 0.5, "n": 20},
+                                 "synthetic": {"mean": float(before[5]), "sd": 0.5, "n": 4}},
+               "models": {}, "wilcoxon": {}}
+    for name, after, fold in (("progressive", good, 0.02), ("baseline", worse, 1.5)):
+        done = {"pairs": results["pairs"], "after_mm": after, "folding_percent": [fold] * 6}
+        results["models"][name] = paper_cpu.model_summary(done, kinds)
+    a, b = (np.array(results["models"][n]["per_pair_mm"]) for n in ("progressive", "baseline"))
+    results["wilcoxon"]["baseline"] = {"breathing": paper_cpu._one_sided_wilcoxon(a[:5], b[:5]),
+                                       "all": paper_cpu._one_sided_wilcoxon(a, b)}
+    text = shipped_model.report(results, {"progressive": "m.pt", "baseline": "b.pt"}, "cmd")
+    assert "mean TRE ≤ 40% of the initial: met (30%)" in text
+    assert "folding < 1 % on every pair: met" in text
+    assert "Better than baseline on breathing pairs: yes" in text
+    assert "W = 15 of 15" in text and "W = 21 of 21" in text  # better on every pair
+    # The other way round: the baseline misses both targets and is not better.
+    swapped = dict(results, models={"baseline": results["models"]["baseline"],
+                                    "progressive": results["models"]["progressive"]})
+    swapped["wilcoxon"] = {"progressive": {"breathing": paper_cpu._one_sided_wilcoxon(b[:5], a[:5]), "all": None}}
+    text = shipped_model.report(swapped, {"progressive": "m.pt", "baseline": "b.pt"}, "cmd")
+    fraction = results["models"]["baseline"]["tre_mm"]["breathing"]["mean"] / before[:5].mean()
+    assert fraction > 0.4 and f"mean TRE ≤ 40% of the initial: NOT met ({fraction:.0%})" in text
+    assert "folding < 1 % on every pair: NOT met (worst 1.500 %)" in text
+    assert "Better than progressive on breathing pairs: no" in text and "W = 0 of 15" in text

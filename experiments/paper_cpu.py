@@ -108,7 +108,7 @@ def evaluation_pairs(micro: bool):
     from ProgressiveRegistrationLib.geometry import Grid
     from ProgressiveRegistrationLib.phantom import generate
     from ProgressiveRegistrationLib.synthesis import pair_generator, random_transform
-    from ProgressiveRegistrationLib.transforms import displacement_image
+    from ProgressiveRegistrationLib.transforms import displacement_image, field_transform
 
     pairs = []
     for seed in range(200, 202 if micro else 217):  # 17 breathing pairs, like the paper's 17 image pairs
@@ -130,7 +130,7 @@ def evaluation_pairs(micro: bool):
         u = torch.nn.functional.interpolate(u64[None], size=size[::-1], mode="trilinear", align_corners=True)[0]
         mm_per_vox64 = torch.tensor([(n - 1) * s / 63.0 for n, s in zip(size, image.GetSpacing())])
         disp_mm = (u * mm_per_vox64[:, None, None, None]).movedim(0, -1).numpy()
-        tx = sitk.DisplacementFieldTransform(sitk.Cast(displacement_image(disp_mm, grid), sitk.sitkVectorFloat64))
+        tx = field_transform(displacement_image(disp_mm, grid))
         # fixed(x) = moving(φ(x)) with moving = the CT itself: φ is exactly the answer.
         fixed = sitk.Resample(image, image, tx, sitk.sitkLinear, -1024.0)
         rng = np.random.default_rng(k)
@@ -186,11 +186,43 @@ def _one_sided_wilcoxon(a: np.ndarray, b: np.ndarray) -> dict | None:
     return {"W": float(ranks[d < 0].sum()), "p": float(wilcoxon(a, b, alternative="less").pvalue), "n": int(len(a))}
 
 
-def evaluate(out: Path, micro: bool) -> dict:
-    """Every finished network on every evaluation pair: TRE per pair, folding, Wilcoxon tests."""
-    from ProgressiveRegistrationLib.landmarks import summary
+def evaluate_model(path: Path, pairs: list[dict], cache: Path) -> dict:
+    """Per-pair landmark TRE (mm) and folding (%) of one network on ``pairs``, cached in
+    ``cache`` (one file per network and evaluation set, so that finished arms are evaluated
+    while others train)."""
     from ProgressiveRegistrationLib.registration import load_model, register_images
 
+    names = [p["name"] for p in pairs]
+    if cache.exists() and json.loads(cache.read_text())["pairs"] == names:
+        return json.loads(cache.read_text())
+    model = load_model(path)
+    done = {"pairs": names, "after_mm": [], "folding_percent": []}
+    for p in pairs:
+        r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"], warp_moving=False)
+        done["after_mm"].append(r.landmarks["after_mm"].tolist())
+        done["folding_percent"].append(r.folding_percent)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(done))
+    return done
+
+
+def model_summary(done: dict, kinds: list[str]) -> dict:
+    """Mean TRE per pair, and TRE and folding summaries per kind of pair."""
+    from ProgressiveRegistrationLib.landmarks import summary
+
+    folding = done["folding_percent"]
+    tre = {"breathing": [], "synthetic": []}
+    for kind, after in zip(kinds, done["after_mm"]):
+        tre[kind].append(np.asarray(after))
+    return {
+        "per_pair_mm": [float(np.mean(a)) for a in done["after_mm"]], "folding_percent": folding,
+        "tre_mm": {k: summary(np.concatenate(v)) for k, v in tre.items() if v},
+        "folding": {k: summary(np.array([f for f, q in zip(folding, kinds) if q == k])) for k in tre if tre[k]},
+    }
+
+
+def evaluate(out: Path, micro: bool) -> dict:
+    """Every finished network on every evaluation pair: TRE per pair, folding, Wilcoxon tests."""
     pairs = evaluation_pairs(micro)
     kinds = [p["kind"] for p in pairs]
     results = {"pairs": [p["name"] for p in pairs], "kinds": kinds, "models": {}, "runs": {}}
@@ -202,32 +234,10 @@ def evaluate(out: Path, micro: bool) -> dict:
         results["runs"][run.name] = {"status": status, "iterations": int(last.get("iteration", 0)),
                                      "seconds": float(last.get("seconds", 0.0))}
     for name, (path, cache) in _models(out).items():
-        # One file per network and evaluation set, so that finished arms are evaluated while others train.
-        if cache.exists() and json.loads(cache.read_text())["pairs"] == results["pairs"]:
-            done = json.loads(cache.read_text())
-        else:
-            model = load_model(path)
-            done = {"pairs": results["pairs"], "after_mm": [], "folding_percent": []}
-            for p in pairs:
-                r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"],
-                                    warp_moving=False)
-                done["after_mm"].append(r.landmarks["after_mm"].tolist())
-                done["folding_percent"].append(r.folding_percent)
-            cache.parent.mkdir(exist_ok=True)
-            cache.write_text(json.dumps(done))
-        folding = done["folding_percent"]
-        per_pair = [float(np.mean(a)) for a in done["after_mm"]]
-        tre = {"breathing": [], "synthetic": []}
-        for kind, after in zip(kinds, done["after_mm"]):
-            tre[kind].append(np.asarray(after))
-        results["models"][name] = {
-            "per_pair_mm": per_pair, "folding_percent": folding,
-            "tre_mm": {k: summary(np.concatenate(v)) for k, v in tre.items() if v},
-            "folding": {k: summary(np.array([f for f, q in zip(folding, kinds) if q == k])) for k in tre if tre[k]},
-        }
+        results["models"][name] = model_summary(evaluate_model(path, pairs, cache), kinds)
         m = results["models"][name]["tre_mm"]
         print(f"{name}: " + ", ".join(f"{k} TRE {v['mean']:.2f} mm" for k, v in m.items())
-              + f", folding {np.mean(folding):.3f} %", flush=True)
+              + f", folding {np.mean(results['models'][name]['folding_percent']):.3f} %", flush=True)
     results["wilcoxon"] = {}
     for key, m in results["models"].items():
         base = key.replace("/progressive", "/baseline")

@@ -1,0 +1,182 @@
+"""The shipped model against its same-budget baseline, on the held-out pairs of ``paper_cpu.py``.
+
+Issue 8's targets for the shipped model, on held-out breathing pairs (phantoms never seen in
+training, simulated exhale, landmarks at vessel bifurcations): mean TRE at most 40 % of the
+initial mean TRE, folding under 1 % of the body's voxels, and better than a baseline given
+the same budget. This script evaluates any number of exported models on the same 17
+breathing pairs and 2 synthetic deformations of held-out real CT that ``paper_cpu.py`` uses,
+tests the first model against each other one (one-sided Wilcoxon over pairs, the paper's W)
+and writes a markdown table, a JSON file and a figure.
+
+    python experiments/shipped_model.py \\
+        --model progressive=runs/cpu-v1/model.pt --model baseline=runs/cpu-v1-baseline/model.pt \\
+        --cache runs/shipped-eval --report docs/model/evaluation.md
+
+Each model's evaluation is cached in ``--cache`` (keyed by its name), so adding a model later
+re-evaluates only that one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paper_cpu import _one_sided_wilcoxon, evaluate_model, evaluation_pairs, model_summary  # noqa: E402
+
+TRE_TARGET_FRACTION = 0.40
+FOLDING_TARGET_PERCENT = 1.0
+
+
+def run(models: dict[str, Path], cache: Path, micro: bool = False) -> dict:
+    """Evaluate ``models`` (name -> model file); the first is compared with all others."""
+    pairs = evaluation_pairs(micro)
+    kinds = [p["kind"] for p in pairs]
+    before = [float(np.linalg.norm(p["fixed_lps"] - p["moving_lps"], axis=1).mean()) for p in pairs]
+    before_all = {k: np.concatenate([np.linalg.norm(p["fixed_lps"] - p["moving_lps"], axis=1)
+                                     for p in pairs if p["kind"] == k]) for k in set(kinds)}
+    results = {"pairs": [p["name"] for p in pairs], "kinds": kinds, "before_mm": before,
+               "before_tre_mm": {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": int(len(v))}
+                                 for k, v in before_all.items()},
+               "models": {}, "wilcoxon": {}}
+    for name, path in models.items():
+        done = evaluate_model(path, pairs, cache / f"eval_{name}.json")
+        results["models"][name] = {"file": str(path), **model_summary(done, kinds)}
+    first, *others = list(models)
+    breathing = np.array([k == "breathing" for k in kinds])
+    for other in others:
+        a = np.array(results["models"][first]["per_pair_mm"])
+        b = np.array(results["models"][other]["per_pair_mm"])
+        results["wilcoxon"][other] = {kind: _one_sided_wilcoxon(a[sel], b[sel])
+                                      for kind, sel in (("breathing", breathing), ("all", np.ones_like(breathing)))}
+    return results
+
+
+def _tre(summary: dict | None) -> str:
+    return f"{summary['mean']:.2f} ± {summary['sd']:.2f}" if summary else "–"
+
+
+def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str, str], list[str]]:
+    """(evaluation image, 'training' or 'validation') -> the models whose config lists it."""
+    import torch
+
+    seen: dict[tuple[str, str], list[str]] = {}
+    for name, path in models.items():
+        try:
+            train = torch.load(path, map_location="cpu", weights_only=False).get("config", {}).get("train", {})
+        except (OSError, RuntimeError):
+            continue
+        for pair in results["pairs"]:
+            image = pair.removeprefix("synthetic-")
+            for role, key in (("training", "images"), ("validation", "validation_images")):
+                if image != pair and any(Path(str(entry)).name == image for entry in train.get(key, [])):
+                    seen.setdefault((image, role), []).append(name)
+    return seen
+
+
+def report(results: dict, models: dict[str, Path], command: str) -> str:
+    initial = results["before_tre_mm"]
+    before = initial["breathing"]["mean"]
+    n_synthetic = sum(k == "synthetic" for k in results["kinds"])
+    lines = ["# Shipped model: held-out evaluation (experiments/shipped_model.py)", "",
+             f"{sum(k == 'breathing' for k in results['kinds'])} held-out breathing pairs "
+             f"(initial TRE {_tre(initial['breathing'])} mm) and {n_synthetic} synthetic deformations of held-out "
+             f"real CT (initial {_tre(initial.get('synthetic'))} mm). TRE over all landmarks; folding = % of body "
+             "voxels with det J ≤ 0 (mean over pairs / worst pair).", "",
+             "| model | breathing TRE (mm) | % of initial | folding % (mean / worst) | real-CT synthetic TRE (mm) |",
+             "|---|---|---|---|---|",
+             f"| no registration | {_tre(initial['breathing'])} | 100 % | – | {_tre(initial.get('synthetic'))} |"]
+    for name, m in results["models"].items():
+        t, f = m["tre_mm"]["breathing"], m["folding"]["breathing"]
+        lines.append(f"| {name} (`{Path(models[name]).name}`) | {_tre(t)} | {100 * t['mean'] / before:.0f} % | "
+                     f"{f['mean']:.3f} / {max(m['folding_percent']):.3f} | {_tre(m['tre_mm'].get('synthetic'))} |")
+    seen = _seen_in_training(results, models)
+    if seen:
+        lines += ["", "Not held out for every model (the breathing pairs are): "
+                  + "; ".join(f"{pair} is a {role} image of {', '.join(names)}" for (pair, role), names in seen.items())
+                  + ". The real-CT column is therefore not a held-out result for those models."]
+    first = next(iter(results["models"]))
+    lines += ["", f"One-sided Wilcoxon signed-rank tests over pairs, H1: **{first}** has the lower mean TRE "
+              "(W = sum of the ranks where it does; the paper's W = 153 is 17 of 17 pairs):", "",
+              "| against | breathing pairs: W, p | all pairs: W, p |", "|---|---|---|"]
+    for other, tests in results["wilcoxon"].items():
+        cells = [f"W = {t['W']:.0f} of {t['n'] * (t['n'] + 1) // 2}, p = {t['p']:.2g}" if t else "–"
+                 for t in (tests["breathing"], tests["all"])]
+        lines.append(f"| {other} | {cells[0]} | {cells[1]} |")
+    m = results["models"][first]
+    frac = m["tre_mm"]["breathing"]["mean"] / before
+    worst_fold = max(m["folding_percent"])
+    lines += ["", f"Targets for **{first}** (issue 8): mean TRE ≤ {TRE_TARGET_FRACTION:.0%} of the initial: "
+              f"{'met' if frac <= TRE_TARGET_FRACTION else 'NOT met'} ({frac:.0%}); folding < "
+              f"{FOLDING_TARGET_PERCENT:g} % on every pair: {'met' if worst_fold < FOLDING_TARGET_PERCENT else 'NOT met'} "
+              f"(worst {worst_fold:.3f} %)."]
+    for other, tests in results["wilcoxon"].items():
+        t = tests["breathing"]
+        better = m["tre_mm"]["breathing"]["mean"] < results["models"][other]["tre_mm"]["breathing"]["mean"]
+        lines.append(f"Better than {other} on breathing pairs: {'yes' if better else 'no'} "
+                     f"(mean {m['tre_mm']['breathing']['mean']:.2f} against "
+                     f"{results['models'][other]['tre_mm']['breathing']['mean']:.2f} mm"
+                     + (f"; p = {t['p']:.2g}" if t else "") + ").")
+    lines += ["", "![per pair](evaluation.png)", "", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def figure(results: dict, path: Path) -> None:
+    """Per breathing pair: TRE before and after each model, pairs sorted by initial TRE."""
+    from ProgressiveRegistrationLib.plots import _plt
+
+    plt = _plt()
+    kinds = np.array(results["kinds"])
+    before = np.array(results["before_mm"])[kinds == "breathing"]
+    order = np.argsort(before)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    x = np.arange(len(order))
+    ax.plot(x, before[order], "k.:", label="no registration")
+    for name, m in results["models"].items():
+        after = np.array(m["per_pair_mm"])[kinds == "breathing"]
+        ax.plot(x, after[order], "o-", ms=4, lw=1, label=f"{name} ({after.mean():.2f} mm)")
+    ax.axhline(TRE_TARGET_FRACTION * before.mean(), color="grey", lw=0.8, ls="--", label="target: 40 % of initial mean")
+    ax.set_xlabel("held-out breathing pair (sorted by initial TRE)")
+    ax.set_ylabel("mean landmark TRE (mm)")
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
+                    help="a model to evaluate (repeat); the first is compared with the others")
+    ap.add_argument("--cache", default="runs/shipped-eval", help="folder for per-model evaluation caches")
+    ap.add_argument("--report", default="docs/model/evaluation.md", help="markdown report (figure and JSON beside it)")
+    ap.add_argument("--micro", action="store_true", help="two tiny pairs: checks the machinery")
+    args = ap.parse_args(argv)
+    models = {}
+    for item in args.model:
+        name, sep, file = item.partition("=")
+        if not sep or not Path(file).is_file():
+            ap.error(f"--model {item}: expected NAME=FILE with an existing model file")
+        models[name] = Path(file)
+    results = run(models, Path(args.cache), args.micro)
+    out = Path(args.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    figure(results, out.with_name("evaluation.png"))
+    command = "python experiments/shipped_model.py " + " ".join(f"--model {m}" for m in args.model) + \
+        f" --cache {args.cache} --report {args.report}" + (" --micro" if args.micro else "")
+    out.write_text(report(results, models, command))
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
