@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
+from results_table import publish  # noqa: E402
+
 
 def median_seconds(fn, repeats: int):
     result = fn()  # warm-up: numba loads or compiles its kernel, torch allocates
@@ -85,9 +87,7 @@ def main() -> int:
         unit = "mm" if stage == "transform" else ""
         lines.append(f"| {stage} | {name} | {t:.3f} | {before / t:.1f}× | {diff:.1e} {unit} |")
     lines += ["", f"Command: `python benchmarks/bench_fields.py --threads {args.threads} --repeats {args.repeats}`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "results" / "fields.md").write_text(text)
+    publish(lines, "fields.md")
     return 0
 
 

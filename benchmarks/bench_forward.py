@@ -31,6 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
+from results_table import publish  # noqa: E402
+
 from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
 from ProgressiveRegistrationLib.network import UNet  # noqa: E402
 from ProgressiveRegistrationLib.registration import fold_batchnorm  # noqa: E402
@@ -143,10 +145,7 @@ def main() -> int:
                      f"{base / sec:.2f}× | {diff:.1e} |")
     lines += ["", f"Command: `python benchmarks/bench_forward.py --size {n} --threads {args.threads} "
                   f"--repeats {args.repeats}`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    name = "forward.md" if n == 128 and args.base_channels == 16 else f"forward_{n}_{args.base_channels}.md"
-    (ROOT / "benchmarks" / "results" / name).write_text(text)
+    publish(lines, "forward.md" if n == 128 and args.base_channels == 16 else f"forward_{n}_{args.base_channels}.md")
     return 0
 
 

@@ -32,6 +32,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
+from results_table import publish  # noqa: E402
+
 from ProgressiveRegistrationLib.breathing import simulate  # noqa: E402
 from ProgressiveRegistrationLib.landmarks import summary, tre_mm, write_markups_json  # noqa: E402
 
@@ -219,9 +221,7 @@ def main() -> int:
         ]
     lines += ["", f"Command: `python benchmarks/bench_register.py --threads {args.threads}"
                   f"{' --skip-elastix' if args.skip_elastix else ''}`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "results" / "register.md").write_text(text)
+    publish(lines, "register.md")
     return 0
 
 

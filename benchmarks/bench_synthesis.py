@@ -23,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
+from results_table import publish  # noqa: E402
+
 from ProgressiveRegistrationLib import synthesis  # noqa: E402
 from ProgressiveRegistrationLib.config import SynthesisConfig  # noqa: E402
 from ProgressiveRegistrationLib.images import read_image  # noqa: E402
@@ -107,9 +109,7 @@ def main() -> int:
     for a, name in enumerate("xyz"):
         table.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in pct[:, a]) + " |")
     table += ["", "z (superior–inferior, the breathing direction) is the widest, then y, then x, as in Fig. 4."]
-    text = "\n".join(table) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "results" / "synthesis.md").write_text(text)
+    publish(table, "synthesis.md")
     return 0
 
 

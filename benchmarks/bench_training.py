@@ -25,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
+from results_table import publish  # noqa: E402
+
 from ProgressiveRegistrationLib import schedule  # noqa: E402
 from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
 from ProgressiveRegistrationLib.network import ProgressiveUNet  # noqa: E402
@@ -106,9 +108,7 @@ def main() -> int:
         lines.append(f"| {n} | {total / 3600:.2f} | {baseline / 3600:.2f} | {total / baseline:.2f} |")
     lines += ["", f"Command: `python benchmarks/bench_training.py --sizes {' '.join(map(str, args.sizes))} "
                   f"--threads {args.threads} --repeats {args.repeats}`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "results" / "training.md").write_text(text)
+    publish(lines, "training.md")
     return 0
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
+from results_table import publish  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -73,9 +75,7 @@ def main() -> int:
              "| variant | seconds | speed-up | max abs difference vs ITK (HU) |", "|---|---|---|---|"]
     lines += [f"| {n} | {t:.2f} | {base / t:.1f}× | {d:.1f} |" for n, t, d in rows]
     lines += ["", f"Command: `python benchmarks/bench_warp.py --threads {args.threads} --repeats {args.repeats}`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "results" / "warp.md").write_text(text)
+    publish(lines, "warp.md")
     return 0
 
 
