@@ -18,10 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    import numba
-except ImportError:  # optional: the tensor expressions do the same, slower
-    numba = None
+from .jit import numba
 
 
 def identity_vox(shape_zyx: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:

@@ -21,16 +21,10 @@ import SimpleITK as sitk
 import torch
 
 from . import fields
-
-try:
-    import numba
-
-    prange = numba.prange
-except ImportError:  # optional: the general path gives the same field, slower
-    numba, prange = None, range
 from .errors import InputError
 from .geometry import Grid
 from .images import atomic_path
+from .jit import numba, prange
 
 TRANSFORM_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".h5")
 

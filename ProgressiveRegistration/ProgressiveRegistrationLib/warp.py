@@ -17,14 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Grid
+from .jit import numba, prange
 from .transforms import field_transform
-
-try:
-    import numba
-
-    prange = numba.prange
-except ImportError:  # optional: ITK's resampler does the same, slower
-    numba, prange = None, range
 
 
 def _kernel(vol, disp, stride, fixed_to_moving, lps_to_moving, default_value, clamp, out):
