@@ -182,13 +182,6 @@ def _row(field, k, j, i, k0, k1, j0, j1, i0, i1, hk, hj, hi, c, inv):
             gi * inv[0, 2] + gj * inv[1, 2] + gk * inv[2, 2] + (1.0 if c == 2 else 0.0))
 
 
-def load_jacobian_kernel() -> None:
-    """Compile (first use) or load from numba's cache the Jacobian kernel for the float32
-    channel-last fields that registration produces, so a caller can do it while other work runs."""
-    if numba is not None:
-        jacobian_determinant(torch.zeros(2, 2, 2, 3).movedim(-1, 0))
-
-
 if numba is not None:
     _row = numba.njit(inline="always")(_row)
     _jacobian_voxels = numba.njit(parallel=True, cache=True)(_jacobian_voxels)

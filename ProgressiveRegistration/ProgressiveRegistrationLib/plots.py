@@ -127,7 +127,7 @@ def _coronal(image, j: int) -> np.ndarray:
     import SimpleITK as sitk
 
     arr = sitk.GetArrayViewFromImage(image)
-    return np.asarray(arr[:, j, :], dtype=np.float32)
+    return np.array(arr[:, j, :], dtype=np.float32)  # a copy: the view dies with a temporary image
 
 
 def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:

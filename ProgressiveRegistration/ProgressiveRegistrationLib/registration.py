@@ -15,7 +15,6 @@ Stages (each timed, each reported to a progress callback):
 from __future__ import annotations
 
 import copy
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn as nn
 
-from . import fields, transforms, warp
+from . import fields, warp
 from .config import NetworkConfig, SynthesisConfig
 from .errors import InputError
 from .geometry import Grid, ThoraxMasks, check_volume, crop_grid, lung_box, resample, thorax_masks, whole_box
@@ -174,15 +173,6 @@ def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, model: Model, fg: Gr
             notes.append(f"{what}: voxel spacing {np.round(sp, 2).tolist()} mm is far from typical thorax CT")
 
 
-def _load_kernels(moving_dtype: np.dtype) -> None:
-    try:
-        transforms.load_kernel()
-        fields.load_jacobian_kernel()
-        warp.load_kernel(moving_dtype)
-    except Exception:  # noqa: BLE001 - the real call compiles again and reports the error itself
-        pass
-
-
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
                     fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
                     progress=None, warp_moving: bool = True) -> Result:
@@ -222,10 +212,6 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     done("crop")
 
     stage("network", 0.25, f"network forward pass ({model.size}³, {device})")
-    # The compiled transform, Jacobian and warp kernels load from numba's cache (~1 s in a new process)
-    # while the forward pass runs; torch releases the GIL there.
-    loader = threading.Thread(target=_load_kernels, args=(sitk.GetArrayViewFromImage(moving).dtype,), daemon=True)
-    loader.start()
     with torch.inference_mode():
         x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
         x_in = x.to(device).contiguous(memory_format=torch.channels_last_3d)
@@ -240,7 +226,6 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     done("transform")
 
     stage("jacobian", 0.7, "Jacobian determinant and folding")
-    loader.join()
     disp_t = torch.from_numpy(disp).movedim(-1, 0)
     jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
     body = body_mask_on(fixed_masks, out)

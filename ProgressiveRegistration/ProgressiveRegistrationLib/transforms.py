@@ -101,14 +101,6 @@ if numba is not None:
     _axis_aligned_kernel = numba.njit(parallel=True, cache=True)(_axis_aligned_kernel)
 
 
-def load_kernel() -> None:
-    """Compile (first use) or load from numba's cache the axis-aligned kernel, so a caller
-    can do it while other work runs."""
-    if numba is not None:
-        grid = Grid((2, 2, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-        _displacement_axis_aligned(torch.zeros(3, 2, 2, 2), grid, grid, np.eye(4))
-
-
 def _displacement_general(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, out: Grid,
                           slab: int) -> np.ndarray:
     """Any crop orientation: every output point mapped and sampled (grid_sample, float64),

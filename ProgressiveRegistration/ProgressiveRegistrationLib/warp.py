@@ -80,20 +80,6 @@ if numba is not None:
     _kernel = numba.njit(parallel=True, cache=True)(_kernel)
 
 
-def load_kernel(pixel_dtype: np.dtype) -> None:
-    """Compile (first use) or load from numba's cache the kernel for moving images of
-    ``pixel_dtype`` (~0.5 s per process), so a caller can do it while other work runs."""
-    if numba is None:
-        return
-    dtype = np.dtype(pixel_dtype)
-    vol, field = np.zeros((2, 2, 2), dtype=dtype), np.zeros((2, 2, 2, 3))
-    for a in (vol, field):  # as SimpleITK's array views are: read-only, another numba type
-        a.setflags(write=False)
-    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-    clamp = (float(info.min), float(info.max)) if info is not None else None
-    _kernel(vol, field, np.ones(3), np.eye(4), np.eye(3), 0.0, clamp, np.empty(vol.shape, dtype))
-
-
 def _subsampling(fixed_grid: Grid, disp: sitk.Image) -> np.ndarray | None:
     """The integer stride of ``disp``'s grid over ``fixed_grid``, or None if it is not a
     subsampled copy covering the whole fixed image."""
