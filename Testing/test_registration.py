@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -62,6 +63,10 @@ def test_outputs_are_valid_files(pair, tmp_path, tiny_model):
 def _check_outputs(pair, out, summary):
     names = {p.name for p in out.iterdir()}
     assert names == {"transform.nrrd", "warped_moving.nrrd", "jacobian.nrrd", "tre.csv", "summary.json", "overview.png"}
+    # Written through temporary files, yet readable like any file the user writes (not mkstemp's 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {name: (out / name).stat().st_mode & 0o777 for name in names} == dict.fromkeys(names, 0o666 & ~umask)
     assert json.loads((out / "summary.json").read_text())["tre_after_mm"] == summary["tre_after_mm"]
     for key in ("tre_before_mm", "tre_after_mm", "folding_percent", "seconds", "model", "device"):
         assert key in summary
@@ -224,3 +229,19 @@ def test_unusual_pairs_warn_but_run(pair, tmp_path, tiny_model):
     r = progreg("register", tmp_path / "tissue.nrrd", tmp_path / "tissue.nrrd", "--out", tmp_path / "o2", "--model", tiny_model)
     assert r.returncode == 0, r.stderr
     assert "no lung field found" in r.stderr and "spacing" in r.stderr
+
+
+def test_overview_slice_equals_the_slice_of_a_full_resample():
+    """The overview figure resamples only the slice it shows; it must be that slice of the
+    whole-volume resample (rotated, anisotropic target grid)."""
+    from ProgressiveRegistrationLib.geometry import Grid
+    from ProgressiveRegistrationLib.plots import _coronal_on
+
+    image = sitk.ReadImage(str(SAMPLE))
+    c, s = np.cos(0.3), np.sin(0.3)
+    grid = Grid((40, 30, 20), (3.0, 2.5, 4.0), tuple(np.asarray(image.TransformContinuousIndexToPhysicalPoint(
+        [10.0, 12.0, 3.0]))), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    full = sitk.GetArrayFromImage(sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear,
+                                                -1024.0, sitk.sitkFloat32))
+    for j in (0, 17, 29):
+        np.testing.assert_allclose(_coronal_on(image, grid, j), full[:, j, :], atol=1e-3)

@@ -124,7 +124,16 @@ def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); the output should get the mode any new file of
+    # the user's gets, as if written directly.
+    os.chmod(tmp, 0o666 & ~_umask())
     return tmp, str(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:

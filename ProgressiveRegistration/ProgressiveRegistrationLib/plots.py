@@ -130,6 +130,19 @@ def _coronal(image, j: int) -> np.ndarray:
     return np.array(arr[:, j, :], dtype=np.float32)  # a copy: the view dies with a temporary image
 
 
+def _coronal_on(image, grid, j: int) -> np.ndarray:
+    """Slice ``j`` (along axis j) of ``image`` resampled linearly onto ``grid`` (a geometry.Grid):
+    only that one slice is resampled, not the whole volume. Shape (nk, ni), HU as float32."""
+    import dataclasses
+
+    import SimpleITK as sitk
+
+    slab = dataclasses.replace(grid, size=(grid.size[0], 1, grid.size[2]),
+                               origin_lps=tuple(grid.points_to_lps(np.array([[0.0, j, 0.0]]))[0]))
+    return _coronal(sitk.Resample(image, slab.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0,
+                                  sitk.sitkFloat32), 0)
+
+
 def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Fixed in magenta, moving in green (lung window): aligned structures turn grey."""
     def norm(x):
@@ -141,16 +154,14 @@ def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def overview_figure(fixed, moving, result, path) -> None:
     """Fig. 8-like overview: overlays before/after, Jacobian slice, TRE histogram."""
-    import SimpleITK as sitk
 
     plt = _plt()
     fixed_grid = result.fixed_grid
     # Coronal slice through the centre of the fixed lung crop.
     centre = result.fixed_crop.points_to_lps(np.array([[(s - 1) / 2 for s in result.fixed_crop.size]]))
     j = int(np.clip(round(fixed_grid.points_to_index(centre)[0, 1]), 0, fixed_grid.size[1] - 1))
-    moving_on_fixed = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
     f = _coronal(fixed, j)
-    before = _coronal(moving_on_fixed, j)
+    before = _coronal_on(moving, fixed_grid, j)
     after = _coronal(result.warped, j) if result.warped is not None else before
     sx, _, sz = fixed_grid.spacing_mm
     aspect = sz / sx
@@ -171,8 +182,7 @@ def overview_figure(fixed, moving, result, path) -> None:
     jac = result.jacobian[:, jj, :]
     body = result.body_mask[:, jj, :]
     jac_aspect = jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0]
-    ct = _coronal(sitk.Resample(fixed, jac_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0,
-                                sitk.sitkFloat32), jj)
+    ct = _coronal_on(fixed, jac_grid, jj)
     axes[2].imshow(ct[::-1] if flip else ct, cmap="gray", vmin=-1000, vmax=400, aspect=jac_aspect)
     shown = np.where(body, jac, np.nan)
     im = axes[2].imshow(shown[::-1] if flip else shown, cmap="PuOr_r", vmin=0, vmax=2, alpha=0.75, aspect=jac_aspect)
