@@ -106,10 +106,8 @@ def paper_size_model(path: Path) -> Path:
     from ProgressiveRegistrationLib.network import UNet, export_state
 
     torch.manual_seed(0)
-    cfg, syn = NetworkConfig(), SynthesisConfig(size=128)
-    extra = {"input": {"size": 128, "gradient_sigma_vox": syn.gradient_sigma_vox,
-                       "intensity_scale_hu": syn.intensity_scale_hu, "lung_margin_mm": syn.lung_margin_mm,
-                       "crop_to_lungs": syn.crop_to_lungs}, "iterations": 0, "arm": "untrained"}
+    cfg = NetworkConfig()
+    extra = {"input": SynthesisConfig(size=128).inference_input(), "iterations": 0, "arm": "untrained"}
     torch.save(export_state(UNet(cfg), cfg, extra), path)
     return path
 

@@ -42,6 +42,13 @@ class SynthesisConfig:
     lung_margin_mm: float = 8.0
     crop_to_lungs: bool = True
 
+    def inference_input(self) -> dict:
+        """What registration needs to prepare a network's input the way it was trained: the
+        ``input`` block of a model file (read back by ``registration.load_model``)."""
+        return {"size": self.size, "gradient_sigma_vox": self.gradient_sigma_vox,
+                "intensity_scale_hu": self.intensity_scale_hu, "lung_margin_mm": self.lung_margin_mm,
+                "crop_to_lungs": self.crop_to_lungs}
+
 
 @dataclass
 class NetworkConfig:

@@ -371,11 +371,7 @@ class Trainer:
 def export_models(models: dict[str, ProgressiveUNet], cfg, iteration: int, out: Path) -> list[Path]:
     """Write each arm's plain U-Net as ``model.pt`` (the progressive arm, or the only arm)
     or ``model_baseline.pt`` in ``out``, with what inference needs to prepare its input."""
-    syn = cfg.synthesis
-    extra = {"input": {"size": syn.size, "gradient_sigma_vox": syn.gradient_sigma_vox,
-                       "intensity_scale_hu": syn.intensity_scale_hu, "lung_margin_mm": syn.lung_margin_mm,
-                       "crop_to_lungs": syn.crop_to_lungs},
-             "iterations": iteration, "config": cfg.to_dict()}
+    extra = {"input": cfg.synthesis.inference_input(), "iterations": iteration, "config": cfg.to_dict()}
     written = []
     for arm, model in models.items():
         name = "model.pt" if (arm == "progressive" or len(models) == 1) else "model_baseline.pt"
