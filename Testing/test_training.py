@@ -94,6 +94,9 @@ def test_config_errors():
         load_config(None, ["train.iterationz=3"])
     with pytest.raises(InputError, match="divisible"):
         load_config(None, ["synthesis.size=40"])
+    for bad in ("train.snapshot_every=0", "train.keep_snapshots=-1", "train.iterations=0", "train.iterations=1.5"):
+        with pytest.raises(InputError, match=bad.split("=")[0]):
+            load_config(None, [bad])
 
 
 def run_train(out, *extra, env=None):
@@ -128,7 +131,9 @@ def test_smoke_run_learns_and_writes_everything(tmp_path):
 def test_resume_equals_uninterrupted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ["--set", "train.snapshot_every=15", "train.mode=both"]
-    assert run_train(a, *common, "train.iterations=45").returncode == 0
+    # a also keeps every 2nd snapshot's models (iteration 30 of 15, 30, 45); that must not change its training.
+    assert run_train(a, *common, "train.iterations=45", "train.keep_snapshots=2").returncode == 0
+    assert sorted(p.name for p in (a / "snapshots").iterdir()) == ["model_000030.pt", "model_baseline_000030.pt"]
     r = run_train(b, *common, "train.iterations=30")
     assert r.returncode == 0, r.stderr
     # A snapshot of a run still training exports like a finished run.
@@ -138,11 +143,13 @@ def test_resume_equals_uninterrupted(tmp_path):
     r = run_train(snap, "--export")
     assert r.returncode == 0, r.stderr
     at30 = torch.load(b / "checkpoint.pt", weights_only=False)["models"]
-    for name, arm in (("model.pt", "progressive"), ("model_baseline.pt", "baseline")):
-        exported = torch.load(snap / name, weights_only=False)
-        assert exported["iterations"] == 30 and exported["arm"] == arm and exported["input"]["size"] == 32
-        for k, v in exported["state_dict"].items():
-            torch.testing.assert_close(v, at30[arm][f"unet.{k}"], rtol=0, atol=0)
+    for name, kept, arm in (("model.pt", "model_000030.pt", "progressive"),
+                            ("model_baseline.pt", "model_baseline_000030.pt", "baseline")):
+        for exported in (torch.load(snap / name, weights_only=False),
+                         torch.load(a / "snapshots" / kept, weights_only=False)):
+            assert exported["iterations"] == 30 and exported["arm"] == arm and exported["input"]["size"] == 32
+            for k, v in exported["state_dict"].items():
+                torch.testing.assert_close(v, at30[arm][f"unet.{k}"], rtol=0, atol=0)
     r = run_train(b, "--resume", "--set", "train.iterations=45")
     assert r.returncode == 0, r.stderr
     wa = torch.load(a / "checkpoint.pt", weights_only=False)

@@ -77,6 +77,10 @@ class TrainConfig:
     momentum: float = 0.5
     batch_size: int = 1
     snapshot_every: int = 50
+    #: Also keep every K-th snapshot's models as ``snapshots/model[_baseline]_<iteration>.pt``
+    #: (model files, like ``model.pt``), to evaluate the test set throughout training as the
+    #: paper's Fig. 5B does; 0 keeps only the final models. K is in snapshots, not iterations.
+    keep_snapshots: int = 0
     seed: int = 0
     workers: int = 1
     #: 'progressive', 'baseline' or 'both' (side by side on the same pairs, paper Sec. III).
@@ -177,6 +181,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                          f"2^(levels-1) = {2 ** (cfg.network.levels - 1)}")
     if cfg.train.mode not in ("progressive", "baseline", "both"):
         raise InputError(f"config: train.mode must be progressive, baseline or both, not {cfg.train.mode!r}")
+    for key, least in (("iterations", 1), ("snapshot_every", 1), ("batch_size", 1), ("keep_snapshots", 0)):
+        value = getattr(cfg.train, key)
+        if not isinstance(value, int) or value < least:
+            raise InputError(f"config: train.{key} must be an integer of at least {least}, not {value!r}")
     return cfg
 
 

@@ -343,6 +343,10 @@ class Trainer:
                 if main:
                     self.log.append(row)
                     self._write_log()
+                    keep = tc.keep_snapshots * tc.snapshot_every
+                    if keep and self.iteration % keep == 0:
+                        export_models(self.models, self.cfg, self.iteration, self.out / "snapshots",
+                                      suffix=f"_{self.iteration:06d}")
                     atomic_save(self._state(), self.out / "checkpoint.pt")
         bar.close()
         if main:
@@ -368,13 +372,15 @@ class Trainer:
         export_models(self.models, self.cfg, self.iteration, self.out)
 
 
-def export_models(models: dict[str, ProgressiveUNet], cfg, iteration: int, out: Path) -> list[Path]:
-    """Write each arm's plain U-Net as ``model.pt`` (the progressive arm, or the only arm)
-    or ``model_baseline.pt`` in ``out``, with what inference needs to prepare its input."""
+def export_models(models: dict[str, ProgressiveUNet], cfg, iteration: int, out: Path, suffix: str = ""
+                  ) -> list[Path]:
+    """Write each arm's plain U-Net as ``model<suffix>.pt`` (the progressive arm, or the only
+    arm) or ``model_baseline<suffix>.pt`` in ``out``, with what inference needs to prepare its input."""
     extra = {"input": cfg.synthesis.inference_input(), "iterations": iteration, "config": cfg.to_dict()}
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for arm, model in models.items():
-        name = "model.pt" if (arm == "progressive" or len(models) == 1) else "model_baseline.pt"
+        name = f"model{suffix}.pt" if (arm == "progressive" or len(models) == 1) else f"model_baseline{suffix}.pt"
         atomic_save(export_state(model.unet, cfg.network, {**extra, "arm": arm}), out / name)
         written.append(out / name)
     return written
