@@ -120,3 +120,31 @@ def test_shipped_model_report_checks_the_targets(paper_cpu, shipped_model):
     assert fraction > 0.4 and f"mean TRE ≤ 40% of the initial: NOT met ({fraction:.0%})" in text
     assert "folding < 1 % on every pair: NOT met (worst 1.500 %)" in text
     assert "Better than progressive on breathing pairs: no" in text and "W = 0 of 15" in text
+
+
+def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path):
+    """A cached evaluation is reused for the same model file and redone when the file under
+    that name changes (a retrained model must not inherit its predecessor's numbers)."""
+    import shutil
+
+    import SimpleITK as sitk
+    import torch
+    from conftest import SAMPLE
+
+    from ProgressiveRegistrationLib.breathing import simulate
+
+    bp = simulate(sitk.ReadImage(str(SAMPLE)), seed=3)
+    pairs = [{"name": "sample", "kind": "breathing", "fixed": bp.inhale, "moving": bp.exhale,
+              "fixed_lps": bp.fixed_points_lps, "moving_lps": bp.moving_points_lps}]
+    model, cache = tmp_path / "model.pt", tmp_path / "eval_m.json"
+    shutil.copy(tiny_model, model)
+    first = paper_cpu.evaluate_model(model, pairs, cache)
+    assert len(first["after_mm"][0]) == len(bp.fixed_points_lps)
+    marked = {**first, "after_mm": [[-1.0]]}
+    cache.write_text(json.dumps(marked))
+    assert paper_cpu.evaluate_model(model, pairs, cache)["after_mm"] == [[-1.0]]  # same file: cache used
+    state = torch.load(model, weights_only=False)
+    state["iterations"] = 1  # another file, same weights
+    torch.save(state, model)
+    again = paper_cpu.evaluate_model(model, pairs, cache)
+    assert again["after_mm"] == first["after_mm"] and again["model_sha256"] != first["model_sha256"]

@@ -186,17 +186,29 @@ def _one_sided_wilcoxon(a: np.ndarray, b: np.ndarray) -> dict | None:
     return {"W": float(ranks[d < 0].sum()), "p": float(wilcoxon(a, b, alternative="less").pvalue), "n": int(len(a))}
 
 
+def file_sha256(path: Path) -> str | None:
+    """The content's SHA-256 (hex), or None for a missing file."""
+    import hashlib
+
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def evaluate_model(path: Path, pairs: list[dict], cache: Path) -> dict:
     """Per-pair landmark TRE (mm) and folding (%) of one network on ``pairs``, cached in
     ``cache`` (one file per network and evaluation set, so that finished arms are evaluated
-    while others train)."""
+    while others train). The cache is used only for the same pairs and the same model file
+    (by content: a retrained model under the same name is evaluated again)."""
     from ProgressiveRegistrationLib.registration import load_model, register_images
 
     names = [p["name"] for p in pairs]
-    if cache.exists() and json.loads(cache.read_text())["pairs"] == names:
-        return json.loads(cache.read_text())
+    digest = file_sha256(path)
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached["pairs"] == names and cached.get("model_sha256") == digest:
+            return cached
     model = load_model(path)
-    done = {"pairs": names, "after_mm": [], "folding_percent": []}
+    done = {"pairs": names, "model_sha256": digest, "after_mm": [], "folding_percent": []}
     for p in pairs:
         r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"], warp_moving=False)
         done["after_mm"].append(r.landmarks["after_mm"].tolist())

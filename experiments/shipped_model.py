@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paper_cpu import HELD_OUT_REAL, REAL_CT, _one_sided_wilcoxon, evaluate_model, evaluation_pairs, model_summary  # noqa: E402,I001
+from paper_cpu import (HELD_OUT_REAL, REAL_CT, _one_sided_wilcoxon, evaluate_model, evaluation_pairs,  # noqa: E402,I001
+                       file_sha256, model_summary)
 
 TRE_TARGET_FRACTION = 0.40
 FOLDING_TARGET_PERCENT = 1.0
@@ -66,14 +67,9 @@ def _tre(summary: dict | None) -> str:
 def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str, str], list[str]]:
     """(evaluation image, 'training' or 'validation') -> the models whose config lists it,
     by content (the bundled sample is the elastix lung image under another name)."""
-    import hashlib
-
     import torch
 
-    def digest(path: Path) -> str | None:
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-    evaluated = {digest(REAL_CT / rel): Path(rel).name for rel in HELD_OUT_REAL} | {None: None}
+    evaluated = {file_sha256(REAL_CT / rel): Path(rel).name for rel in HELD_OUT_REAL} | {None: None}
     seen: dict[tuple[str, str], list[str]] = {}
     for name, path in models.items():
         try:
@@ -82,7 +78,7 @@ def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str,
             continue
         for role, key in (("training", "images"), ("validation", "validation_images")):
             for entry in train.get(key, []):
-                image = evaluated.get(digest(ROOT / str(entry)) if not str(entry).startswith("phantom:") else None)
+                image = evaluated.get(file_sha256(ROOT / str(entry)) if not str(entry).startswith("phantom:") else None)
                 if image and name not in seen.setdefault((image, role), []):
                     seen[(image, role)].append(name)
     return seen
