@@ -11,12 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import MODULE_DIR
+from conftest import MODULE_DIR, ROOT, SHARED
 
 from ProgressiveRegistrationLib import schedule
 from ProgressiveRegistrationLib.config import NetworkConfig, load_config
 from ProgressiveRegistrationLib.errors import InputError
 from ProgressiveRegistrationLib.network import ProgressiveUNet, UNet
+from ProgressiveRegistrationLib.training import collect_images
 
 TRAIN = MODULE_DIR / "Scripts" / "train.py"
 
@@ -250,3 +251,21 @@ def test_phantoms_as_training_images(tmp_path):
     r = run_train(tmp_path / "ph", "--images", "phantom:0-1", "--set", "train.iterations=4", "train.snapshot_every=2")
     assert r.returncode == 0, r.stderr
     assert len(read_log(tmp_path / "ph")) == 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_committed_configs_load_and_name_existing_images(name, monkeypatch):
+    """Each committed config is one command away from a run: valid keys and values, and every
+    training/validation image it names exists (paths are relative to the repository root;
+    ../shared is checked where it is present)."""
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "configs" / name)
+    for entry in cfg.train.images + cfg.train.validation_images:
+        if entry.startswith("phantom:") or entry.startswith("/"):
+            continue  # generated, or a placeholder for the user's data (paper.yaml)
+        path = ROOT / entry
+        if not path.resolve().is_relative_to(SHARED.resolve()) or SHARED.is_dir():
+            assert path.exists(), f"{name}: {entry} does not exist"
+    phantoms = [e for e in cfg.train.images + cfg.train.validation_images if e.startswith("phantom:")]
+    if phantoms:
+        assert all(ref.startswith("phantom:") for ref in collect_images(phantoms))  # the ranges parse
