@@ -148,3 +148,21 @@ def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path
     torch.save(state, model)
     again = paper_cpu.evaluate_model(model, pairs, cache)
     assert again["after_mm"] == first["after_mm"] and again["model_sha256"] != first["model_sha256"]
+
+
+def test_same_budget_snapshot_is_the_first_kept_one_past_the_reference_time(shipped_model, tmp_path):
+    def run(name, rows, kept=()):
+        folder = tmp_path / name
+        (folder / "snapshots").mkdir(parents=True)
+        (folder / "log.csv").write_text("iteration,seconds\n" + "".join(f"{i},{s}\n" for i, s in rows))
+        for i in kept:
+            (folder / "snapshots" / f"model_{i:06d}.pt").write_bytes(b"")
+        return folder
+
+    progressive = run("p", [(50, 10.0), (100, 20.0), (150, 31.5)])
+    baseline = run("b", [(50, 12.0), (100, 24.0), (150, 36.0), (200, 48.0)], kept=(50, 100, 200))
+    # 31.5 s: the baseline passes it at iteration 150, whose model was not kept; 200 was.
+    assert shipped_model.same_budget_snapshot(baseline, progressive).name == "model_000200.pt"
+    short = run("s", [(50, 12.0)], kept=(50,))
+    with pytest.raises(ValueError, match="no kept snapshot"):
+        shipped_model.same_budget_snapshot(short, progressive)

@@ -12,8 +12,10 @@ and writes a markdown table, a JSON file and a figure.
         --model progressive=runs/cpu-v1/model.pt --model baseline=runs/cpu-v1-baseline/model.pt \\
         --cache runs/shipped-eval --report docs/model/evaluation.md
 
-Each model's evaluation is cached in ``--cache`` (keyed by its name), so adding a model later
-re-evaluates only that one.
+``--model baseline=runs/cpu-v2-baseline@runs/cpu-v2`` picks the baseline run's kept snapshot
+(``train.keep_snapshots``) at the progressive run's training time: the same-budget baseline.
+Each model's evaluation is cached in ``--cache`` (keyed by its name and the model file's
+content), so adding a model later re-evaluates only that one.
 """
 
 from __future__ import annotations
@@ -156,10 +158,34 @@ def figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def same_budget_snapshot(run: Path, reference: Path) -> Path:
+    """The kept snapshot model of ``run`` (``train.keep_snapshots``) at the first snapshot whose
+    training time reaches the last logged training time of ``reference``: a baseline given the
+    same wall-clock budget as the progressive run ``reference``."""
+    import csv
+
+    def rows(folder: Path) -> list[dict]:
+        log = folder / "log.csv"
+        if not log.is_file():
+            raise ValueError(f"{log}: no training log")
+        with open(log) as f:
+            return list(csv.DictReader(f))
+
+    budget_s = float(rows(reference)[-1]["seconds"])
+    kept = {int(p.stem.rsplit("_", 1)[1]): p for p in (run / "snapshots").glob("model_[0-9]*.pt")}  # its only arm
+    for row in rows(run):
+        iteration = int(row["iteration"])
+        if float(row["seconds"]) >= budget_s and iteration in kept:
+            return kept[iteration]
+    raise ValueError(f"{run} has no kept snapshot at or beyond {budget_s:.0f} s of training "
+                     f"(the end of {reference}); train it further or keep more snapshots")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
-                    help="a model to evaluate (repeat); the first is compared with the others")
+                    help="a model to evaluate (repeat); the first is compared with the others. NAME=RUN@OTHER_RUN: "
+                         "the kept snapshot of RUN at OTHER_RUN's training time (a same-budget baseline)")
     ap.add_argument("--cache", default="runs/shipped-eval", help="folder for per-model evaluation caches")
     ap.add_argument("--report", default="docs/model/evaluation.md", help="markdown report (figure and JSON beside it)")
     ap.add_argument("--micro", action="store_true", help="two tiny pairs: checks the machinery")
@@ -167,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for item in args.model:
         name, sep, file = item.partition("=")
-        if not sep or not Path(file).is_file():
-            ap.error(f"--model {item}: expected NAME=FILE with an existing model file")
-        models[name] = Path(file)
+        run_dir, at, budget = file.partition("@")
+        try:
+            models[name] = same_budget_snapshot(Path(run_dir), Path(budget)) if at else Path(file)
+        except ValueError as err:
+            ap.error(f"--model {item}: {err}")
+        if not sep or not models[name].is_file():
+            ap.error(f"--model {item}: expected NAME=FILE or NAME=RUN@OTHER_RUN with an existing model file")
     results = run(models, Path(args.cache), args.micro)
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
