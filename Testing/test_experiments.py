@@ -50,11 +50,11 @@ def test_report_tables_and_kept_reading(paper_cpu, tmp_path):
     out = tmp_path / "runs"
     for run, arms in (("init0", ("progressive", "baseline")), ("delta0_Delta250", ("progressive",))):
         (out / run).mkdir(parents=True)
-        (out / run / "config.json").write_text("{}")
+        (out / run / "config.json").write_text("{}", encoding="utf-8")
         head = ["iteration", "seconds", "identity_val_mm"] + [f"{a}_val_mm" for a in arms]
         rows = [",".join(head)] + [",".join(map(str, [50 * k, 10.0 * k, 12.0] + [12.0 - k] * len(arms)))
                                    for k in range(1, 4)]
-        (out / run / "log.csv").write_text("\n".join(rows) + "\n")
+        (out / run / "log.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     kinds = ["breathing"] * 3 + ["synthetic"]
     summ = {"breathing": {"mean": 2.5, "sd": 1.0, "n": 30}, "synthetic": {"mean": 4.0, "sd": 2.0, "n": 100}}
     fold = {"breathing": {"mean": 0.01, "sd": 0.0, "n": 3}, "synthetic": {"mean": 0.2, "sd": 0.0, "n": 1}}
@@ -68,15 +68,15 @@ def test_report_tables_and_kept_reading(paper_cpu, tmp_path):
     json.dumps(results)  # what evaluate() writes must be JSON
     report = tmp_path / "RESULTS.md"
     paper_cpu.write_report(results, out, report, tmp_path / "figures")
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "| init0/progressive | 2.50 ± 1.00 | 4.00 ± 2.00 | 0.010 | 0.200 |" in text
     assert "| init0 | breathing | 6 | 0.1250 | 3 |" in text
     assert "| delta0_Delta250/– | exit 1: FloatingPointError" in text  # a crashed arm is reported, not dropped
     assert (tmp_path / "figures" / "training_curves.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "per_pair.png").stat().st_size > 10_000
-    report.write_text(text.replace("(to be written)", "Progressive wins here."))
+    report.write_text(text.replace("(to be written)", "Progressive wins here."), encoding="utf-8")
     paper_cpu.write_report(results, out, report, tmp_path / "figures")
-    assert report.read_text().endswith("## Reading\n\nProgressive wins here.\n")
+    assert report.read_text(encoding="utf-8").endswith("## Reading\n\nProgressive wins here.\n")
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path
     first = paper_cpu.evaluate_model(model, pairs, cache)
     assert len(first["after_mm"][0]) == len(bp.fixed_points_lps)
     marked = {**first, "after_mm": [[-1.0]]}
-    cache.write_text(json.dumps(marked))
+    cache.write_text(json.dumps(marked), encoding="utf-8")
     assert paper_cpu.evaluate_model(model, pairs, cache)["after_mm"] == [[-1.0]]  # same file: cache used
     state = torch.load(model, weights_only=False)
     state["iterations"] = 1  # another file, same weights
@@ -154,7 +154,7 @@ def test_same_budget_snapshot_is_the_first_kept_one_past_the_reference_time(ship
     def run(name, rows, kept=()):
         folder = tmp_path / name
         (folder / "snapshots").mkdir(parents=True)
-        (folder / "log.csv").write_text("iteration,seconds\n" + "".join(f"{i},{s}\n" for i, s in rows))
+        (folder / "log.csv").write_text("iteration,seconds\n" + "".join(f"{i},{s}\n" for i, s in rows), encoding="utf-8")
         for i in kept:
             (folder / "snapshots" / f"model_{i:06d}.pt").write_bytes(b"")
         return folder

@@ -25,7 +25,7 @@ def _cmake_list(text: str, variable: str) -> list[str]:
 
 
 def test_every_library_file_is_in_scripts():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = set(_cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
     on_disk = {f"ProgressiveRegistrationLib/{p.relative_to(LIB).as_posix()}" for p in LIB.rglob("*.py")}
     assert on_disk - scripts == set(), "library files missing from SCRIPTS"
@@ -34,7 +34,7 @@ def test_every_library_file_is_in_scripts():
 
 
 def test_every_resource_file_is_in_resources():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     resources = set(_cmake_list(text, "MODULE_PYTHON_RESOURCES"))
     on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
     on_disk |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Scripts").rglob("*") if p.is_file()}
@@ -45,17 +45,17 @@ def test_every_resource_file_is_in_resources():
 
 
 def test_module_cmake_uses_slicer_macros():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
-    root = (ROOT / "CMakeLists.txt").read_text()
+    root = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "find_package(Slicer REQUIRED)" in root and "add_subdirectory(ProgressiveRegistration)" in root
     assert "${Slicer_EXTENSION_CPACK}" in root
 
 
 def _s4ext() -> dict:
     entries = {}
-    for line in (ROOT / "ProgressiveRegistration.s4ext").read_text().splitlines():
+    for line in (ROOT / "ProgressiveRegistration.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             entries[key] = value.strip()
@@ -63,7 +63,7 @@ def _s4ext() -> dict:
 
 
 def _cmake_set(name: str) -> str:
-    m = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    m = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
     assert m, name
     return m.group(1)
 
@@ -73,7 +73,7 @@ def test_s4ext_json_and_cmake_agree():
     required = {"scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
                 "category", "iconurl", "status", "description", "screenshoturls", "enabled"}
     assert required <= set(s4)
-    catalog = json.loads((ROOT / "ProgressiveRegistration.json").read_text())
+    catalog = json.loads((ROOT / "ProgressiveRegistration.json").read_text(encoding="utf-8"))
     assert catalog["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
                                          "slicer-extension-catalog-entry-schema-v1")
     allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
@@ -104,14 +104,14 @@ def test_ui_file_is_valid_and_bound_to_parameters():
     assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "fixedVolumeSelector",
             "movingVolumeSelector", "outputTransformSelector"} <= names
     bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
-    module = (MODULE_DIR / "ProgressiveRegistration.py").read_text()
+    module = (MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8")
     wrapper = module.split("class ProgressiveRegistrationParameterNode:")[1].split("\n\n\n")[0]
     fields = set(re.findall(r"^\s+(\w+):", wrapper, re.M))
     assert bound == fields, "every parameter has a widget and every widget a parameter"
 
 
 def test_module_file_has_slicer_classes_and_no_algorithm():
-    text = (MODULE_DIR / "ProgressiveRegistration.py").read_text()
+    text = (MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8")
     for cls in ("ProgressiveRegistration(ScriptedLoadableModule)", "ProgressiveRegistrationWidget(",
                 "ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic)",
                 "ProgressiveRegistrationTest(ScriptedLoadableModuleTest)"):
@@ -154,8 +154,8 @@ def test_ruff_passes():
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
-    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
     test_cmd = [c.strip() for c in commands if "Testing/run.sh" in c]
     assert test_cmd, "README shows the test command"

@@ -203,7 +203,7 @@ def test_landmark_formats_agree(tmp_path):
         + "".join(f"id{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,G-{i},,\n" for i, p in enumerate(pts_lps)))
     (tmp_path / "c.mrk.json").write_text(json.dumps({"markups": [{"coordinateSystem": "RAS", "controlPoints": [
         {"label": f"P{i}", "position": list(p)} for i, p in enumerate(ras)]}]}))
-    (tmp_path / "d.txt").write_text("point\n2\n" + "".join(f"{p[0]} {p[1]} {p[2]}\n" for p in pts_lps))
+    (tmp_path / "d.txt").write_text("point\n2\n" + "".join(f"{p[0]} {p[1]} {p[2]}\n" for p in pts_lps), encoding="utf-8")
     (tmp_path / "e.csv").write_text("label,r,a,s\n" + "".join(f"p{i},{p[0]},{p[1]},{p[2]}\n" for i, p in enumerate(ras)))
     (tmp_path / "f.csv").write_text("# CoordinateSystem = LPS\nx,y,z\n" + "".join(f"{p[0]},{p[1]},{p[2]}\n" for p in pts_lps))
     landmarks.write_markups_json(tmp_path / "g.mrk.json", pts_lps)
@@ -214,7 +214,7 @@ def test_landmark_formats_agree(tmp_path):
 
 def test_voxel_landmark_formats(tmp_path):
     (tmp_path / "dirlab.txt").write_bytes(b"  10\t20\t5\r\n 1\t1\t1\r\n")
-    (tmp_path / "index.txt").write_text("index\n2\n9 19 4\n0 0 0\n")
+    (tmp_path / "index.txt").write_text("index\n2\n9 19 4\n0 0 0\n", encoding="utf-8")
     grid = Grid((50, 50, 20), (0.97, 0.97, 2.5), (0.0, 0.0, 0.0))
     a = landmarks.read_landmarks(tmp_path / "dirlab.txt").to_lps(grid)
     b = landmarks.read_landmarks(tmp_path / "index.txt").to_lps(grid)
@@ -293,13 +293,13 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
     nan = np.random.rand(10, 10, 10).astype(np.float32)
     nan[5, 5, 5] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.nrrd"))
-    (tmp_path / "junk.nrrd").write_text("not an image")
+    (tmp_path / "junk.nrrd").write_text("not an image", encoding="utf-8")
     (tmp_path / "empty_dicom").mkdir()
     for image in ("flat.nrrd", "four.nii.gz", "nan.nrrd", "junk.nrrd", "missing.nii.gz", "empty_dicom"):
         out = tmp_path / f"out_{image}"
         _bad(progreg("synth", tmp_path / image, "--out", out, "--size", 16), out)
-    (tmp_path / "a.txt").write_text("1 2 3\n4 5 6\n")
-    (tmp_path / "b.txt").write_text("1 2 3\n")
+    (tmp_path / "a.txt").write_text("1 2 3\n4 5 6\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("1 2 3\n", encoding="utf-8")
     _bad(progreg("tre", tmp_path / "a.txt", tmp_path / "b.txt", "--spacing", 1, 1, 1))
     _bad(progreg("tre", tmp_path / "a.txt", tmp_path / "nope.txt", "--spacing", 1, 1, 1))
     _bad(progreg("tre", tmp_path / "a.txt", tmp_path / "a.txt"))  # voxel files need --spacing

@@ -67,7 +67,7 @@ def _check_outputs(pair, out, summary):
     umask = os.umask(0)
     os.umask(umask)
     assert {name: (out / name).stat().st_mode & 0o777 for name in names} == dict.fromkeys(names, 0o666 & ~umask)
-    assert json.loads((out / "summary.json").read_text())["tre_after_mm"] == summary["tre_after_mm"]
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["tre_after_mm"] == summary["tre_after_mm"]
     for key in ("tre_before_mm", "tre_after_mm", "folding_percent", "seconds", "model", "device"):
         assert key in summary
     fixed = sitk.ReadImage(str(pair / "fixed.nrrd"))
@@ -83,7 +83,7 @@ def _check_outputs(pair, out, summary):
     np.testing.assert_allclose(sitk.GetArrayFromImage(warped), ours, atol=1.0)
     jac = sitk.ReadImage(str(out / "jacobian.nrrd"))
     assert jac.GetSize() == field.GetSize() and jac.GetOrigin() == field.GetOrigin()
-    with open(out / "tre.csv") as f:
+    with open(out / "tre.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     after = np.array([float(r["tre_after_mm"]) for r in rows])
     before = np.array([float(r["tre_before_mm"]) for r in rows])

@@ -154,7 +154,7 @@ def test_synth_cli_writes_a_consistent_pair(tmp_path):
     mask = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz")))).float()
     residual, unregistered = _relation_residual({"fixed": fixed, "moving": moving, "target": u, "mask": mask})
     assert residual < 0.25 * unregistered
-    assert json.loads((out / "pair.json").read_text())["seed"] == 2
+    assert json.loads((out / "pair.json").read_text(encoding="utf-8"))["seed"] == 2
 
 
 @pytest.mark.parametrize("size", ["17", "0"])

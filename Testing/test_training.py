@@ -106,7 +106,7 @@ def run_train(out, *extra, env=None):
 
 
 def read_log(out):
-    with open(out / "log.csv") as f:
+    with open(out / "log.csv", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -174,7 +174,7 @@ def test_training_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "unknown key" in r.stderr
     r = run_train(tmp_path / "y", "--images", tmp_path / "none.nii.gz")
     assert r.returncode == 2 and "no such file" in r.stderr
-    (tmp_path / "bad.nii.gz").write_text("garbage")
+    (tmp_path / "bad.nii.gz").write_text("garbage", encoding="utf-8")
     r = run_train(tmp_path / "z", "--images", tmp_path / "bad.nii.gz")
     assert r.returncode == 2 and "not a readable image" in r.stderr
     # A diverging run stops with a clear message and keeps its last good checkpoint.
@@ -269,3 +269,15 @@ def test_committed_configs_load_and_name_existing_images(name, monkeypatch):
     phantoms = [e for e in cfg.train.images + cfg.train.validation_images if e.startswith("phantom:")]
     if phantoms:
         assert all(ref.startswith("phantom:") for ref in collect_images(phantoms))  # the ranges parse
+
+
+def test_configs_load_under_an_ascii_locale():
+    """Config files are UTF-8 (δ, ³ in their comments) whatever the locale: native libraries
+    (DCMTK, GDCM) and Slicer itself may switch the process to the C locale."""
+    code = ("import locale, sys, pathlib; from ProgressiveRegistrationLib.config import load_config; "
+            "enc = locale.getpreferredencoding(False); assert enc.lower() in ('ansi_x3.4-1968', 'ascii'), enc; "
+            "[load_config(p) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.yaml'))]")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "configs")], cwd=MODULE_DIR, env=env,
+                       capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert r.returncode == 0, r.stderr

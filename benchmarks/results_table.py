@@ -15,6 +15,6 @@ def publish(lines: list[str], name: str) -> Path:
     print(text)
     path = RESULTS / name
     tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -84,7 +84,7 @@ def train_all(out: Path, micro: bool, jobs: int = 1) -> None:
             name, run, args, what = pending.pop(0)
             run.mkdir(parents=True, exist_ok=True)
             print(f"[{name}] training: {what}", flush=True)
-            err = open(run / "stderr.txt", "w")  # noqa: SIM115 (closed with the process below)
+            err = open(run / "stderr.txt", "w", encoding="utf-8")  # noqa: SIM115 (closed with the process below)
             running.append((name, run, subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err), time.time()))
         time.sleep(2)
         for item in list(running):
@@ -92,9 +92,9 @@ def train_all(out: Path, micro: bool, jobs: int = 1) -> None:
             if proc.poll() is None:
                 continue
             running.remove(item)
-            lines = (run / "stderr.txt").read_text().strip().splitlines()
+            lines = (run / "stderr.txt").read_text(encoding="utf-8").strip().splitlines()
             status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {lines[-1] if lines else ''}"
-            (run / "status.txt").write_text(status + "\n")
+            (run / "status.txt").write_text(status + "\n", encoding="utf-8")
             print(f"[{name}] {status} in {time.time() - t0:.0f} s", flush=True)
 
 
@@ -154,7 +154,7 @@ def _models(out: Path) -> dict[str, tuple[Path, Path]]:
         if (run / "model_baseline.pt").exists():
             arms = {"progressive": run / "model.pt", "baseline": run / "model_baseline.pt"}
         else:
-            arms = {json.loads((run / "config.json").read_text())["train"]["mode"]: run / "model.pt"}
+            arms = {json.loads((run / "config.json").read_text(encoding="utf-8"))["train"]["mode"]: run / "model.pt"}
         for arm, path in arms.items():
             models[f"{run.name}/{arm}"] = (path, path.with_name(f"eval_{path.stem}.json"))
     models[f"shipped/{DEFAULT_MODEL.stem}"] = (DEFAULT_MODEL, out / "shipped" / f"eval_{DEFAULT_MODEL.stem}.json")
@@ -168,7 +168,7 @@ def _read_log(run: Path) -> list[dict[str, str]]:
     path = run / "log.csv"
     if not path.exists():
         return []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -204,7 +204,7 @@ def evaluate_model(path: Path, pairs: list[dict], cache: Path) -> dict:
     names = [p["name"] for p in pairs]
     digest = file_sha256(path)
     if cache.exists():
-        cached = json.loads(cache.read_text())
+        cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached["pairs"] == names and cached.get("model_sha256") == digest:
             return cached
     model = load_model(path)
@@ -214,7 +214,7 @@ def evaluate_model(path: Path, pairs: list[dict], cache: Path) -> dict:
         done["after_mm"].append(r.landmarks["after_mm"].tolist())
         done["folding_percent"].append(r.folding_percent)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(done))
+    cache.write_text(json.dumps(done), encoding="utf-8")
     return done
 
 
@@ -242,7 +242,7 @@ def evaluate(out: Path, micro: bool) -> dict:
     for run in sorted(p for p in out.iterdir() if (p / "config.json").exists()):
         log = _read_log(run)
         last = log[-1] if log else {}
-        status = (run / "status.txt").read_text().strip() if (run / "status.txt").exists() else "not run"
+        status = (run / "status.txt").read_text(encoding="utf-8").strip() if (run / "status.txt").exists() else "not run"
         results["runs"][run.name] = {"status": status, "iterations": int(last.get("iteration", 0)),
                                      "seconds": float(last.get("seconds", 0.0))}
     for name, (path, cache) in _models(out).items():
@@ -260,7 +260,7 @@ def evaluate(out: Path, micro: bool) -> dict:
                 test = _one_sided_wilcoxon(p[sel], q[sel])
                 if test:
                     results["wilcoxon"][f"{key.split('/')[0]}/{kind}"] = test
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
 
 
@@ -277,7 +277,7 @@ def _curves_figure(out: Path, path: Path) -> None:
         head = data[0].keys() if data else ()
         its = [int(r["iteration"]) for r in data]
         config = run / "config.json"
-        sched = json.loads(config.read_text()).get("schedule", {}) if config.exists() else {}
+        sched = json.loads(config.read_text(encoding="utf-8")).get("schedule", {}) if config.exists() else {}
         sched = {"delta": sched.get("delta", "?"), "Delta": sched.get("Delta", "?")}
         # Panel B compares schedules from seed 0: the ablations and init0's two arms.
         panels = [axes[0]] if run.name.startswith("init") else [axes[1]]
@@ -398,9 +398,9 @@ def write_report(results: dict, out: Path, path: Path, figures: Path) -> None:
     lines += ["", f"![training curves]({rel(figures / 'training_curves.png')})", "",
               f"![per pair]({rel(figures / 'per_pair.png')})", ""]
     reading = ""
-    if path.exists() and READING_MARK in path.read_text():
-        reading = path.read_text()[path.read_text().index(READING_MARK):]
-    path.write_text("\n".join(lines) + "\n" + (reading or f"{READING_MARK}\n\n(to be written)\n"))
+    if path.exists() and READING_MARK in path.read_text(encoding="utf-8"):
+        reading = path.read_text(encoding="utf-8")[path.read_text(encoding="utf-8").index(READING_MARK):]
+    path.write_text("\n".join(lines) + "\n" + (reading or f"{READING_MARK}\n\n(to be written)\n"), encoding="utf-8")
 
 
 def main() -> int:

@@ -168,7 +168,7 @@ def same_budget_snapshot(run: Path, reference: Path) -> Path:
         log = folder / "log.csv"
         if not log.is_file():
             raise ValueError(f"{log}: no training log")
-        with open(log) as f:
+        with open(log, encoding="utf-8") as f:
             return list(csv.DictReader(f))
 
     budget_s = float(rows(reference)[-1]["seconds"])
@@ -203,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     results = run(models, Path(args.cache), args.micro)
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     figure(results, out.with_name("evaluation.png"))
     command = "python experiments/shipped_model.py " + " ".join(f"--model {m}" for m in args.model) + \
         f" --cache {args.cache} --report {args.report}" + (" --micro" if args.micro else "")
-    out.write_text(report(results, models, command))
-    print(out.read_text())
+    out.write_text(report(results, models, command), encoding="utf-8")
+    print(out.read_text(encoding="utf-8"))
     return 0
 
 

@@ -160,7 +160,7 @@ def cmd_synth(args) -> int:
             "displacement": "u(x) in voxels of the N^3 grid, components x,y,z; fixed(x) = moving(x + u(x))",
             "grid": {"spacing_mm": volume.grid.spacing_mm, "origin_lps": volume.grid.origin_lps}}
     writers = {k: (lambda p, im=v: sitk.WriteImage(im, str(p), True)) for k, v in outputs.items()}
-    writers["pair.json"] = lambda p: Path(p).write_text(json.dumps(meta, indent=2))
+    writers["pair.json"] = lambda p: Path(p).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     write_all(Path(args.out), writers)
     u = pair["target"].numpy()
     print(f"wrote {len(outputs)} images to {args.out}: u range x [{u[0].min():.1f}, {u[0].max():.1f}] "

@@ -164,7 +164,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise InputError(f"{path}: no such config file")
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
         try:
             if p.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -189,4 +189,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2))
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")

@@ -236,7 +236,7 @@ def write_markups_json(path, points_lps: np.ndarray, labels: list[str] | None = 
         }],
     }
     tmp, final = atomic_path(path)
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, final)
 

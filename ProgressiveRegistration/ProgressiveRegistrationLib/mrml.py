@@ -325,7 +325,7 @@ def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_land
 
 
 def read_tre_csv(path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return ([r["label"] for r in rows], np.array([float(r["tre_before_mm"]) for r in rows]),
             np.array([float(r["tre_after_mm"]) for r in rows]))
@@ -335,7 +335,7 @@ def load_results(scene, job: Job, transform=None, jacobian=None, table=None, app
                  ) -> RegistrationNodes:
     """Turn a finished ``progreg register`` output folder into output nodes."""
     out = Path(job.out_dir)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     transform_file = next(out / f for f in summary["files"] if f.startswith("transform."))
     from .transforms import read_displacement_field
 

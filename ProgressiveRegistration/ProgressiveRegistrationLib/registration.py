@@ -330,7 +330,7 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
         lmk = result.landmarks
 
         def write_tre(p):
-            with open(p, "w", newline="") as f:
+            with open(p, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["label", "fixed_l", "fixed_p", "fixed_s", "moving_l", "moving_p", "moving_s",
                             "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_after_mm"])
@@ -351,7 +351,7 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
 
     def write_summary(p):
         summary_dict["seconds"]["write"] = round(time.perf_counter() - t0, 3)
-        Path(p).write_text(json.dumps(summary_dict, indent=2))
+        Path(p).write_text(json.dumps(summary_dict, indent=2), encoding="utf-8")
 
     writers["summary.json"] = write_summary
     write_all(Path(out), writers)

@@ -361,7 +361,7 @@ class Trainer:
         for row in self.log:
             keys += [k for k in row if k not in keys]
         tmp = self.out / ".log.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(self.log)
