@@ -398,8 +398,9 @@ def write_report(results: dict, out: Path, path: Path, figures: Path) -> None:
     lines += ["", f"![training curves]({rel(figures / 'training_curves.png')})", "",
               f"![per pair]({rel(figures / 'per_pair.png')})", ""]
     reading = ""
-    if path.exists() and READING_MARK in path.read_text(encoding="utf-8"):
-        reading = path.read_text(encoding="utf-8")[path.read_text(encoding="utf-8").index(READING_MARK):]
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    if READING_MARK in previous:
+        reading = previous[previous.index(READING_MARK):]
     path.write_text("\n".join(lines) + "\n" + (reading or f"{READING_MARK}\n\n(to be written)\n"), encoding="utf-8")
 
 

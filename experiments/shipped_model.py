@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paper_cpu import (HELD_OUT_REAL, REAL_CT, _one_sided_wilcoxon, evaluate_model, evaluation_pairs,  # noqa: E402,I001
-                       file_sha256, model_summary)
+from paper_cpu import (HELD_OUT_REAL, REAL_CT, _one_sided_wilcoxon, _read_log, evaluate_model,  # noqa: E402,I001
+                       evaluation_pairs, file_sha256, model_summary)
 
 TRE_TARGET_FRACTION = 0.40
 FOLDING_TARGET_PERCENT = 1.0
@@ -72,6 +72,15 @@ def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str,
     import torch
 
     evaluated = {file_sha256(REAL_CT / rel): Path(rel).name for rel in HELD_OUT_REAL} | {None: None}
+    digests: dict[str, str | None] = {}  # a config lists an image many times; models share images
+
+    def digest(entry: str) -> str | None:
+        if entry.startswith("phantom:"):
+            return None
+        if entry not in digests:
+            digests[entry] = file_sha256(ROOT / entry)
+        return digests[entry]
+
     seen: dict[tuple[str, str], list[str]] = {}
     for name, path in models.items():
         try:
@@ -80,7 +89,7 @@ def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str,
             continue
         for role, key in (("training", "images"), ("validation", "validation_images")):
             for entry in train.get(key, []):
-                image = evaluated.get(file_sha256(ROOT / str(entry)) if not str(entry).startswith("phantom:") else None)
+                image = evaluated.get(digest(str(entry)))
                 if image and name not in seen.setdefault((image, role), []):
                     seen[(image, role)].append(name)
     return seen
@@ -162,14 +171,11 @@ def same_budget_snapshot(run: Path, reference: Path) -> Path:
     """The kept snapshot model of ``run`` (``train.keep_snapshots``) at the first snapshot whose
     training time reaches the last logged training time of ``reference``: a baseline given the
     same wall-clock budget as the progressive run ``reference``."""
-    import csv
-
     def rows(folder: Path) -> list[dict]:
-        log = folder / "log.csv"
-        if not log.is_file():
-            raise ValueError(f"{log}: no training log")
-        with open(log, encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        log = _read_log(folder)
+        if not log:
+            raise ValueError(f"{folder / 'log.csv'}: no training log")
+        return log
 
     budget_s = float(rows(reference)[-1]["seconds"])
     kept = {int(p.stem.rsplit("_", 1)[1]): p for p in (run / "snapshots").glob("model_[0-9]*.pt")}  # its only arm
