@@ -162,6 +162,32 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [r["progressive_loss"] for r in read_log(a)] == [r["progressive_loss"] for r in read_log(b)]
 
 
+def test_channels_last_trains_the_same_network(tmp_path):
+    """The channels-last layout changes the convolutions' summation order only: same losses and
+    weights to float32 rounding, resumable bit for bit, and exported in the default layout."""
+    runs = {name: tmp_path / name for name in ("default", "cl", "cl_resumed")}
+    common = ["--set", "train.snapshot_every=10", "train.mode=both"]
+    assert run_train(runs["default"], *common, "train.iterations=20").returncode == 0
+    assert run_train(runs["cl"], *common, "train.iterations=20", "train.channels_last=true").returncode == 0
+    r = run_train(runs["cl_resumed"], *common, "train.iterations=10", "train.channels_last=true")
+    assert r.returncode == 0, r.stderr
+    r = run_train(runs["cl_resumed"], "--resume", "--set", "train.iterations=20")
+    assert r.returncode == 0, r.stderr
+    default, cl, resumed = (torch.load(runs[n] / "checkpoint.pt", weights_only=False)["models"] for n in runs)
+    weights = cl["progressive"]["unet.enc.2.0.weight"]
+    assert weights.is_contiguous(memory_format=torch.channels_last_3d) and not weights.is_contiguous()
+    for arm in ("progressive", "baseline"):
+        for k, v in cl[arm].items():
+            torch.testing.assert_close(v, resumed[arm][k], rtol=0, atol=0, msg=f"{arm} {k}")
+            torch.testing.assert_close(v, default[arm][k], rtol=1e-3, atol=1e-4, msg=f"{arm} {k}")
+    losses = {n: [float(r["progressive_loss"]) for r in read_log(runs[n])] for n in ("default", "cl")}
+    np.testing.assert_allclose(losses["cl"], losses["default"], rtol=1e-3)
+    exported = torch.load(runs["cl"] / "model.pt", weights_only=False)["state_dict"]
+    assert all(v.is_contiguous() for v in exported.values())
+    for k, v in exported.items():
+        torch.testing.assert_close(v, cl["progressive"][f"unet.{k}"], rtol=0, atol=0)
+
+
 def test_existing_run_needs_resume(tmp_path):
     out = tmp_path / "r"
     assert run_train(out, "--set", "train.iterations=2", "train.snapshot_every=1").returncode == 0

@@ -132,4 +132,4 @@ class ProgressiveUNet(nn.Module):
 def export_state(model: UNet, cfg: NetworkConfig, extra: dict) -> dict:
     """What ``model.pt`` holds: the plain U-Net's weights and everything inference needs."""
     return {"format": "progreg-model", "version": 1, "network": asdict(cfg),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, **extra}

@@ -221,6 +221,7 @@ class Trainer:
             print("CUDA is not available: training on the CPU", file=sys.stderr)
             tc.device = "cpu"
         self.device = torch.device(tc.device)
+        self.memory_format = torch.channels_last_3d if tc.channels_last else torch.contiguous_format
         if self.distributed:
             import torch.distributed as dist
 
@@ -245,7 +246,7 @@ class Trainer:
         self.models = {}
         for arm in ARMS[tc.mode]:
             # Same initial weights for both arms (paper Sec. III).
-            self.models[arm] = copy.deepcopy(prog).to(self.device)
+            self.models[arm] = copy.deepcopy(prog).to(self.device, memory_format=self.memory_format)
         self.optims = {arm: torch.optim.SGD(m.parameters(), lr=tc.lr, momentum=tc.momentum)
                        for arm, m in self.models.items()}
         self.iteration = 0
@@ -309,6 +310,7 @@ class Trainer:
         while self.iteration < total:
             t = self.iteration
             batch = {k: v.to(self.device) for k, v in next(loader).items()}
+            batch["input"] = batch["input"].contiguous(memory_format=self.memory_format)
             current = {}
             for arm, model in self.ddp.items():
                 alpha = self.alpha(arm, t)
