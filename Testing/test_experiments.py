@@ -166,3 +166,17 @@ def test_same_budget_snapshot_is_the_first_kept_one_past_the_reference_time(ship
     short = run("s", [(50, 12.0)], kept=(50,))
     with pytest.raises(ValueError, match="no kept snapshot"):
         shipped_model.same_budget_snapshot(short, progressive)
+
+
+def test_time_figure_plots_validation_error_against_training_hours(shipped_model, tmp_path):
+    runs = {}
+    for name, arm, rows in (("p", "progressive", [(50, 1800.0, 9.0), (100, 7200.0, 5.0)]),
+                            ("b", "baseline", [(50, 3600.0, 8.0)])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "log.csv").write_text(f"iteration,seconds,identity_val_mm,{arm}_val_mm\n"
+                                        + "".join(f"{i},{s},11.0,{v}\n" for i, s, v in rows), encoding="utf-8")
+        runs[name] = folder
+    curves = shipped_model.time_figure(runs, tmp_path / "t.png")
+    assert curves == {"p (progressive, 100 it.)": ([0.5, 2.0], [9.0, 5.0]), "b (baseline, 50 it.)": ([1.0], [8.0])}
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

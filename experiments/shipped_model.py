@@ -95,7 +95,7 @@ def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str,
     return seen
 
 
-def report(results: dict, models: dict[str, Path], command: str) -> str:
+def report(results: dict, models: dict[str, Path], command: str, curves: bool = False) -> str:
     initial = results["before_tre_mm"]
     before = initial["breathing"]["mean"]
     n_synthetic = sum(k == "synthetic" for k in results["kinds"])
@@ -138,7 +138,10 @@ def report(results: dict, models: dict[str, Path], command: str) -> str:
                      f"(mean {m['tre_mm']['breathing']['mean']:.2f} against "
                      f"{results['models'][other]['tre_mm']['breathing']['mean']:.2f} mm"
                      + (f"; p = {t['p']:.2g}" if t else "") + ").")
-    lines += ["", "![per pair](evaluation.png)", "", f"Command: `{command}`", ""]
+    lines += ["", "![per pair](evaluation.png)", ""]
+    if curves:
+        lines += ["![validation error against training time](training_time.png)", ""]
+    lines += [f"Command: `{command}`", ""]
     return "\n".join(lines)
 
 
@@ -165,6 +168,34 @@ def figure(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def time_figure(runs: dict[str, Path], path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Validation end-point error of each run's arm(s) against its training time: the axis on
+    which a same-budget comparison is made (the arms are not equally fast per iteration).
+    Returns the curves drawn: label -> (hours, mm)."""
+    from ProgressiveRegistrationLib.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    curves = {}
+    for name, run in runs.items():
+        log = _read_log(run)
+        hours = [float(r["seconds"]) / 3600 for r in log]
+        for arm in ("progressive", "baseline"):
+            if log and f"{arm}_val_mm" in log[0]:
+                label = f"{name} ({arm}, {log[-1]['iteration']} it.)"
+                curves[label] = (hours, [float(r[f"{arm}_val_mm"]) for r in log])
+                ax.plot(*curves[label], lw=1.2, label=label)
+    ax.axhline(float(log[0]["identity_val_mm"]), color="grey", lw=0.8, ls=":", label="no registration")
+    ax.set_xlabel("training time (h, one core each)")
+    ax.set_ylabel("validation end-point error (mm)")
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return curves
 
 
 def same_budget_snapshot(run: Path, reference: Path) -> Path:
@@ -195,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default="runs/shipped-eval", help="folder for per-model evaluation caches")
     ap.add_argument("--report", default="docs/model/evaluation.md", help="markdown report (figure and JSON beside it)")
     ap.add_argument("--micro", action="store_true", help="two tiny pairs: checks the machinery")
+    ap.add_argument("--curves", nargs="+", default=[], metavar="NAME=RUN",
+                    help="also plot these runs' validation error against training time (training_time.png)")
     args = ap.parse_args(argv)
     models = {}
     for item in args.model:
@@ -211,9 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     figure(results, out.with_name("evaluation.png"))
+    curves = dict(item.partition("=")[::2] for item in args.curves)
+    if curves:
+        time_figure({name: Path(run) for name, run in curves.items()}, out.with_name("training_time.png"))
     command = "python experiments/shipped_model.py " + " ".join(f"--model {m}" for m in args.model) + \
-        f" --cache {args.cache} --report {args.report}" + (" --micro" if args.micro else "")
-    out.write_text(report(results, models, command), encoding="utf-8")
+        f" --cache {args.cache} --report {args.report}" + (" --micro" if args.micro else "") + \
+        (" --curves " + " ".join(args.curves) if args.curves else "")
+    out.write_text(report(results, models, command, curves=bool(curves)), encoding="utf-8")
     print(out.read_text(encoding="utf-8"))
     return 0
 
