@@ -94,8 +94,8 @@ class TrainConfig:
     validation_landmarks: list[dict] = field(default_factory=list)
     threads: int = 0
     device: str = "cpu"
-    #: Train in the channels-last 3D layout: oneDNN's convolution backward runs ~1.2x faster
-    #: in it on this CPU (paper-width network, 64³, benchmarks/results/training.md). The
+    #: Train in the channels-last 3D layout: oneDNN's 3D convolutions run ~1.1x faster in it on
+    #: this CPU (16…128 channels at 64³, one thread: benchmarks/results/training.md). The
     #: numbers agree with the default layout to float32 rounding, not bit for bit.
     channels_last: bool = False
 
