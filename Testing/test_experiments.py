@@ -177,6 +177,16 @@ def test_time_figure_plots_validation_error_against_training_hours(shipped_model
         (folder / "log.csv").write_text(f"iteration,seconds,identity_val_mm,{arm}_val_mm\n"
                                         + "".join(f"{i},{s},11.0,{v}\n" for i, s, v in rows), encoding="utf-8")
         runs[name] = folder
+    (tmp_path / "empty").mkdir()
+    runs["empty"] = tmp_path / "empty"  # a run without a log yet draws nothing
     curves = shipped_model.time_figure(runs, tmp_path / "t.png")
     assert curves == {"p (progressive, 100 it.)": ([0.5, 2.0], [9.0, 5.0]), "b (baseline, 50 it.)": ([1.0], [8.0])}
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_of_a_missing_run_are_one_clear_error(shipped_model, tiny_model, tmp_path, capsys):
+    report = tmp_path / "r" / "evaluation.md"
+    with pytest.raises(SystemExit) as exit_info:
+        shipped_model.main(["--model", f"m={tiny_model}", "--report", str(report), "--curves", f"x={tmp_path / 'none'}"])
+    assert exit_info.value.code == 2 and "--curves x=" in capsys.readouterr().err
+    assert not report.parent.exists()

@@ -178,16 +178,20 @@ def time_figure(runs: dict[str, Path], path: Path) -> dict[str, tuple[list[float
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))
-    curves = {}
+    curves, identity_mm = {}, None
     for name, run in runs.items():
         log = _read_log(run)
+        if not log:
+            continue
+        identity_mm = identity_mm or float(log[0]["identity_val_mm"])  # the same validation set for every run
         hours = [float(r["seconds"]) / 3600 for r in log]
         for arm in ("progressive", "baseline"):
-            if log and f"{arm}_val_mm" in log[0]:
+            if f"{arm}_val_mm" in log[0]:
                 label = f"{name} ({arm}, {log[-1]['iteration']} it.)"
                 curves[label] = (hours, [float(r[f"{arm}_val_mm"]) for r in log])
                 ax.plot(*curves[label], lw=1.2, label=label)
-    ax.axhline(float(log[0]["identity_val_mm"]), color="grey", lw=0.8, ls=":", label="no registration")
+    if identity_mm is not None:
+        ax.axhline(identity_mm, color="grey", lw=0.8, ls=":", label="no registration")
     ax.set_xlabel("training time (h, one core each)")
     ax.set_ylabel("validation end-point error (mm)")
     ax.set_ylim(0, None)
@@ -229,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curves", nargs="+", default=[], metavar="NAME=RUN",
                     help="also plot these runs' validation error against training time (training_time.png)")
     args = ap.parse_args(argv)
+    curves = dict(item.partition("=")[::2] for item in args.curves)
+    for name, run in curves.items():
+        if not name or not _read_log(Path(run)):
+            ap.error(f"--curves {name}={run}: expected NAME=RUN with a training log in RUN/log.csv")
     models = {}
     for item in args.model:
         name, sep, file = item.partition("=")
@@ -244,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     figure(results, out.with_name("evaluation.png"))
-    curves = dict(item.partition("=")[::2] for item in args.curves)
     if curves:
         time_figure({name: Path(run) for name, run in curves.items()}, out.with_name("training_time.png"))
     command = "python experiments/shipped_model.py " + " ".join(f"--model {m}" for m in args.model) + \
