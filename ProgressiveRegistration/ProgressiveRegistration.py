@@ -3,13 +3,16 @@
 The Slicer side only: GUI wiring (Widget), a thin Logic that runs the Qt-free
 ``ProgressiveRegistrationLib`` in a background process and loads its results into the
 scene, and the module's self-test. No algorithm lives here.
+
+Written for the Python of Slicer 5.6-5.8 (3.9): no ``X | Y`` annotations at run time.
 """
 
-import json
+import logging
 import os
+import pathlib
 import shutil
 import sys
-import tempfile
+from typing import Annotated
 
 import qt
 import slicer
@@ -22,7 +25,7 @@ from slicer import (
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -30,6 +33,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+log = logging.getLogger("ProgressiveRegistration")
 
 
 class ProgressiveRegistration(ScriptedLoadableModule):
@@ -40,16 +45,20 @@ class ProgressiveRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["ProgressiveRegistration developers"]
         self.parent.helpText = _(
-            "Deformable registration of inhale/exhale lung CT of one patient in a single forward pass of a "
-            "progressively trained 3D U-Net, without affine pre-registration. Produces a grid transform that "
-            "aligns the moving volume to the fixed one, a Jacobian determinant map with the folding percentage, "
-            "and a landmark TRE table. "
+            "Deformable registration of inhale/exhale lung CT of one patient: one forward pass of a "
+            "progressively trained 3D U-Net, without affine pre-registration, then a short refinement on the "
+            "images (on by default). Produces a grid transform that aligns the moving volume to the fixed one, "
+            "a Jacobian determinant map with the folding percentage, and a landmark TRE table. "
             '<a href="https://github.com/progressive-registration/SlicerProgressiveRegistration">Documentation</a>.')
         self.parent.acknowledgementText = _(
             "Implements Eppenhof, Lafarge, Veta, Pluim: Progressively trained convolutional neural networks for "
             "deformable image registration, IEEE TMI 2019.")
 
 
+# Every field is bound to the widget of the same SlicerParameterName in the .ui file, through
+# the connectors of Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py:
+# qMRMLNodeComboBox <-> node, QCheckBox <-> bool, ctkPathLineEdit <-> pathlib.Path (only),
+# QComboBox <-> a type annotated with Choice (only). Testing/test_extension_layout.py checks it.
 @parameterNodeWrapper
 class ProgressiveRegistrationParameterNode:
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -60,8 +69,9 @@ class ProgressiveRegistrationParameterNode:
     outputJacobian: vtkMRMLScalarVolumeNode
     outputTable: vtkMRMLTableNode
     applyToMoving: bool = True
-    modelPath: str = ""
-    device: str = "cpu"
+    refine: bool = True
+    modelPath: pathlib.Path
+    device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
 
 
 class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -73,6 +83,7 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._logHandler = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -81,8 +92,11 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ProgressiveRegistrationLogic()
-        if not self.logic.cudaAvailable():
-            self.ui.deviceComboBox.removeItem(1)
+
+        # The module's log (the background process's whole stderr among it) in the log area.
+        self._logHandler = _TextEditLogHandler(self.ui.logTextEdit)
+        log.addHandler(self._logHandler)
+        log.setLevel(logging.INFO)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -93,6 +107,9 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
     def cleanup(self):
         if self.logic:
             self.logic.cancel()
+        if self._logHandler:
+            log.removeHandler(self._logHandler)
+            self._logHandler = None
         self.removeObservers()
 
     def enter(self):
@@ -105,6 +122,11 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
+        # A running job would attach its results to nodes of a scene that is gone.
+        if self.logic and self.logic.isRunning():
+            self.logic.cancel()
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
+            self.ui.progressBar.visible = False
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -138,16 +160,21 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
     def onApplyButton(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
             self.ui.resultsLabel.text = ""
+            self.ui.logTextEdit.clear()
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
-            self.logic.start(self._parameterNode, self.onProgress, self.onFinished)
-            self._checkCanApply()
+            try:
+                self.logic.start(self._parameterNode, self.onProgress, self.onFinished)
+            finally:
+                self.ui.progressBar.visible = self.logic.isRunning()
+                self._checkCanApply()
 
     def onCancelButton(self):
-        self.logic.cancel()
-        self.ui.statusLabel.text = _("Cancelled.")
-        self.ui.progressBar.visible = False
-        self._checkCanApply()
+        with slicer.util.tryWithErrorDisplay(_("Failed to cancel the registration."), waitCursor=True):
+            self.logic.cancel()
+            self.ui.statusLabel.text = _("Cancelled.")
+            self.ui.progressBar.visible = False
+            self._checkCanApply()
 
     def onProgress(self, fraction, message):
         self.ui.progressBar.value = int(100 * fraction)
@@ -158,14 +185,31 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self._checkCanApply()
         if error:
             self.ui.statusLabel.text = _("Registration failed.")
-            slicer.util.errorDisplay(_("Registration failed:\n{error}").format(error=error))
+            slicer.util.errorDisplay(_("Registration failed:\n{error}").format(error=error),
+                                     detailedText="\n".join(self.logic.lastLog))
             return
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=result.seconds)
         self.ui.resultsLabel.text = result.describe()
 
 
+class _TextEditLogHandler(logging.Handler):
+    """Appends log records to a QPlainTextEdit."""
+
+    def __init__(self, textEdit):
+        super().__init__(logging.INFO)
+        self._textEdit = textEdit
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record):
+        try:
+            self._textEdit.appendPlainText(self.format(record))
+        except Exception:  # noqa: BLE001 - the widget may be gone while the module unloads
+            pass
+
+
 class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
-    """Runs ``ProgressiveRegistrationLib`` in a background PythonSlicer process and loads the
+    """Runs ``progreg register`` in a background ``PythonSlicer`` process (a
+    ``ProgressiveRegistrationLib.jobs.BackgroundJob``, polled by a timer) and loads its
     results with the Qt-free MRML functions of ``ProgressiveRegistrationLib.mrml``.
 
     For scripting, call ``ProgressiveRegistrationLib.register_volume_nodes(slicer.mrmlScene, ...)``
@@ -176,10 +220,12 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process = None
-        self._timer = None
-        self._workDir = None
         self._job = None
+        self._export = None
+        self._timer = None
+        self._callbacks = None
+        self._sceneObserver = None
+        self.lastLog = []
 
     def getParameterNode(self):
         return ProgressiveRegistrationParameterNode(super().getParameterNode())
@@ -190,42 +236,64 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         return os.path.dirname(os.path.abspath(__file__))
 
     def ensureDependencies(self, askUser=True, install=True):
-        """Make torch importable: PyTorchUtils when the PyTorch extension is there, else pip.
+        """Make every package the library needs importable, each checked on its own.
 
-        ``install=False`` (scripts, tests) never installs: it raises if torch is missing.
+        Torch through the PyTorch extension (``PyTorchUtils``, which picks the CPU or CUDA
+        build) with a minimum version, as MONAIAuto3DSeg does; the others by pip; nothing
+        Slicer bundles (numpy, SimpleITK). ``install=False`` (scripts, tests) only reports.
         """
-        try:
-            import torch  # noqa: F401
+        if self.libraryPath() not in sys.path:
+            sys.path.insert(0, self.libraryPath())
+        from ProgressiveRegistrationLib import requirements
 
-            return True
-        except ImportError:
+        problem = requirements.torch_problem()
+        if problem:
             if not install:
-                raise RuntimeError(_("PyTorch is not installed; open the module once to install it.")) from None
-        if askUser and not slicer.util.confirmOkCancelDisplay(
-                _("This module needs PyTorch, which is not installed. Install it now (CPU or CUDA build as "
-                  "detected)? This may take several minutes.")):
-            raise RuntimeError(_("PyTorch is required; it was not installed."))
-        try:
-            import PyTorchUtils
-
-            PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-        except ImportError:
-            slicer.util.pip_install("torch")
-        slicer.util.pip_install("SimpleITK matplotlib PyYAML numba")
+                raise RuntimeError(problem + _(": open the module and press Apply once to install it."))
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError(_("{problem}, and the PyTorch extension is not installed: install "
+                                     "'PyTorch' from the Extensions Manager, restart Slicer and try again.")
+                                   .format(problem=problem)) from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            torch = torchLogic.installTorch(askConfirmation=askUser,
+                                            torchVersionRequirement=f">={requirements.TORCH_MINIMUM}")
+            if torch is None or requirements.torch_problem():
+                raise RuntimeError(_("PyTorch is required and was not installed."))
+        missing = requirements.missing_pip_packages()
+        if missing:
+            if not install:
+                raise RuntimeError(_("Missing Python packages: {packages}").format(packages=", ".join(missing)))
+            if askUser and not slicer.util.confirmOkCancelDisplay(
+                    _("This module needs these Python packages, which are not installed: {packages}. "
+                      "Install them now?").format(packages=", ".join(missing))):
+                raise RuntimeError(_("Required Python packages were not installed."))
+            slicer.util.pip_install(missing)
+            still = requirements.missing_pip_packages()
+            if still:
+                raise RuntimeError(_("Could not install: {packages}").format(packages=", ".join(still)))
         return True
 
     @staticmethod
     def cudaAvailable():
+        """Whether torch sees a GPU (imports torch: call it on demand, not in setup)."""
         try:
             import torch
 
-            return torch.cuda.is_available()
-        except ImportError:
+            return bool(torch.cuda.is_available())
+        except Exception:  # noqa: BLE001 - missing or broken torch: no GPU for us
             return False
 
     # --- validation --------------------------------------------------------------------
     @staticmethod
-    def inputProblem(p):
+    def modelFile(p):
+        """The chosen model file, or None for the bundled model (an empty path)."""
+        path = p.modelPath
+        return None if path is None or str(path) in ("", ".") else str(path)
+
+    @classmethod
+    def inputProblem(cls, p):
         """None if the inputs can be registered, else a reason for the Apply tooltip."""
         if not p.fixedVolume or not p.movingVolume:
             return _("Select a fixed and a moving volume.")
@@ -236,37 +304,42 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         if p.fixedLandmarks and (p.fixedLandmarks.GetNumberOfControlPoints()
                                  != p.movingLandmarks.GetNumberOfControlPoints()):
             return _("The landmark lists have different numbers of points.")
+        model = cls.modelFile(p)
+        if model and not os.path.isfile(model):
+            return _("The model file {path} does not exist.").format(path=model)
         return None
 
     # --- background run ----------------------------------------------------------------
     def isRunning(self):
-        return self._process is not None
+        return self._job is not None
 
     def start(self, p, onProgress, onFinished):
         """Export the inputs, start ``progreg register`` in PythonSlicer, poll it with a timer."""
         problem = self.inputProblem(p)
         if problem:
             raise ValueError(problem)
+        if self.isRunning():
+            raise RuntimeError(_("A registration is already running."))
         self.ensureDependencies()
-        from ProgressiveRegistrationLib import mrml
+        from ProgressiveRegistrationLib import jobs, mrml
 
-        self._workDir = tempfile.mkdtemp(prefix="ProgressiveRegistration-")
-        self._job = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, self._workDir,
-                                    p.fixedLandmarks, p.movingLandmarks)
-        args = ["-m", "ProgressiveRegistrationLib", "register", self._job.fixed_path, self._job.moving_path,
-                "--out", self._job.out_dir, "--device", p.device, "--progress-json"]
-        if self._job.fixed_landmarks_path:
-            args += ["--fixed-landmarks", self._job.fixed_landmarks_path,
-                     "--moving-landmarks", self._job.moving_landmarks_path]
-        if p.modelPath:
-            args += ["--model", p.modelPath]
-        self._process = qt.QProcess()
-        env = qt.QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONPATH", self.libraryPath() + os.pathsep + env.value("PYTHONPATH"))
-        self._process.setProcessEnvironment(env)
-        self._process.setProcessChannelMode(qt.QProcess.SeparateChannels)
-        self._process.start(shutil.which("PythonSlicer") or sys.executable, args)
+        workDir = slicer.util.tempDirectory("ProgressiveRegistration-")  # a new folder in Slicer's temporary path
+        try:
+            self._export = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, workDir,
+                                           p.fixedLandmarks, p.movingLandmarks)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        python = shutil.which("PythonSlicer") or sys.executable
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([self.libraryPath(), env.get("PYTHONPATH", "")])
+        self.lastLog = []
+        self._job = jobs.BackgroundJob(self._export.command(python, self.modelFile(p), p.device, p.refine), env=env,
+                                       work_dir=workDir)
         self._callbacks = (onProgress, onFinished, p)
+        # Closing the scene while running: cancel (results would go to nodes that are gone).
+        self._sceneObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent,
+                                                           lambda caller, event: self.cancel())
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -274,65 +347,84 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def _poll(self):
         onProgress, onFinished, p = self._callbacks
-        text = bytes(self._process.readAllStandardOutput().data()).decode(errors="replace")
-        for line in text.splitlines():
-            try:
-                event = json.loads(line)
-                onProgress(event.get("fraction", 0.0), event.get("message", ""))
-            except ValueError:
-                pass
-        if self._process.state() != qt.QProcess.NotRunning:
+        found = self._job.poll()
+        self.lastLog += found.log
+        for line in found.log:
+            log.info(line)
+        for fraction, message in found.progress:
+            onProgress(fraction, message)
+        if not self._job.finished:
             return
-        self._timer.stop()
-        code = self._process.exitCode()
-        stderr = bytes(self._process.readAllStandardError().data()).decode(errors="replace").strip()
-        self._process = None
-        result, error = None, None
+        job, self._job = self._job, None
+        self._stopPolling()
+        result, error = None, job.error()
         try:
-            if code != 0:
-                error = stderr.splitlines()[-1] if stderr else _("exit code {code}").format(code=code)
-            else:
+            if error is None:
                 from ProgressiveRegistrationLib import mrml
 
-                result = mrml.load_results(slicer.mrmlScene, self._job, transform=p.outputTransform,
+                result = mrml.load_results(slicer.mrmlScene, self._export, transform=p.outputTransform,
                                            jacobian=p.outputJacobian, table=p.outputTable,
                                            apply_to_moving=p.applyToMoving)
                 p.outputTransform, p.outputJacobian = result.transform, result.jacobian
                 if result.table:
                     p.outputTable = result.table
+                for note in result.warnings:
+                    log.warning(note)
+            else:
+                log.error("registration failed: %s", error)
         except Exception as err:  # noqa: BLE001 - reported to the user in the GUI
+            logging.exception("loading the registration results failed")
             error = str(err)
         finally:
-            shutil.rmtree(self._workDir, ignore_errors=True)
+            job.cleanup()
         onFinished(result, error)
 
-    def cancel(self):
-        if self._process is not None:
+    def _stopPolling(self):
+        if self._timer is not None:
             self._timer.stop()
-            self._process.kill()
-            self._process.waitForFinished(3000)
-            self._process = None
-            shutil.rmtree(self._workDir, ignore_errors=True)
+            self._timer = None
+        if self._sceneObserver is not None:
+            slicer.mrmlScene.RemoveObserver(self._sceneObserver)
+            self._sceneObserver = None
+
+    def cancel(self):
+        """Stop a running registration: its whole process tree, then its work folder."""
+        if self._job is not None:
+            job, self._job = self._job, None
+            self._stopPolling()
+            job.cancel()
+            log.info("registration cancelled")
 
     # --- synchronous, for scripts and tests ---------------------------------------------
     def process(self, fixedVolume, movingVolume, fixedLandmarks=None, movingLandmarks=None, model=None,
-                device="cpu", applyToMoving=True):
+                device="cpu", applyToMoving=True, refine=True):
         """Register in-process (blocks); returns the Lib's result with the output nodes."""
         self.ensureDependencies(install=False)
         import ProgressiveRegistrationLib
+        from ProgressiveRegistrationLib.refine import RefineConfig
 
         return ProgressiveRegistrationLib.register_volume_nodes(
             slicer.mrmlScene, fixedVolume, movingVolume, fixed_landmarks=fixedLandmarks,
-            moving_landmarks=movingLandmarks, model=model, device=device, apply_to_moving=applyToMoving)
+            moving_landmarks=movingLandmarks, model=model, device=device, apply_to_moving=applyToMoving,
+            refinement=RefineConfig() if refine else None)
 
 
 class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: the same path as the CI tests on slicer-core, through the module."""
+    """Runs inside Slicer: the widget path (parameter node -> Apply -> background process ->
+    loaded results) and the scripting path, on the bundled sample."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        logic = ProgressiveRegistrationLogic()
+        try:
+            logic.ensureDependencies(install=False)
+        except RuntimeError as err:
+            self.delayDisplay(f"Skipped: {err}")
+            return
+        self.setUp()
+        self.test_WidgetPath()
         self.setUp()
         self.test_RegisterSample()
         self.setUp()
@@ -343,14 +435,41 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
 
         return mrml.sample_pair_nodes(slicer.mrmlScene)
 
+    def test_WidgetPath(self):
+        self.delayDisplay("Apply through the module panel (background process)")
+        fixed, moving, fixedPoints, movingPoints = self._sampleVolumes()
+        slicer.util.selectModule("ProgressiveRegistration")
+        widget = slicer.modules.progressiveregistration.widgetRepresentation().self()
+        p = widget.logic.getParameterNode()
+        p.fixedVolume, p.movingVolume = fixed, moving
+        p.fixedLandmarks, p.movingLandmarks = fixedPoints, movingPoints
+        p.refine = True
+        self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip)
+        widget.onApplyButton()
+        self.assertTrue(widget.logic.isRunning())
+        self.assertTrue(widget.ui.cancelButton.enabled)
+        timer = qt.QElapsedTimer()
+        timer.start()
+        while widget.logic.isRunning() and timer.elapsed() < 600000:
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        self.assertFalse(widget.logic.isRunning(), "the registration did not finish in 10 minutes")
+        self.assertIsNotNone(p.outputTransform, widget.ui.statusLabel.text)
+        self.assertEqual(moving.GetParentTransformNode(), p.outputTransform)
+        self.assertIs(p.outputTransform.GetNodeReference(p.outputTransform.GetFixedNodeReferenceRole()), fixed)
+        table = p.outputTable.GetTable()
+        after = table.GetValue(table.GetNumberOfRows() - 2, 3).ToDouble()  # the 'mean' row
+        before = table.GetValue(table.GetNumberOfRows() - 2, 1).ToDouble()
+        self.assertLess(after, 0.5 * before)
+        self.delayDisplay("Widget path passed")
+
     def test_RegisterSample(self):
-        self.delayDisplay("Registering the bundled sample with a known deformation")
+        self.delayDisplay("Registering the bundled sample in-process")
         fixed, moving, fixedPoints, movingPoints = self._sampleVolumes()
         result = ProgressiveRegistrationLogic().process(fixed, moving, fixedPoints, movingPoints)
-        self.assertIsNotNone(result.transform)
         self.assertEqual(moving.GetParentTransformNode(), result.transform)
-        self.assertIsNotNone(result.transform.GetNodeReference("fixedVolume"))
-        self.assertLess(result.tre_after_mm["mean"], result.tre_before_mm["mean"])
+        self.assertIs(result.transform.GetNodeReference(result.transform.GetMovingNodeReferenceRole()), moving)
+        self.assertLess(result.tre_after_mm["mean"], result.tre_network_mm["mean"])
         self.assertEqual(result.jacobian.GetImageData().GetDimensions(), fixed.GetImageData().GetDimensions())
         self.delayDisplay("Test passed")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
 from conftest import MODULE_DIR, ROOT
 
 LIB = MODULE_DIR / "ProgressiveRegistrationLib"
@@ -86,7 +88,8 @@ def test_s4ext_json_and_cmake_agree():
     assert catalog["build_subdirectory"] == s4["build_subdirectory"]
     assert catalog["enabled"] == (s4["enabled"] == "1")
     deps = [] if s4["depends"] == "NA" else s4["depends"].split()
-    assert catalog["build_dependencies"] == deps
+    assert catalog["build_dependencies"] == deps == _cmake_set("EXTENSION_DEPENDS").split()
+    assert "PyTorch" in deps  # torch comes through the PyTorch extension's PyTorchUtils
     assert s4["homepage"] == _cmake_set("EXTENSION_HOMEPAGE")
     assert s4["iconurl"] == _cmake_set("EXTENSION_ICONURL")
     assert s4["description"] == _cmake_set("EXTENSION_DESCRIPTION")
@@ -98,16 +101,106 @@ def test_s4ext_json_and_cmake_agree():
         assert (ROOT / path).is_file(), path
 
 
-def test_ui_file_is_valid_and_bound_to_parameters():
+# What each GUI connector of Slicer's parameter node wrapper accepts, read from
+# Base/Python/slicer/parameterNodeWrapper/guiConnectors.py (Slicer v5.6.2 and v5.8.1 agree):
+# the widget's exact class (`type(widget) == ...`) and the unannotated data type, plus the
+# annotations a connector requires. Slicer raises "Unable to create GUI connector" (and
+# binds nothing) in `connectGui` for any pair not listed here.
+GUI_CONNECTORS = {
+    "QCheckBox": ({"bool"}, set()),  # QCheckBoxToBoolConnector
+    "QPushButton": ({"bool"}, set()),  # QCheckablePushButtonToBoolConnector
+    "QSlider": ({"int"}, {"WithinRange"}),  # QSliderOrSpinBoxToIntConnector: a slider must be bounded
+    "QSpinBox": ({"int"}, set()),
+    "QDoubleSpinBox": ({"float"}, set()),  # QDoubleSpinBoxCtkSliderWidgetToFloatConnector
+    "ctkSliderWidget": ({"float"}, {"WithinRange"}),
+    "QComboBox": ({"int", "float", "str", "bool"}, {"Choice"}),  # QComboBoxToStringableConnector (or an Enum)
+    "QLineEdit": ({"str"}, set()),  # QLineEditToStrConnector
+    "QTextEdit": ({"str"}, set()),  # QTextEditPlainTextToStrConnector
+    "ctkPathLineEdit": ({"pathlib.Path", "Path"}, set()),  # ctkPathLineEditToPathConnector: Path types only
+    "ctkDirectoryButton": ({"pathlib.Path", "Path"}, set()),  # ctkDirectoryButtonToPathConnector
+    "qMRMLNodeComboBox": ({"<node>"}, set()),  # qMRMLNodeComboBoxToNodeConnector
+}
+
+
+def _parameter_fields() -> dict[str, tuple[str, set[str]]]:
+    """name -> (unannotated type, annotation names) of the module's @parameterNodeWrapper class,
+    read from its source (the module imports Slicer, so it cannot be imported here)."""
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef)
+               and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list))
+    fields = {}
+    for stmt in cls.body:
+        if not isinstance(stmt, ast.AnnAssign):
+            continue
+        ann, annotations = stmt.annotation, set()
+        if isinstance(ann, ast.Subscript) and ast.unparse(ann.value) == "Annotated":
+            base, *extra = ann.slice.elts
+            annotations = {ast.unparse(e.func) for e in extra if isinstance(e, ast.Call)}
+            ann = base
+        name = ast.unparse(ann)
+        fields[stmt.target.id] = ("<node>" if name.startswith("vtkMRML") else name, annotations)
+    return fields
+
+
+def _binding_problems(fields: dict[str, tuple[str, set[str]]], widget_of: dict[str, str]) -> list[str]:
+    """What Slicer's connectGui would fail on, one line per parameter."""
+    problems = []
+    if set(widget_of) != set(fields):
+        problems.append(f"parameters without a widget or widgets without a parameter: {set(widget_of) ^ set(fields)}")
+    for name in set(fields) & set(widget_of):
+        (datatype, annotations), widget = fields[name], widget_of[name]
+        if widget not in GUI_CONNECTORS:
+            problems.append(f"{name}: Slicer has no GUI connector for a {widget}")
+            continue
+        types, required = GUI_CONNECTORS[widget]
+        if datatype not in types:
+            problems.append(f"{name}: a {widget} binds {sorted(types)}, not {datatype}")
+        elif not required <= annotations:
+            problems.append(f"{name}: a {widget} needs the {sorted(required)} annotation")
+    return problems
+
+
+def _ui_bindings() -> dict[str, str]:
+    """SlicerParameterName -> widget class, from the module's .ui file."""
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProgressiveRegistration.ui")
+    return {prop.find("string").text: w.get("class") for w in tree.iter("widget") for prop in w.findall("property")
+            if prop.get("name") == "SlicerParameterName"}
+
+
+def test_every_parameter_binds_to_its_widget_as_slicer_would():
     tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProgressiveRegistration.ui")
     names = {w.get("name") for w in tree.iter("widget")}
-    assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "fixedVolumeSelector",
-            "movingVolumeSelector", "outputTransformSelector"} <= names
-    bound = {p.find("string").text for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
-    module = (MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8")
-    wrapper = module.split("class ProgressiveRegistrationParameterNode:")[1].split("\n\n\n")[0]
-    fields = set(re.findall(r"^\s+(\w+):", wrapper, re.M))
-    assert bound == fields, "every parameter has a widget and every widget a parameter"
+    assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "logTextEdit", "fixedVolumeSelector",
+            "movingVolumeSelector", "outputTransformSelector", "refineCheckBox"} <= names
+    assert _binding_problems(_parameter_fields(), _ui_bindings()) == []
+
+
+def test_the_check_catches_the_bindings_that_broke_setup():
+    """`modelPath: str` on a ctkPathLineEdit and a bare `device: str` on a QComboBox made
+    connectGui raise in Slicer; the check above must flag exactly those."""
+    fields = {**_parameter_fields(), "modelPath": ("str", set()), "device": ("str", set())}
+    problems = _binding_problems(fields, _ui_bindings())
+    assert len(problems) == 2 and any(p.startswith("modelPath: a ctkPathLineEdit") for p in problems)
+    assert any(p.startswith("device: a QComboBox needs the ['Choice']") for p in problems)
+
+
+def test_module_code_is_python39():
+    """Slicer 5.6-5.8 run Python 3.9: the module and the library must compile there."""
+    import glob
+    import shutil
+
+    candidates = [*sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python"))), shutil.which("python3.9")]
+    python39 = next((c for c in candidates if c and subprocess.run([c, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
+                                                                    capture_output=True).returncode == 0), None)
+    if python39 is None:
+        pytest.skip("no Python 3.9 interpreter found (ruff's py39 target still applies)")
+    files = [str(MODULE_DIR / "ProgressiveRegistration.py"), str(MODULE_DIR / "Scripts" / "train.py"),
+             *map(str, sorted((MODULE_DIR / "ProgressiveRegistrationLib").glob("*.py")))]
+    code = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f, encoding='utf-8').read(), f, 'exec')"
+    r = subprocess.run([python39, "-c", code, *files], capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 0, r.stderr
 
 
 def test_module_file_has_slicer_classes_and_no_algorithm():

@@ -50,7 +50,7 @@ def setup():
 
 
 def phi_ours(x_lps, fixed_crop, moving_crop, u):
-    """φ(x) = G_m(G_f⁻¹(x) + u(G_f⁻¹(x))) at arbitrary LPS points, straight from SPEC §2."""
+    """φ(x) = G_m(G_f⁻¹(x) + u(G_f⁻¹(x))) at arbitrary LPS points, straight from docs/CONVENTIONS.md."""
     q = fixed_crop.points_to_index(x_lps)
     uq = fields.sample(u, torch.from_numpy(q.T.copy()), padding_mode="border").numpy().T
     return moving_crop.points_to_lps(q + uq)

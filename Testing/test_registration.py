@@ -173,6 +173,30 @@ def test_bad_input(pair, tmp_path, tiny_model):
         _bad(progreg("register", pair / "fixed.nrrd", moving, "--out", out, *model, *map(str, extra)), out)
 
 
+class _Payload:
+    """Unpickling this runs code: what a malicious model file would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_model_file_cannot_run_code(tmp_path, tiny_model):
+    from ProgressiveRegistrationLib.errors import InputError
+    from ProgressiveRegistrationLib.registration import load_model
+
+    state = torch.load(tiny_model, weights_only=True)
+    marker = tmp_path / "ran"
+    state["extra"] = _Payload(marker)
+    torch.save(state, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="not a readable model file"):
+        load_model(tmp_path / "evil.pt")
+    assert not marker.exists()
+    assert load_model(tiny_model).size == 32  # a plain model file still loads
+
+
 def test_python_function_of_the_same_shape(pair, tmp_path, tiny_model):
     from ProgressiveRegistrationLib.registration import register_files
 

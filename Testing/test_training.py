@@ -195,6 +195,28 @@ def test_existing_run_needs_resume(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
 
 
+def test_headless_slicer_command_line(tmp_path):
+    """`Slicer --python-script train.py -- ARGS` gives the script ["--", *ARGS]: a leading `--`
+    is accepted; errors end the process with a non-zero code instead of leaving it running."""
+    out = tmp_path / "headless"
+    r = subprocess.run([sys.executable, str(TRAIN), "--", "--smoke", "--quiet", "--out", str(out), "--set",
+                        "train.iterations=2", "train.snapshot_every=1"], capture_output=True, text=True,
+                       encoding="utf-8", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(read_log(out)) == 2 and (out / "model.pt").is_file()
+    r = subprocess.run([sys.executable, str(TRAIN), "--", "--smoke", "--out", str(tmp_path / "bad"), "--set",
+                        "train.bogus=1"], capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert r.returncode == 2 and "unknown key" in r.stderr
+    r = subprocess.run([sys.executable, str(TRAIN), "--", "--out", str(tmp_path / "o"), "--no-such-option"],
+                       capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-option" in r.stderr
+    # An unexpected failure (the output path is a file) is exit code 1 with its traceback.
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    r = subprocess.run([sys.executable, str(TRAIN), "--", "--smoke", "--quiet", "--out", str(tmp_path / "file" / "run")],
+                       capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert r.returncode != 0 and r.stderr.strip(), r.stderr
+
+
 def test_training_errors_are_clear(tmp_path):
     r = run_train(tmp_path / "x", "--set", "train.bogus=1")
     assert r.returncode == 2 and "unknown key" in r.stderr

@@ -8,7 +8,8 @@ Variants, all measured in the same run on the same input (median of --repeats):
 * ONNX Runtime (CPU execution provider) on the folded network, if onnxruntime is installed.
 
 Reports seconds, GFLOP per pass (counted from the layers) and achieved GFLOP/s against the
-machine's ceiling (SPEC.md §4: ~160 GFLOP/s float32 through torch on these 2 cores).
+compute ceiling: ~160 GFLOP/s, the float32 matrix-product rate of torch on the 2-core AVX2
+CPU the results were measured on.
 
     python benchmarks/bench_forward.py [--size 128] [--threads 2] [--repeats 3]
 
@@ -135,7 +136,8 @@ def main() -> int:
         "",
         f"Paper-size U-Net (5 levels, {args.base_channels}…{args.base_channels * 16} channels), one {n}³ pair, "
         f"{gflop:.0f} GFLOP per pass, {args.threads} threads, median of {args.repeats}, all rows in one run "
-        f"({platform.machine()}, torch {torch.__version__}). Ceiling: {CEILING_GFLOPS:.0f} GFLOP/s (SPEC.md §4).",
+        f"({platform.machine()}, torch {torch.__version__}). Ceiling: {CEILING_GFLOPS:.0f} GFLOP/s "
+        "(torch's float32 matrix product on these cores).",
         "",
         "| variant | seconds | GFLOP/s | % of ceiling | speed-up vs eager | max abs diff vs eager (voxels) |",
         "|---|---|---|---|---|---|",

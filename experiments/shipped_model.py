@@ -1,6 +1,6 @@
 """The shipped model against its same-budget baseline, on the held-out pairs of ``paper_cpu.py``.
 
-Issue 8's targets for the shipped model, on held-out breathing pairs (phantoms never seen in
+The targets for a shipped model, on held-out breathing pairs (phantoms never seen in
 training, simulated exhale, landmarks at vessel bifurcations): mean TRE at most 40 % of the
 initial mean TRE, folding under 1 % of the body's voxels, and better than a baseline given
 the same budget. This script evaluates any number of exported models on the same 17
@@ -127,7 +127,7 @@ def report(results: dict, models: dict[str, Path], command: str, curves: bool = 
     m = results["models"][first]
     frac = m["tre_mm"]["breathing"]["mean"] / before
     worst_fold = max(m["folding_percent"])
-    lines += ["", f"Targets for **{first}** (issue 8): mean TRE ≤ {TRE_TARGET_FRACTION:.0%} of the initial: "
+    lines += ["", f"Targets for **{first}**: mean TRE ≤ {TRE_TARGET_FRACTION:.0%} of the initial: "
               f"{'met' if frac <= TRE_TARGET_FRACTION else 'NOT met'} ({frac:.0%}); folding < "
               f"{FOLDING_TARGET_PERCENT:g} % on every pair: {'met' if worst_fold < FOLDING_TARGET_PERCENT else 'NOT met'} "
               f"(worst {worst_fold:.3f} %)."]

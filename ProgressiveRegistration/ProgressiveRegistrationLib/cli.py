@@ -171,7 +171,7 @@ def cmd_synth(args) -> int:
 # --- register -----------------------------------------------------------------------------
 
 def _add_register(sub):
-    p = sub.add_parser("register", help="register a moving CT to a fixed CT (one forward pass)",
+    p = sub.add_parser("register", help="register a moving CT to a fixed CT (one network pass, then a short refinement)",
                        description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
                                    "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
                                    "jacobian.nrrd, summary.json, overview.png and, with landmarks, tre.csv.")
@@ -186,9 +186,33 @@ def _add_register(sub):
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
     p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
     p.add_argument("--moving-series", help="DICOM series UID of the moving image")
+    _add_refine_options(p)
+    p.add_argument("--no-warped", action="store_true", help="do not write warped_moving.nrrd")
+    p.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_register)
+
+
+def _add_refine_options(p):
+    g = p.add_argument_group("refinement", "after the network, a short optimisation of the field on the images "
+                                           "(on by default; see docs/CONVENTIONS.md)")
+    g.add_argument("--no-refine", action="store_true", help="the network's one-pass field only (fastest)")
+    g.add_argument("--refine-levels", metavar="MM[,MM...]",
+                   help="grid spacing of each refinement level, coarse to fine (default 8,4,2)")
+    g.add_argument("--refine-iterations", metavar="N[,N...]",
+                   help="iterations per level: one count for all, or one per level (default 100,100,50)")
+
+
+def _refinement(args):
+    """The RefineConfig of the refinement options, or None with --no-refine."""
+    from .refine import config_from_options
+
+    if args.no_refine:
+        if args.refine_levels is not None or args.refine_iterations is not None:
+            raise InputError("--no-refine cannot be combined with --refine-levels or --refine-iterations")
+        return None
+    return config_from_options(args.refine_levels, args.refine_iterations)
 
 
 def _progress_printer(as_json: bool):
@@ -206,11 +230,13 @@ def cmd_register(args) -> int:
 
     from .registration import register_files
 
+    refinement = _refinement(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = register_files(args.fixed, args.moving, args.out, args.fixed_landmarks, args.moving_landmarks,
                                  args.model, args.device, args.size, args.format,
-                                 (args.fixed_series, args.moving_series), _progress_printer(args.progress_json))
+                                 (args.fixed_series, args.moving_series), _progress_printer(args.progress_json),
+                                 refinement, write_warped=not args.no_warped, write_overview=not args.no_overview)
     for w in caught:
         print(f"progreg register: warning: {w.message}", file=sys.stderr)
     if args.json:
@@ -222,9 +248,13 @@ def cmd_register(args) -> int:
 
 def _print_summary(summary: dict, out) -> None:
     if "tre_before_mm" in summary:
-        b, a = summary["tre_before_mm"], summary["tre_after_mm"]
-        print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   after: {a['mean']:.2f} ± {a['sd']:.2f} mm   "
-              f"(n = {a['n']})")
+        b, n, a = summary["tre_before_mm"], summary["tre_network_mm"], summary["tre_after_mm"]
+        if summary.get("refinement"):
+            print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   network: {n['mean']:.2f} ± {n['sd']:.2f} mm   "
+                  f"refined: {a['mean']:.2f} ± {a['sd']:.2f} mm   (n = {a['n']})")
+        else:
+            print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   after: {a['mean']:.2f} ± {a['sd']:.2f} mm   "
+                  f"(n = {a['n']})")
     print(f"folding: {summary['folding_percent']:.3f} % of body voxels (Jacobian determinant <= 0)")
     secs = summary["seconds"]
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
@@ -238,6 +268,7 @@ def _add_demo(sub):
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="model file (default: the bundled model)")
+    _add_refine_options(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -250,6 +281,7 @@ def cmd_demo(args) -> int:
     from .registration import register_files
     from .training import bundled_sample
 
+    refinement = _refinement(args)
     out = Path(args.out)
     inputs = out / "inputs"
     inhale = read_image(bundled_sample())
@@ -265,7 +297,7 @@ def cmd_demo(args) -> int:
     write_all(inputs, writers)
     summary = register_files(inputs / "inhale_fixed.nrrd", inputs / "exhale_moving.nrrd", out,
                              inputs / "fixed_landmarks.mrk.json", inputs / "moving_landmarks.mrk.json",
-                             args.model, progress=_progress_printer(False))
+                             args.model, progress=_progress_printer(False), refinement=refinement)
     _print_summary(summary, out)
     return 0
 

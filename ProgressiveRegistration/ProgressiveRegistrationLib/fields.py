@@ -98,7 +98,7 @@ def resize_field(u_vox: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.
     """Trilinearly resize a field to another resolution of the same extent, values unchanged.
 
     Used for the network's per-level outputs, whose values are voxels of the full N³ grid
-    at every level (SPEC.md §1.2), so only the sampling changes. Cell-centred alignment
+    at every level (docs/CONVENTIONS.md), so only the sampling changes. Cell-centred alignment
     (``align_corners=False``), matching average-pool downsampling.
     """
     if tuple(u_vox.shape[-3:]) == tuple(shape_zyx):

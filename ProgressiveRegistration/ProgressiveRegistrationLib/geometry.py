@@ -1,6 +1,6 @@
 """Image grids in physical space (LPS, mm), lung-field crops and the network's N³ grids.
 
-Conventions (SPEC.md §2):
+Conventions (docs/CONVENTIONS.md):
 
 * Physical coordinates are LPS millimetres, as in ITK and every file format. Slicer's RAS
   is ``diag(-1, -1, 1) @ lps``; only the MRML layer converts.

@@ -260,7 +260,8 @@ def snap_to_voxel(points_lps: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 def summary(values: np.ndarray) -> dict:
-    """``{mean, sd, n}`` (population SD, as numpy and the DIR-Lab tables)."""
+    """``{mean, sd, max, n}`` (population SD, as numpy and the DIR-Lab tables)."""
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(v.mean()) if v.size else float("nan"),
-            "sd": float(v.std()) if v.size else float("nan"), "n": int(v.size)}
+            "sd": float(v.std()) if v.size else float("nan"),
+            "max": float(v.max()) if v.size else float("nan"), "n": int(v.size)}

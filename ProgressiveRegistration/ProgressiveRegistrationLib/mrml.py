@@ -7,10 +7,16 @@ how it is tested. Slicer works in RAS, files and the engine in LPS: the conversi
 Outputs of a registration:
 
 * a ``vtkMRMLGridTransformNode`` holding the field as a ``vtkOrientedGridTransform`` in the
-  FromParent (resampling, fixed -> moving) direction, with node references to the fixed
-  and moving volumes, set as the moving volume's parent transform;
+  FromParent (resampling, fixed -> moving) direction, with the standard registration node
+  references to the fixed and moving volumes, set as the moving volume's parent transform;
 * a scalar volume of the Jacobian determinant on the fixed volume's geometry;
-* a table: one row per landmark (label, TRE before, after) plus mean and SD rows.
+* a table: one row per landmark (label, TRE before, after the network alone, after
+  refinement) plus mean and SD rows.
+
+Volumes under a linear parent transform are registered in world coordinates (their
+world geometry is exported, the user's transform is left as it is); under a non-linear
+one the registration is refused with a message. The result is set as the moving volume's
+parent only if it has none: a user's transform is never replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid, check_volume
+from .refine import DEFAULT as DEFAULT_REFINEMENT
+from .refine import RefineConfig
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -39,11 +47,47 @@ def _ijk_to_ras(node) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def grid_of_volume_node(node) -> Grid:
-    """The LPS :class:`Grid` of a volume node (its own geometry; parent transforms ignored)."""
+RESULT_ATTRIBUTE = "ProgressiveRegistration.model"
+
+
+def is_result_of(transform, moving) -> bool:
+    """Whether ``transform`` is a registration result of this module for ``moving``, at the
+    top of its transform tree (so that a new result may take its place)."""
+    return (transform is not None and transform.GetAttribute(RESULT_ATTRIBUTE) is not None
+            and transform.GetNodeReference(transform.GetMovingNodeReferenceRole()) is moving
+            and transform.GetParentTransformNode() is None)
+
+
+def _to_world_ras(node, what: str) -> np.ndarray:
+    """4x4 RAS matrix of the node's parent transforms (identity without one, or when the
+    parent is an earlier result of this module for it); InputError if they are not
+    linear, or not a rotation and translation (a volume grid cannot carry shear or
+    scaling without resampling)."""
+    import vtk
+
+    parent = node.GetParentTransformNode()
+    if parent is None or is_result_of(parent, node):
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(f"{what} is under the non-linear transform '{parent.GetName()}': harden it "
+                         "(Data module: right-click the volume, Harden transform) or remove it, then register")
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    a = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    if not np.allclose(a[:3, :3] @ a[:3, :3].T, np.eye(3), atol=1e-6) or np.linalg.det(a[:3, :3]) <= 0:
+        raise InputError(f"{what} is under the transform '{parent.GetName()}', which scales, shears or mirrors it: "
+                         "harden it (Data module: right-click the volume, Harden transform), then register")
+    return a
+
+
+def grid_of_volume_node(node, world: bool = False) -> Grid:
+    """The LPS :class:`Grid` of a volume node: its own geometry, or with ``world`` its
+    geometry in world coordinates (through its rigid parent transforms)."""
     dims = node.GetImageData().GetDimensions()
     m = _ijk_to_ras(node)
-    spacing = np.asarray(node.GetSpacing(), dtype=np.float64)
+    if world:
+        m = _to_world_ras(node, f"volume '{node.GetName()}'") @ m
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
     direction_lps = LPS_TO_RAS @ (m[:3, :3] / spacing)
     origin_lps = LPS_TO_RAS @ m[:3, 3]
     return Grid(tuple(int(d) for d in dims), tuple(float(s) for s in spacing), tuple(float(v) for v in origin_lps),
@@ -51,7 +95,7 @@ def grid_of_volume_node(node) -> Grid:
 
 
 def image_from_volume_node(node, what: str) -> sitk.Image:
-    """A SimpleITK image (LPS) of a scalar volume node, checked for sanity."""
+    """A SimpleITK image (LPS, world coordinates) of a scalar volume node, checked for sanity."""
     import slicer.util
 
     if node is None or node.GetImageData() is None:
@@ -59,17 +103,18 @@ def image_from_volume_node(node, what: str) -> sitk.Image:
     arr = slicer.util.arrayFromVolume(node)
     if arr.ndim != 3:
         raise InputError(f"{what}: expected a 3D scalar volume, got an array of shape {arr.shape}")
+    _to_world_ras(node, what)  # refuse a non-rigid parent before copying any voxels
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
-    grid_of_volume_node(node).apply_to(image)
+    grid_of_volume_node(node, world=True).apply_to(image)
     check_volume(image, what)
     return image
 
 
 def markups_lps(node) -> tuple[np.ndarray, list[str]]:
-    """(n, 3) LPS positions (the node's own coordinates) and labels of a point list."""
+    """(n, 3) LPS positions (world coordinates, as the volumes) and labels of a point list."""
     import slicer.util
 
-    ras = np.asarray(slicer.util.arrayFromMarkupsControlPoints(node, world=False), dtype=np.float64).reshape(-1, 3)
+    ras = np.asarray(slicer.util.arrayFromMarkupsControlPoints(node, world=True), dtype=np.float64).reshape(-1, 3)
     labels = [node.GetNthControlPointLabel(i) or str(i + 1) for i in range(len(ras))]
     return ras @ LPS_TO_RAS, labels
 
@@ -108,7 +153,11 @@ def set_grid_transform(node, displacement: sitk.Image) -> None:
     transform = slicer.vtkOrientedGridTransform()
     transform.SetDisplacementGridData(image)
     transform.SetGridDirectionMatrix(_vtk_matrix(direction))
-    transform.SetInterpolationModeToLinear()  # as ITK's DisplacementFieldTransform
+    # Cubic: what Slicer makes of a displacement-field file when a saved scene is loaded
+    # again (vtkMRMLTransformStorageNode; Testing/test_mrml.py checks it), so the transform
+    # is the same before and after saving. Between grid points it differs from ITK's linear
+    # interpolation of the same field by far less than a voxel (also tested).
+    transform.SetInterpolationModeToCubic()
     node.SetAndObserveTransformFromParent(transform)
 
 
@@ -123,25 +172,29 @@ def set_volume_from_image(node, image: sitk.Image) -> None:
     node.SetIJKToRASMatrix(_vtk_matrix(m))
 
 
-def set_tre_table(node, labels: list[str], before: np.ndarray, after: np.ndarray) -> None:
-    """One row per landmark (label, TRE before, after in mm), then 'mean' and 'sd' rows."""
+TRE_COLUMNS = ("TRE before (mm)", "TRE network (mm)", "TRE after (mm)")
+
+
+def set_tre_table(node, labels: list[str], before: np.ndarray, network: np.ndarray, after: np.ndarray) -> None:
+    """One row per landmark (label; TRE before, after the network alone, after refinement,
+    in mm), then 'mean' and 'sd' rows. Without refinement the last two columns agree."""
     import vtk
 
     table = node.GetTable()
     table.Initialize()
     names = vtk.vtkStringArray()
     names.SetName("label")
+    values = np.stack([np.asarray(before, float), np.asarray(network, float), np.asarray(after, float)], 1)
+    rows = [*zip(labels, values), ("mean", values.mean(0)), ("sd", values.std(0))]
     cols = []
-    for title in ("TRE before (mm)", "TRE after (mm)"):
+    for title in TRE_COLUMNS:
         col = vtk.vtkDoubleArray()
         col.SetName(title)
         cols.append(col)
-    rows = [(lab, b, a) for lab, b, a in zip(labels, before, after)]
-    rows += [("mean", float(np.mean(before)), float(np.mean(after))), ("sd", float(np.std(before)), float(np.std(after)))]
-    for lab, b, a in rows:
-        names.InsertNextValue(str(lab))
-        cols[0].InsertNextValue(float(b))
-        cols[1].InsertNextValue(float(a))
+    for label, row in rows:
+        names.InsertNextValue(str(label))
+        for col, v in zip(cols, row):
+            col.InsertNextValue(float(v))
     table.AddColumn(names)
     for col in cols:
         table.AddColumn(col)
@@ -196,6 +249,7 @@ class RegistrationNodes:
     tre_before_mm: dict | None = None
     tre_after_mm: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    tre_network_mm: dict | None = None
 
     @property
     def folding_percent(self) -> float:
@@ -204,10 +258,11 @@ class RegistrationNodes:
     def describe(self) -> str:
         text = f"Folding: {self.folding_percent:.3f} % of body voxels."
         if self.tre_before_mm:
-            b, a = self.tre_before_mm, self.tre_after_mm
-            text = (f"TRE before {b['mean']:.2f} ± {b['sd']:.2f} mm, after {a['mean']:.2f} ± {a['sd']:.2f} mm "
+            b, n, a = self.tre_before_mm, self.tre_network_mm, self.tre_after_mm
+            refined = f"network alone {n['mean']:.2f} ± {n['sd']:.2f} mm, " if self.summary.get("refinement") else ""
+            text = (f"TRE before {b['mean']:.2f} ± {b['sd']:.2f} mm, {refined}after {a['mean']:.2f} ± {a['sd']:.2f} mm "
                     f"(n = {a['n']}). ") + text
-        return text
+        return " ".join([text, *self.warnings])
 
 
 def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
@@ -217,14 +272,23 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
     if transform is None:
         transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", scene.GenerateUniqueName(f"{base} registered"))
     set_grid_transform(transform, displacement)
-    transform.SetNodeReferenceID("fixedVolume", fixed.GetID())
-    transform.SetNodeReferenceID("movingVolume", moving.GetID())
-    transform.SetAttribute("ProgressiveRegistration.model", str(summary.get("model", "")))
-    if apply_to_moving:
+    # The roles Slicer's registration modules use (vtkMRMLTransformNode.h).
+    transform.SetNodeReferenceID(transform.GetFixedNodeReferenceRole(), fixed.GetID())
+    transform.SetNodeReferenceID(transform.GetMovingNodeReferenceRole(), moving.GetID())
+    transform.SetAttribute(RESULT_ATTRIBUTE, str(summary.get("model", "")))
+    notes = list(summary.get("warnings", []))
+    parent = moving.GetParentTransformNode()
+    if apply_to_moving and parent is not None and parent is not transform and not is_result_of(parent, moving):
+        # Replacing it would lose the user's transform; the result maps world to world, so
+        # it belongs above that transform, which only the user may rearrange.
+        notes.append(f"The moving volume already has the parent transform '{parent.GetName()}', which was kept: "
+                     f"to see the result, make '{transform.GetName()}' the parent of '{parent.GetName()}'.")
+    elif apply_to_moving:
         moving.SetAndObserveTransformNodeID(transform.GetID())
 
-    # The Jacobian on the fixed volume's geometry (the engine computes it on the transform's grid).
-    fixed_grid = grid_of_volume_node(fixed)
+    # The Jacobian on the fixed volume's world geometry (the engine computes it on the
+    # transform's grid, in world coordinates); the new volume has no parent transform.
+    fixed_grid = grid_of_volume_node(fixed, world=True)
     jac_on_fixed = sitk.Resample(jacobian, fixed_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, 1.0,
                                  sitk.sitkFloat32)
     if jacobian_node is None:
@@ -241,7 +305,7 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
         table = None
     seconds = float(sum(v for v in summary.get("seconds", {}).values()))
     return RegistrationNodes(transform, jacobian_node, table, summary, seconds, summary.get("tre_before_mm"),
-                             summary.get("tre_after_mm"), summary.get("warnings", []))
+                             summary.get("tre_after_mm"), notes, summary.get("tre_network_mm"))
 
 
 def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
@@ -267,7 +331,7 @@ def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
 
 def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None,
                           device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
-                          progress=None) -> RegistrationNodes:
+                          progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT) -> RegistrationNodes:
     """Register two volume nodes in-process and put the results in ``scene``.
 
     The scripting API for Slicer's Python console::
@@ -276,20 +340,23 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
         r = prl.register_volume_nodes(slicer.mrmlScene, fixedNode, movingNode)
         r.transform, r.jacobian, r.table   # output nodes (table is None without landmarks)
 
-    ``model``: a model file path (default: the bundled model) or a loaded ``Model``.
-    Inputs are never modified, except that the moving volume gets the result as its parent
-    transform when ``apply_to_moving``. Bad input raises InputError before any node is made.
+    ``model``: a model file path (default: the bundled model) or a loaded ``Model``;
+    ``refinement``: None for the network's one-pass field. Inputs are never modified, except
+    that the moving volume gets the result as its parent transform when ``apply_to_moving``
+    and it has none. Bad input raises InputError before any node is made.
     """
     from .registration import Model, load_model, register_images, summary_of
 
     fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     model = model if isinstance(model, Model) else load_model(model, device)
     f_pts, m_pts = (points[0], points[1]) if points else (None, None)
-    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=False)
+    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=False,
+                             refinement=refinement)
     summary = summary_of(result, model, device)
     jac = sitk.GetImageFromArray(result.jacobian.astype(np.float32))
     result.out_grid.apply_to(jac)
-    rows = (points[2], result.landmarks["before_mm"], result.landmarks["after_mm"]) if points else None
+    lm = result.landmarks
+    rows = (points[2], lm["before_mm"], lm["network_mm"], lm["after_mm"]) if points else None
     return _outputs(scene, fixed, moving, result.displacement, jac, summary, rows, transform, jacobian, table,
                     apply_to_moving)
 
@@ -305,6 +372,20 @@ class Job:
     out_dir: str
     fixed_landmarks_path: str | None = None
     moving_landmarks_path: str | None = None
+
+    def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True) -> list[str]:
+        """The ``progreg register`` command line of this job, run by ``python`` (PythonSlicer in
+        Slicer): progress as JSON lines, no warped image or overview figure (Slicer shows the
+        transform itself)."""
+        args = [python, "-m", "ProgressiveRegistrationLib", "register", self.fixed_path, self.moving_path,
+                "--out", self.out_dir, "--device", device, "--progress-json", "--no-warped", "--no-overview"]
+        if self.fixed_landmarks_path:
+            args += ["--fixed-landmarks", self.fixed_landmarks_path, "--moving-landmarks", self.moving_landmarks_path]
+        if model:
+            args += ["--model", str(model)]
+        if not refine:
+            args.append("--no-refine")
+        return args
 
 
 def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None) -> Job:
@@ -324,26 +405,29 @@ def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_land
     return job
 
 
-def read_tre_csv(path) -> tuple[list[str], np.ndarray, np.ndarray]:
+def read_tre_csv(path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, TRE before, after the network alone, after refinement) of a ``tre.csv``."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return ([r["label"] for r in rows], np.array([float(r["tre_before_mm"]) for r in rows]),
-            np.array([float(r["tre_after_mm"]) for r in rows]))
+    return ([r["label"] for r in rows], *(np.array([float(r[k]) for r in rows])
+                                          for k in ("tre_before_mm", "tre_network_mm", "tre_after_mm")))
 
 
 def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True
                  ) -> RegistrationNodes:
     """Turn a finished ``progreg register`` output folder into output nodes."""
     out = Path(job.out_dir)
+    fixed, moving = scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id)
+    if fixed is None or moving is None:
+        raise InputError("the fixed or moving volume was removed from the scene during the registration")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     transform_file = next(out / f for f in summary["files"] if f.startswith("transform."))
     from .transforms import read_displacement_field
 
     displacement = read_displacement_field(transform_file)
     rows = read_tre_csv(out / "tre.csv") if (out / "tre.csv").exists() else None
-    return _outputs(scene, scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id), displacement,
-                    sitk.ReadImage(str(out / "jacobian.nrrd")), summary, rows, transform, jacobian, table,
-                    apply_to_moving)
+    return _outputs(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, rows,
+                    transform, jacobian, table, apply_to_moving)
 
 
 # --- sample data -----------------------------------------------------------------------------------

@@ -4,12 +4,15 @@ Stages (each timed, each reported to a progress callback):
 
 1. ``crop``: each image cropped around its own lung field and resampled to the model's N³;
 2. ``network``: Gaussian gradient magnitude of both, one forward pass -> u (voxels);
-3. ``transform``: u -> φ(x) - x (LPS mm) on the fixed image's grid or one no coarser than
-   the network grid (:mod:`transforms`);
-4. ``jacobian``: det(I + ∂d/∂x) on that grid, folding inside the fixed body mask;
-5. ``warp``: the moving image resampled onto the fixed grid through that transform
+3. ``refine`` (optional, :mod:`refine`): a short optimisation of a displacement v added to
+   the network's field, on the CT itself, coarse to fine;
+4. ``transform``: u (+ v) -> φ(x) - x (LPS mm) on the fixed image's grid or one no coarser
+   than the network grid and the refinement's finest grid (:mod:`transforms`);
+5. ``jacobian``: det(I + ∂d/∂x) on that grid, folding inside the fixed body mask;
+6. ``warp``: the moving image resampled onto the fixed grid through that transform
    (:mod:`warp`: ITK's resampler's values, computed in one compiled kernel);
-6. ``landmarks``: fixed landmarks through φ, TRE before/after.
+7. ``landmarks``: fixed landmarks through φ, TRE before, after the network alone, and
+   after refinement.
 """
 
 from __future__ import annotations
@@ -31,8 +34,17 @@ from .errors import InputError
 from .geometry import Grid, ThoraxMasks, check_volume, crop_grid, lung_box, resample, thorax_masks, whole_box
 from .landmarks import check_pairs, summary, tre_mm
 from .network import UNet
+from .refine import DEFAULT as DEFAULT_REFINEMENT
+from .refine import RefineConfig, refine
 from .synthesis import network_input
-from .transforms import displacement_image, displacement_lps, field_transform, output_grid, transform_points
+from .transforms import (
+    displacement_image,
+    displacement_lps,
+    field_at_points,
+    field_transform,
+    output_grid,
+    transform_points,
+)
 
 MODEL_FORMAT, MODEL_VERSION = "progreg-model", 1
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "progreg_cpu64.pt"
@@ -86,9 +98,12 @@ def load_model(path: str | Path | None = None, device: str = "cpu", fold_bn: boo
         raise InputError(f"{path}: no such model file" + (" (the bundled model is missing from this install)"
                                                           if path == DEFAULT_MODEL else ""))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a model file holds tensors and plain containers; anything else in it
+        # (a pickled object) is refused before it can run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise InputError(f"{path}: not a readable model file ({type(err).__name__})") from None
+        raise InputError(f"{path}: not a readable model file ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise InputError(f"{path}: not a ProgressiveRegistration model file")
     if state.get("version") != MODEL_VERSION:
@@ -137,6 +152,8 @@ class Result:
     fixed_input: torch.Tensor
     moving_input: torch.Tensor
     landmarks: dict | None = None
+    #: Per-level record of the refinement (None: the network's field alone).
+    refinement: list[dict] | None = None
 
     def transform(self) -> sitk.Transform:
         return field_transform(self.displacement)
@@ -175,10 +192,12 @@ def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, model: Model, fg: Gr
 
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
                     fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
-                    progress=None, warp_moving: bool = True) -> Result:
+                    progress=None, warp_moving: bool = True, refinement: RefineConfig | None = None) -> Result:
     """Register ``moving`` to ``fixed`` (both 3D CT in HU, any geometry).
 
     ``progress(fraction, message)`` is called at each stage. Landmarks are LPS mm.
+    ``refinement``: refine the network's field on the images (:mod:`refine`); None gives the
+    network's one-pass result.
     """
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
@@ -218,14 +237,26 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         u_vox = model.net(x_in).float().cpu()[0].contiguous()
     done("network")
 
-    stage("transform", 0.55, "mapping the field to the fixed image (LPS, mm)")
+    refined = None
+    if refinement is not None:
+        stage("refine", 0.3, "refining the field on the images")
+        refined = refine(fixed, moving, fixed_crop, lambda grid: displacement_lps(u_vox, fixed_crop, moving_crop, grid),
+                         lambda grid: body_mask_on(fixed_masks, grid), refinement,
+                         lambda fraction, message: report(0.3 + 0.4 * fraction, message))
+        done("refine")
+
+    stage("transform", 0.7, "mapping the field to the fixed image (LPS, mm)")
     fixed_grid = Grid.from_image(fixed)
-    out = output_grid(fixed_grid, fixed_crop)
+    out = output_grid(fixed_grid, fixed_crop, refined.grid.spacing_mm if refined is not None else None)
     disp = displacement_lps(u_vox, fixed_crop, moving_crop, out)
+    disp_network = None
+    if refined is not None:
+        disp_network = disp
+        disp = disp_network + refined.sample_on(out)
     disp_image = displacement_image(disp, out)
     done("transform")
 
-    stage("jacobian", 0.7, "Jacobian determinant and folding")
+    stage("jacobian", 0.75, "Jacobian determinant and folding")
     disp_t = torch.from_numpy(disp).movedim(-1, 0)
     jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
     body = body_mask_on(fixed_masks, out)
@@ -239,14 +270,17 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         done("warp")
 
     result = Result(fixed_grid, fixed_crop, moving_crop, out, u_vox, disp_image, jac, body, folding, warped,
-                    seconds, notes, x[0, 0], x[0, 1])
+                    seconds, notes, x[0, 0], x[0, 1], refinement=refined.levels if refined is not None else None)
     if fixed_points_lps is not None:
         stage("landmarks", 0.95, "landmark TRE")
         predicted = transform_points(result.transform(), fixed_points_lps)
         before = tre_mm(fixed_points_lps, moving_points_lps)
         after = tre_mm(predicted, moving_points_lps)
+        network = after
+        if disp_network is not None:
+            network = tre_mm(fixed_points_lps + field_at_points(disp_network, out, fixed_points_lps), moving_points_lps)
         result.landmarks = {"fixed_lps": np.asarray(fixed_points_lps), "moving_lps": np.asarray(moving_points_lps),
-                            "predicted_lps": predicted, "before_mm": before, "after_mm": after}
+                            "predicted_lps": predicted, "before_mm": before, "network_mm": network, "after_mm": after}
         done("landmarks")
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -261,8 +295,10 @@ def summary_of(result: Result, model: Model, device: str) -> dict:
                   "transform_spacing_mm": list(result.out_grid.spacing_mm)},
          "jacobian": {"min": float(result.jacobian[result.body_mask].min()) if result.body_mask.any() else None,
                       "max": float(result.jacobian[result.body_mask].max()) if result.body_mask.any() else None}}
+    s["refinement"] = {"levels": result.refinement} if result.refinement is not None else None
     if result.landmarks is not None:
         s["tre_before_mm"] = summary(result.landmarks["before_mm"])
+        s["tre_network_mm"] = summary(result.landmarks["network_mm"])
         s["tre_after_mm"] = summary(result.landmarks["after_mm"])
     return s
 
@@ -281,11 +317,16 @@ def _landmarks_lps(path, grid: Grid) -> tuple[np.ndarray, list[str]]:
 
 def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed_landmarks=None, moving_landmarks=None,
                    model: str | Path | Model | None = None, device: str = "cpu", size: int | None = None,
-                   fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None) -> dict:
+                   fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None,
+                   refinement: RefineConfig | None = DEFAULT_REFINEMENT, write_warped: bool = True,
+                   write_overview: bool = True) -> dict:
     """``progreg register`` as a function: read, register, write every output into ``out``.
 
     Returns the summary (also written as ``summary.json``). Nothing is left in ``out`` if
-    anything fails. ``size`` overrides the model's grid (a multiple of 16).
+    anything fails. ``size`` overrides the model's grid (a multiple of 16). ``refinement``:
+    None for the network's one-pass field. ``write_warped``/``write_overview``: the warped
+    moving image and the overview figure (a caller that shows the transform itself, such as
+    Slicer, needs neither).
     """
     import csv
     import json
@@ -313,7 +354,8 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
         if size <= 0 or size % 2 ** (model.net.levels - 1):
             raise InputError(f"--size {size}: must be a positive multiple of {2 ** (model.net.levels - 1)}")
         model = Model(model.net, SynthesisConfig(**{**model.synthesis.__dict__, "size": size}), model.path, model.meta)
-    result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, progress)
+    result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, progress,
+                             warp_moving=write_warped, refinement=refinement)
     summary_dict = summary_of(result, model, device)
 
     t0 = time.perf_counter()
@@ -323,9 +365,10 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
     result.out_grid.apply_to(jac_image)
     writers = {
         f"transform.{fmt}": lambda p: write_transform(result.displacement, p),
-        "warped_moving.nrrd": lambda p: write_image(result.warped, p),
         "jacobian.nrrd": lambda p: write_image(jac_image, p),
     }
+    if write_warped:
+        writers["warped_moving.nrrd"] = lambda p: write_image(result.warped, p)
     if result.landmarks is not None:
         lmk = result.landmarks
 
@@ -333,20 +376,22 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
             with open(p, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["label", "fixed_l", "fixed_p", "fixed_s", "moving_l", "moving_p", "moving_s",
-                            "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_after_mm"])
+                            "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_network_mm",
+                            "tre_after_mm"])
                 for i, label in enumerate(labels):
                     w.writerow([label, *np.round(lmk["fixed_lps"][i], 4), *np.round(lmk["moving_lps"][i], 4),
                                 *np.round(lmk["predicted_lps"][i], 4), round(float(lmk["before_mm"][i]), 4),
-                                round(float(lmk["after_mm"][i]), 4)])
+                                round(float(lmk["network_mm"][i]), 4), round(float(lmk["after_mm"][i]), 4)])
 
         writers["tre.csv"] = write_tre
 
-    def write_overview(p):
+    def overview(p):
         from .plots import overview_figure
 
         overview_figure(fixed_img, moving_img, result, p)
 
-    writers["overview.png"] = write_overview
+    if write_overview:
+        writers["overview.png"] = overview
     summary_dict["files"] = sorted([*writers, "summary.json"])
 
     def write_summary(p):

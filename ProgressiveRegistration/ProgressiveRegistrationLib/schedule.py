@@ -1,4 +1,4 @@
-"""The progressive schedule: level weights α(t), β and γ (paper Eq. 1-3, SPEC.md §1.2).
+"""The progressive schedule: level weights α(t), β and γ (paper Eq. 1-3; docs/CONVENTIONS.md).
 
 Level ``i`` runs from 0 (coarsest, N/2^(L-1)) to L-1 (finest, N³). Level i is trained in
 the window starting at ``τ_i = -Δ/2 + (Δ - δ)·i`` of length Δ, fading in and out over δ

@@ -2,7 +2,7 @@
 
 The network predicts ``u`` on the fixed crop's N³ grid, in voxels, pointing into the
 moving crop's N³ grid. With ``G_f``/``G_m`` the crops' index-to-LPS maps, the resampling
-transform (fixed -> moving, LPS mm) is (SPEC.md §2)::
+transform (fixed -> moving, LPS mm) is (docs/CONVENTIONS.md)::
 
     φ(x) = G_m(G_f⁻¹(x) + u(G_f⁻¹(x)))
 
@@ -29,10 +29,12 @@ from .jit import numba, prange
 TRANSFORM_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".h5")
 
 
-def output_grid(fixed: Grid, crop: Grid) -> Grid:
+def output_grid(fixed: Grid, crop: Grid, finest_mm: tuple[float, float, float] | None = None) -> Grid:
     """The fixed image's grid, subsampled by the largest integer stride per axis that keeps
-    the spacing no coarser than the network grid's (so no detail of ``u`` is lost)."""
-    stride = tuple(max(1, int(np.floor(c / f + 1e-6))) for c, f in zip(crop.spacing_mm, fixed.spacing_mm))
+    the spacing no coarser than the network grid's, nor than ``finest_mm`` (the spacing of
+    the refinement's finest grid) when given, so that no detail of the field is lost."""
+    target = np.asarray(crop.spacing_mm) if finest_mm is None else np.minimum(crop.spacing_mm, finest_mm)
+    stride = tuple(max(1, int(np.floor(c / f + 1e-6))) for c, f in zip(target, fixed.spacing_mm))
     return fixed.subsampled(stride)
 
 
@@ -190,6 +192,14 @@ def read_displacement_field(path: str | os.PathLike) -> sitk.Image:
         return sitk.DisplacementFieldTransform(tx).GetDisplacementField()
     except (RuntimeError, TypeError):
         raise InputError(f"{path}: not a displacement-field transform") from None
+
+
+def field_at_points(disp_lps: np.ndarray, grid: Grid, points_lps: np.ndarray) -> np.ndarray:
+    """A ``[k, j, i, 3]`` displacement field on ``grid`` at ``(n, 3)`` LPS points (trilinear, as
+    ITK's displacement-field transform interpolates it; border values beyond the grid)."""
+    q = torch.as_tensor(grid.points_to_index(points_lps).T.copy())
+    field = torch.from_numpy(np.ascontiguousarray(disp_lps)).movedim(-1, 0).to(torch.float64)
+    return fields.sample(field, q, padding_mode="border").T.numpy()
 
 
 def transform_points(transform: sitk.Transform, points_lps: np.ndarray) -> np.ndarray:
