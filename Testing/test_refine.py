@@ -271,3 +271,17 @@ def test_documented_defaults_are_the_code_defaults():
     assert f"(default {levels})" in cli and f"(default {iterations})" in cli
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"--refine-levels {levels} --refine-iterations {iterations}" in readme
+
+
+def test_adam_equals_torch_optim_adam():
+    torch.manual_seed(0)
+    target = torch.randn(4, 5, 3)
+    ours, ref = torch.zeros(4, 5, 3, requires_grad=True), torch.zeros(4, 5, 3, requires_grad=True)
+    adam, reference = R.Adam(ours, 0.1, 1e-2), torch.optim.Adam([ref], lr=0.1, eps=1e-2)
+    for _ in range(25):
+        for p in (ours, ref):
+            p.grad = None
+            ((p - target) ** 4).sum().backward()
+        adam.step()
+        reference.step()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

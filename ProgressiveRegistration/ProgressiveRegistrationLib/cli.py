@@ -201,7 +201,7 @@ def _add_refine_options(p):
     g.add_argument("--refine-levels", metavar="MM[,MM...]",
                    help="grid spacing of each refinement level, coarse to fine (default 8,4,2)")
     g.add_argument("--refine-iterations", metavar="N[,N...]",
-                   help="iterations per level: one count for all, or one per level (default 100,100,50)")
+                   help="iterations per level: one count for all, or one per level (default 100,100,40)")
 
 
 def _refinement(args):

@@ -56,7 +56,7 @@ class RefineConfig:
     #: Grid spacing of each level, mm, coarse to fine.
     levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
     #: Adam iterations per level.
-    iterations: tuple[int, ...] = (100, 100, 50)
+    iterations: tuple[int, ...] = (100, 100, 40)
     #: Half-width of the local-NCC window, voxels of the level.
     radius_vox: int = 2
     #: Weight λ of the diffusion regulariser (mean squared gradient of v, per mm).
@@ -206,11 +206,16 @@ class LocalNCC2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, warped, fixed, weight, fixed_sums, count, radius, eps):
         s_f, s_ff = fixed_sums
-        s_w, s_ww, s_fw = box_sum(torch.stack([warped, warped * warped, fixed * warped]), radius)
+        products = torch.empty((3, *warped.shape), dtype=warped.dtype)
+        products[0] = warped
+        torch.mul(warped, warped, out=products[1])
+        torch.mul(fixed, warped, out=products[2])
+        s_w, s_ww, s_fw = box_sum(products, radius)
+        del products
         mu_f, mu_w = s_f / count, s_w / count
-        a = s_fw - s_f * mu_w
+        a = s_fw.sub_(s_f * mu_w)
         b = (s_ff - s_f * mu_f).clamp_min_(0.0)
-        c = (s_ww - s_w * mu_w).clamp_min_(0.0)
+        c = s_ww.sub_(s_w * mu_w).clamp_min_(0.0)
         floor = eps * count
         den = b * torch.maximum(c, floor) + (b <= floor)  # windows with b <= floor carry no weight
         ncc2 = a * a / den
@@ -221,14 +226,19 @@ class LocalNCC2(torch.autograd.Function):
         gamma = torch.where(c > floor, alpha * (a * b / den), 0.0)
         ctx.save_for_backward(warped, fixed, alpha, gamma, mu_f, mu_w)
         ctx.radius = radius
-        return (ncc2 * weight).sum()
+        return torch.dot(ncc2.view(-1), weight.reshape(-1))
 
     @staticmethod
     def backward(ctx, grad):
         warped, fixed, alpha, gamma, mu_f, mu_w = ctx.saved_tensors
-        s_a, s_am, s_g, s_gm = box_sum(torch.stack([alpha, alpha * mu_f, gamma, gamma * mu_w]), ctx.radius)
-        g = (fixed * s_a - warped * s_g) + (s_gm - s_am)
-        return g * grad, None, None, None, None, None, None
+        terms = torch.empty((4, *alpha.shape), dtype=alpha.dtype)
+        terms[0] = alpha
+        torch.mul(alpha, mu_f, out=terms[1])
+        terms[2] = gamma
+        torch.mul(gamma, mu_w, out=terms[3])
+        s_a, s_am, s_g, s_gm = box_sum(terms, ctx.radius)
+        g = (fixed * s_a).sub_(warped * s_g).add_(s_gm.sub_(s_am))
+        return g.mul_(grad), None, None, None, None, None, None
 
 
 def window_sums(fixed: torch.Tensor, radius: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -374,6 +384,28 @@ def sample_moving(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torc
     return _grid_sample(volume, q_vox, slabs)
 
 
+class Adam:
+    """Adam (Kingma and Ba) on one tensor, in place: the update of ``torch.optim.Adam`` with
+    its default betas, without its machinery (whose first step imports torch's compiler
+    stack, ~0.8 s, more than a whole level of the refinement)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
+        self.param, self.lr, self.eps, self.betas = param, lr, eps, betas
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        g = self.param.grad
+        self.m.lerp_(g, 1.0 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = (self.v.sqrt() / np.sqrt(1.0 - b2**self.t)).add_(self.eps)
+        self.param.addcdiv_(self.m, denom, value=-self.lr / (1.0 - b1**self.t))
+
+
 @dataclass
 class _Level:
     """Everything one level's optimisation needs, computed once per level."""
@@ -458,15 +490,15 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
         # eps then is a floor below which a gradient is float rounding, not signal (Adam
         # would otherwise scale rounding noise up to full steps and move identical images).
         scale = float(params[..., 0].numel())
-        opt = torch.optim.Adam([params], lr=config.learning_rate_mm, eps=config.gradient_floor)
+        adam = Adam(params, config.learning_rate_mm, config.gradient_floor)
         with torch.no_grad():
             start = float(_objective(lv, params, config, slabs)[0])
         every = max(1, iterations // 10)
         for it in range(iterations):
-            opt.zero_grad(set_to_none=True)
+            params.grad = None
             similarity, smooth = _objective(lv, params, config, slabs)
             (scale * (config.smoothness * smooth - similarity)).backward()
-            opt.step()
+            adam.step()
             done += 1
             if (it + 1) % every == 0 or it + 1 == iterations:
                 report(done / total, f"refining: level {level + 1}/{len(config.levels_mm)} ({spacing:g} mm), "
