@@ -193,9 +193,14 @@ def overview_figure(fixed, moving, result, path) -> None:
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     if has_tre:
         b, a = result.landmarks["before_mm"], result.landmarks["after_mm"]
-        bins = np.linspace(0, max(b.max(), a.max()) * 1.05 + 1e-6, 25)
+        refined = result.refinement is not None
+        n = result.landmarks["network_mm"]
+        top = max(b.max(), a.max(), n.max() if refined else 0.0)
+        bins = np.linspace(0, top * 1.05 + 1e-6, 25)
         axes[3].hist(b, bins, alpha=0.6, label=f"before {b.mean():.2f} ± {b.std():.2f} mm")
-        axes[3].hist(a, bins, alpha=0.6, label=f"after {a.mean():.2f} ± {a.std():.2f} mm")
+        if refined:  # the network alone, then refined
+            axes[3].hist(n, bins, alpha=0.5, label=f"network {n.mean():.2f} ± {n.std():.2f} mm")
+        axes[3].hist(a, bins, alpha=0.6, label=f"{'refined' if refined else 'after'} {a.mean():.2f} ± {a.std():.2f} mm")
         axes[3].set_xlabel("TRE (mm)")
         axes[3].set_ylabel("landmarks")
         axes[3].legend(fontsize=8)
