@@ -269,7 +269,8 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
                     _("This module needs these Python packages, which are not installed: {packages}. "
                       "Install them now?").format(packages=", ".join(missing))):
                 raise RuntimeError(_("Required Python packages were not installed."))
-            slicer.util.pip_install(missing)
+            # A string: pip_install splits it on spaces (Base/Python/slicer/util.py), a list it cannot take.
+            slicer.util.pip_install(" ".join(missing))
             still = requirements.missing_pip_packages()
             if still:
                 raise RuntimeError(_("Could not install: {packages}").format(packages=", ".join(still)))
