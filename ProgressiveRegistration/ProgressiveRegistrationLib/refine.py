@@ -81,10 +81,6 @@ class RefineConfig:
         if any(int(n) != n or n < 0 for n in self.iterations):
             raise InputError(f"refinement iterations {list(self.iterations)}: must be whole numbers >= 0")
 
-    @property
-    def finest_mm(self) -> float:
-        return float(min(self.levels_mm))
-
 
 #: The default refinement (frozen, so it can serve as a default argument).
 DEFAULT = RefineConfig()
