@@ -80,13 +80,14 @@ def _to_world_ras(node, what: str) -> np.ndarray:
     return a
 
 
-def grid_of_volume_node(node, world: bool = False) -> Grid:
+def grid_of_volume_node(node, world: bool = False, what: str | None = None) -> Grid:
     """The LPS :class:`Grid` of a volume node: its own geometry, or with ``world`` its
-    geometry in world coordinates (through its rigid parent transforms)."""
+    geometry in world coordinates (through its rigid parent transforms; InputError, naming
+    the volume as ``what``, for any other parent)."""
     dims = node.GetImageData().GetDimensions()
     m = _ijk_to_ras(node)
     if world:
-        m = _to_world_ras(node, f"volume '{node.GetName()}'") @ m
+        m = _to_world_ras(node, what or f"volume '{node.GetName()}'") @ m
     spacing = np.linalg.norm(m[:3, :3], axis=0)
     direction_lps = LPS_TO_RAS @ (m[:3, :3] / spacing)
     origin_lps = LPS_TO_RAS @ m[:3, 3]
@@ -103,9 +104,9 @@ def image_from_volume_node(node, what: str) -> sitk.Image:
     arr = slicer.util.arrayFromVolume(node)
     if arr.ndim != 3:
         raise InputError(f"{what}: expected a 3D scalar volume, got an array of shape {arr.shape}")
-    _to_world_ras(node, what)  # refuse a non-rigid parent before copying any voxels
+    grid = grid_of_volume_node(node, world=True, what=what)  # refuses a non-rigid parent before any copy
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
-    grid_of_volume_node(node, world=True).apply_to(image)
+    grid.apply_to(image)
     check_volume(image, what)
     return image
 

@@ -93,12 +93,11 @@ def config_from_options(levels: str | None, iterations: str | None) -> RefineCon
     """A :class:`RefineConfig` from the command line's ``--refine-levels``/``--refine-iterations``
     (either may be None: the defaults; custom levels without counts get
     ``ITERATIONS_PER_LEVEL`` each)."""
-    default = RefineConfig()
-    levels_mm = parse_levels(levels) if levels is not None else default.levels_mm
+    levels_mm = parse_levels(levels) if levels is not None else DEFAULT.levels_mm
     if iterations is not None:
         counts = parse_iterations(iterations, len(levels_mm))
     else:
-        counts = default.iterations if levels is None else (ITERATIONS_PER_LEVEL,) * len(levels_mm)
+        counts = DEFAULT.iterations if levels is None else (ITERATIONS_PER_LEVEL,) * len(levels_mm)
     return RefineConfig(levels_mm=levels_mm, iterations=counts)
 
 
@@ -157,10 +156,11 @@ def sub_grid(grid: Grid, lo_lps: np.ndarray, hi_lps: np.ndarray) -> tuple[Grid, 
     return sub, (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
 
 
-def grid_points_lps(grid: Grid) -> torch.Tensor:
-    """LPS position of every voxel of ``grid``, ``(D, H, W, 3)`` float64."""
+def grid_points(grid: Grid, index_to: np.ndarray) -> torch.Tensor:
+    """The 4x4 affine ``index_to`` applied to every voxel index ``(i, j, k)`` of ``grid``:
+    ``(D, H, W, 3)`` float64 (``grid.index_to_lps`` gives the voxels' LPS positions)."""
     ijk = fields.identity_vox(grid.shape_zyx, dtype=torch.float64).movedim(0, -1)
-    m = torch.as_tensor(grid.index_to_lps)
+    m = torch.as_tensor(index_to, dtype=torch.float64)
     return ijk @ m[:3, :3].T + m[:3, 3]
 
 
@@ -284,9 +284,7 @@ class Refinement:
 
 def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``."""
-    to_index = torch.as_tensor(grid.lps_to_index @ target.index_to_lps, dtype=torch.float64)
-    ijk = fields.identity_vox(target.shape_zyx, dtype=torch.float64).reshape(3, -1)
-    q = (to_index[:3, :3] @ ijk + to_index[:3, 3:]).reshape(3, *target.shape_zyx)
+    q = grid_points(target, grid.lps_to_index @ target.index_to_lps).movedim(-1, 0)
     out = fields.sample(v_mm.movedim(-1, 0).to(torch.float32), q.to(torch.float32), padding_mode="border")
     return out.movedim(0, -1).contiguous()
 
@@ -427,7 +425,7 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     mask = torch.from_numpy(np.ascontiguousarray(body_mask(grid))).to(torch.float32)
     to_vox = Grid.from_image(m_small).lps_to_index[:3]
     d_net = torch.from_numpy(np.ascontiguousarray(network_disp(grid), dtype=np.float32))
-    x = grid_points_lps(grid) + d_net
+    x = grid_points(grid, grid.index_to_lps) + d_net
     base = (x @ torch.as_tensor(to_vox[:, :3]).T + torch.as_tensor(to_vox[:, 3])).to(torch.float32)
     lin = to_vox[:, :3]
     diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())
@@ -448,7 +446,7 @@ def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int)
 
 
 def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Callable[[Grid], np.ndarray],
-           body_mask: Callable[[Grid], np.ndarray], config: RefineConfig = RefineConfig(),
+           body_mask: Callable[[Grid], np.ndarray], config: RefineConfig = DEFAULT,
            progress: Callable[[float, str], None] | None = None) -> Refinement:
     """Optimise ``v`` coarse to fine on the box of the fixed lung crop ``crop``.
 
