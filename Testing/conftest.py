@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "ProgressiveRegistration"
@@ -42,8 +47,9 @@ def tiny_model(tmp_path_factory) -> str:
     """
     import torch
 
-    from ProgressiveRegistrationLib.config import NetworkConfig
-    from ProgressiveRegistrationLib.network import UNet, export_state
+    from ProgressiveRegistrationLib.config import NetworkConfig, SynthesisConfig
+    from ProgressiveRegistrationLib.modelfile import save_model
+    from ProgressiveRegistrationLib.network import UNet
 
     torch.manual_seed(0)
     cfg = NetworkConfig(levels=3, base_channels=4)
@@ -51,7 +57,7 @@ def tiny_model(tmp_path_factory) -> str:
     with torch.no_grad():
         net.head.weight.mul_(0.05)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(export_state(net, cfg, {"input": {"size": 32}, "iterations": 0, "arm": "test"}), path)
+    save_model(path, net, cfg, SynthesisConfig(size=32), iterations=0, arm="test")
     return str(path)
 
 
@@ -61,3 +67,63 @@ def _torch_threads():
 
     torch.set_num_threads(2)
     yield
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def progreg(*args, cwd=None):
+    """``python -m ProgressiveRegistrationLib ARGS`` in a new process (what a user types)."""
+    return subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", *map(str, args)], cwd=cwd or MODULE_DIR,
+                          capture_output=True, text=True, encoding="utf-8", timeout=600)
+
+
+def assert_bad_input(result, out=None):
+    """Bad input: exit code 2, exactly one error line on stderr, nothing written into ``out``."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error" in lines[0], result.stderr
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir())
+
+
+def write_dicom_series(folder, uid, description, n=4, patient="P1", extra=()):
+    """A small CT series (8x8 slices) in ``folder``, one file per slice; returns its voxels ``[k, j, i]``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = (np.random.default_rng(zlib.crc32(uid.encode())).random((n, 8, 8)) * 1000).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(n):
+        sl = img[:, :, z]
+        for tag, value in (("0020|000e", uid), ("0008|103e", description), ("0020|0013", str(z + 1)),
+                           ("0020|0032", f"0\\0\\{2.0 * z}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0008|0060", "CT"), ("0008|0018", f"{uid}.{z + 1}"), ("0010|0020", patient), *extra):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{uid[-3:]}_{z}.dcm"))
+        writer.Execute(sl)
+    return arr
+
+
+def rotation(ax, ay, az):
+    """The 3x3 rotation R_z(az) R_y(ay) R_x(ax) (radians)."""
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+TRAIN = MODULE_DIR / "Scripts" / "train.py"  # the headless training script
+
+
+def run_train(out, *extra, env=None):
+    """``Scripts/train.py --smoke --quiet --out OUT EXTRA``: a tiny training run in a new process."""
+    return subprocess.run([sys.executable, str(TRAIN), "--smoke", "--quiet", "--out", str(out), *map(str, extra)],
+                          capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
+
+
+def read_log(out):
+    """The rows of a run's ``log.csv``."""
+    with open(out / "log.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -69,14 +69,32 @@ def test_report_tables_and_kept_reading(paper_cpu, tmp_path):
     report = tmp_path / "RESULTS.md"
     paper_cpu.write_report(results, out, report, tmp_path / "figures")
     text = report.read_text(encoding="utf-8")
-    assert "| init0/progressive | 2.50 ± 1.00 | 4.00 ± 2.00 | 0.010 | 0.200 |" in text
-    assert "| init0 | breathing | 6 | 0.1250 | 3 |" in text
-    assert "| delta0_Delta250/– | exit 1: FloatingPointError" in text  # a crashed arm is reported, not dropped
+    rows = _table_rows(text)
+    # Mean ± SD TRE and mean folding per kind of pair, as in the results.
+    assert _numbers(rows["init0/progressive"]) == [2.5, 1.0, 4.0, 2.0, 0.01, 0.2]
+    assert _numbers(rows["init0"]) == [6, 0.125, 3]  # W, p, n of the Wilcoxon test
+    assert rows["delta0_Delta250/–"][0].startswith("exit 1: FloatingPointError")  # a crashed arm is reported
     assert (tmp_path / "figures" / "training_curves.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "per_pair.png").stat().st_size > 10_000
     report.write_text(text.replace("(to be written)", "Progressive wins here."), encoding="utf-8")
     paper_cpu.write_report(results, out, report, tmp_path / "figures")
     assert report.read_text(encoding="utf-8").endswith("## Reading\n\nProgressive wins here.\n")
+
+
+def _table_rows(markdown: str) -> dict[str, list[str]]:
+    """Every Markdown table row, by its first cell: the other cells."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def _numbers(cells: list[str]) -> list[float]:
+    import re
+
+    return [float(v) for c in cells for v in re.findall(r"-?\d+(?:\.\d+)?", c) if c != "breathing"]
 
 
 @pytest.fixture(scope="module")
@@ -106,20 +124,25 @@ def test_shipped_model_report_checks_the_targets(paper_cpu, shipped_model):
     a, b = (np.array(results["models"][n]["per_pair_mm"]) for n in ("progressive", "baseline"))
     results["wilcoxon"]["baseline"] = {"breathing": paper_cpu._one_sided_wilcoxon(a[:5], b[:5]),
                                        "all": paper_cpu._one_sided_wilcoxon(a, b)}
-    text = shipped_model.report(results, {"progressive": "m.pt", "baseline": "b.pt"}, "cmd")
-    assert "mean TRE ≤ 40% of the initial: met (30%)" in text
-    assert "folding < 1 % on every pair: met" in text
-    assert "Better than baseline on breathing pairs: yes" in text
-    assert "W = 15 of 15" in text and "W = 21 of 21" in text  # better on every pair
+    t = shipped_model.targets(results)
+    fraction = results["models"]["progressive"]["tre_mm"]["breathing"]["mean"] / before[:5].mean()
+    assert t["model"] == "progressive" and t["tre_fraction"] == pytest.approx(fraction) and 0.28 < fraction < 0.32
+    assert t["tre_met"] and t["folding_met"] and t["worst_folding_percent"] == pytest.approx(0.02)
+    assert t["better_than"]["baseline"]["better"]
+    w = results["wilcoxon"]["baseline"]
+    assert (w["breathing"]["W"], w["all"]["W"]) == (15, 21)  # better on every pair: the largest W for 5 and 6 pairs
     # The other way round: the baseline misses both targets and is not better.
     swapped = dict(results, models={"baseline": results["models"]["baseline"],
                                     "progressive": results["models"]["progressive"]})
     swapped["wilcoxon"] = {"progressive": {"breathing": paper_cpu._one_sided_wilcoxon(b[:5], a[:5]), "all": None}}
-    text = shipped_model.report(swapped, {"progressive": "m.pt", "baseline": "b.pt"}, "cmd")
+    t = shipped_model.targets(swapped)
     fraction = results["models"]["baseline"]["tre_mm"]["breathing"]["mean"] / before[:5].mean()
-    assert fraction > 0.4 and f"mean TRE ≤ 40% of the initial: NOT met ({fraction:.0%})" in text
-    assert "folding < 1 % on every pair: NOT met (worst 1.500 %)" in text
-    assert "Better than progressive on breathing pairs: no" in text and "W = 0 of 15" in text
+    assert t["model"] == "baseline" and t["tre_fraction"] == pytest.approx(fraction) and fraction > 0.4
+    assert not t["tre_met"] and not t["folding_met"] and t["worst_folding_percent"] == pytest.approx(1.5)
+    assert not t["better_than"]["progressive"]["better"] and swapped["wilcoxon"]["progressive"]["breathing"]["W"] == 0
+    # The report renders those numbers.
+    text = shipped_model.report(swapped, {"progressive": "m.pt", "baseline": "b.pt"}, "cmd")
+    assert f"NOT met ({fraction:.0%})" in text and "W = 0 of 15" in text
 
 
 def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path):
@@ -132,10 +155,10 @@ def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path
     from conftest import SAMPLE
 
     from ProgressiveRegistrationLib.breathing import simulate
+    from ProgressiveRegistrationLib.evaluation import PointPair
 
     bp = simulate(sitk.ReadImage(str(SAMPLE)), seed=3)
-    pairs = [{"name": "sample", "kind": "breathing", "fixed": bp.inhale, "moving": bp.exhale,
-              "fixed_lps": bp.fixed_points_lps, "moving_lps": bp.moving_points_lps}]
+    pairs = [PointPair("sample", bp.inhale, bp.exhale, bp.fixed_points_lps, bp.moving_points_lps, "breathing")]
     model, cache = tmp_path / "model.pt", tmp_path / "eval_m.json"
     shutil.copy(tiny_model, model)
     first = paper_cpu.evaluate_model(model, pairs, cache)
@@ -143,7 +166,7 @@ def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path
     marked = {**first, "after_mm": [[-1.0]]}
     cache.write_text(json.dumps(marked), encoding="utf-8")
     assert paper_cpu.evaluate_model(model, pairs, cache)["after_mm"] == [[-1.0]]  # same file: cache used
-    state = torch.load(model, weights_only=False)
+    state = torch.load(model, weights_only=True)
     state["iterations"] = 1  # another file, same weights
     torch.save(state, model)
     again = paper_cpu.evaluate_model(model, pairs, cache)

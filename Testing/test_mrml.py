@@ -13,8 +13,9 @@ from conftest import MODULE_DIR
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 from ProgressiveRegistrationLib import mrml  # noqa: E402
+from ProgressiveRegistrationLib.engine import register_images  # noqa: E402
 from ProgressiveRegistrationLib.errors import InputError  # noqa: E402
-from ProgressiveRegistrationLib.registration import load_model, register_images  # noqa: E402
+from ProgressiveRegistrationLib.modelfile import load_model  # noqa: E402
 from ProgressiveRegistrationLib.transforms import transform_points  # noqa: E402
 
 RAS = np.array([-1.0, -1.0, 1.0])

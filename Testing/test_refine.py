@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, assert_bad_input, progreg
 from scipy import ndimage
-from test_registration import _bad, progreg
 
 from ProgressiveRegistrationLib import refine as R
-from ProgressiveRegistrationLib.geometry import Grid, thorax_masks
+from ProgressiveRegistrationLib.engine import register_images
+from ProgressiveRegistrationLib.grid import Grid
 from ProgressiveRegistrationLib.landmarks import write_markups_json
+from ProgressiveRegistrationLib.lungs import mask_on, thorax_masks
+from ProgressiveRegistrationLib.modelfile import load_model
 from ProgressiveRegistrationLib.phantom import generate
-from ProgressiveRegistrationLib.registration import body_mask_on, load_model, register_images
 from ProgressiveRegistrationLib.transforms import displacement_image, displacement_lps, field_transform, output_grid
 
 #: Small levels for a small phantom (4 x 4 x 5 mm voxels).
@@ -132,7 +133,7 @@ def test_refinement_recovers_a_known_field_the_network_misses(known_pair, tiny_m
 def test_refinement_is_deterministic(known_pair):
     fixed, moving, _, _ = known_pair
     masks = thorax_masks(fixed)
-    args = (Grid.from_image(fixed), lambda g: np.zeros((*g.shape_zyx, 3), np.float32), lambda g: body_mask_on(masks, g),
+    args = (Grid.from_image(fixed), lambda g: np.zeros((*g.shape_zyx, 3), np.float32), lambda g: mask_on(masks.body, g),
             SMALL)
     one, two = R.refine(fixed, moving, *args), R.refine(fixed, moving, *args)
     assert float(one.v_mm.abs().max()) > 1.0
@@ -145,7 +146,7 @@ def test_identical_images_stay_identical(known_pair):
     for ct in (sitk.ReadImage(str(SAMPLE)), known_pair[0]):
         masks = thorax_masks(ct)
         r = R.refine(ct, ct, Grid.from_image(ct), lambda g: np.zeros((*g.shape_zyx, 3), np.float32),
-                     lambda g, masks=masks: body_mask_on(masks, g))
+                     lambda g, masks=masks: mask_on(masks.body, g))
         assert float(r.v_mm.abs().max()) == 0.0, r.levels
         assert all(lv.get("ncc2_after", 1.0) == pytest.approx(1.0) for lv in r.levels)
 
@@ -155,7 +156,7 @@ def test_progress_reports_every_level(known_pair):
     masks = thorax_masks(fixed)
     messages = []
     R.refine(fixed, moving, Grid.from_image(fixed), lambda g: np.zeros((*g.shape_zyx, 3), np.float32),
-             lambda g: body_mask_on(masks, g), SMALL, lambda f, m: messages.append((f, m)))
+             lambda g: mask_on(masks.body, g), SMALL, lambda f, m: messages.append((f, m)))
     fractions = [f for f, _ in messages]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any("level 1/2" in m for _, m in messages) and any("level 2/2" in m and "60/60" in m for _, m in messages)
@@ -234,13 +235,13 @@ def test_refined_run_reports_network_and_refined_tre(files, tmp_path, tiny_model
 ])
 def test_bad_refine_options(files, tmp_path, tiny_model, extra):
     out = tmp_path / "o"
-    _bad(progreg("register", files / "fixed.nrrd", files / "moving.nrrd", "--out", out, "--model", tiny_model, *extra),
-         out)
+    r = progreg("register", files / "fixed.nrrd", files / "moving.nrrd", "--out", out, "--model", tiny_model, *extra)
+    assert_bad_input(r, out)
 
 
 def test_demo_accepts_the_refine_options(tmp_path):
     out = tmp_path / "demo"
-    _bad(progreg("demo", "--out", out, "--refine-iterations=-1"), out)
+    assert_bad_input(progreg("demo", "--out", out, "--refine-iterations=-1"), out)
 
 
 def test_compiled_sampler_equals_grid_sample_and_its_gradient():
@@ -261,16 +262,17 @@ def test_compiled_sampler_equals_grid_sample_and_its_gradient():
     torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=1e-4)
 
 
-def test_documented_defaults_are_the_code_defaults():
-    from conftest import MODULE_DIR, ROOT
+def test_command_line_defaults_are_the_code_defaults():
+    from ProgressiveRegistrationLib.cli import build_parser
+    from ProgressiveRegistrationLib.cli.common import refinement
 
-    default = R.RefineConfig()
-    levels = ",".join(f"{v:g}" for v in default.levels_mm)
-    iterations = ",".join(map(str, default.iterations))
-    cli = (MODULE_DIR / "ProgressiveRegistrationLib" / "cli.py").read_text(encoding="utf-8")
-    assert f"(default {levels})" in cli and f"(default {iterations})" in cli
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"--refine-levels {levels} --refine-iterations {iterations}" in readme
+    for command in (["register", "f.nrrd", "m.nrrd", "--out", "o"], ["demo"], ["dirlab", "d"]):
+        args = build_parser().parse_args(command)
+        assert refinement(args) == R.RefineConfig(), command
+        args = build_parser().parse_args([*command, "--no-refine"])
+        assert refinement(args) is None
+    args = build_parser().parse_args(["demo", "--refine-levels", "6,3", "--refine-iterations", "10"])
+    assert refinement(args) == R.RefineConfig(levels_mm=(6.0, 3.0), iterations=(10, 10))
 
 
 def test_adam_equals_torch_optim_adam():

@@ -14,7 +14,7 @@ from conftest import MODULE_DIR, SAMPLE
 
 from ProgressiveRegistrationLib import fields, synthesis
 from ProgressiveRegistrationLib.config import SplineConfig, SynthesisConfig
-from ProgressiveRegistrationLib.geometry import Grid
+from ProgressiveRegistrationLib.grid import Grid
 
 
 def _relation_residual(pair):

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from ProgressiveRegistrationLib import warp
-from ProgressiveRegistrationLib.geometry import Grid
+from ProgressiveRegistrationLib.grid import Grid
 from ProgressiveRegistrationLib.transforms import displacement_image
 
 

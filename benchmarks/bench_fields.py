@@ -51,7 +51,7 @@ def main() -> int:
     import torch
 
     from ProgressiveRegistrationLib import fields, transforms
-    from ProgressiveRegistrationLib.geometry import Box, Grid, crop_grid
+    from ProgressiveRegistrationLib.grid import Box, Grid, crop_grid
     from ProgressiveRegistrationLib.synthesis import spline_field
 
     torch.set_num_threads(args.threads)

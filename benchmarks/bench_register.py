@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 from results_table import publish  # noqa: E402
 
 from ProgressiveRegistrationLib.breathing import simulate  # noqa: E402
-from ProgressiveRegistrationLib.landmarks import summary, tre_mm, write_markups_json  # noqa: E402
+from ProgressiveRegistrationLib.landmarks import write_markups_json  # noqa: E402
+from ProgressiveRegistrationLib.metrics import summary, tre_mm  # noqa: E402
 
 SHARED_CT = ROOT.parent / "shared" / "data" / "ct" / "totalsegmentator" / "chest_crop_aorta.nii.gz"
 SAMPLE = ROOT / "ProgressiveRegistration" / "Resources" / "Sample" / "lung_ct_small.mha"
@@ -109,12 +110,12 @@ def paper_size_model(path: Path) -> Path:
     import torch
 
     from ProgressiveRegistrationLib.config import NetworkConfig, SynthesisConfig
-    from ProgressiveRegistrationLib.network import UNet, export_state
+    from ProgressiveRegistrationLib.modelfile import save_model
+    from ProgressiveRegistrationLib.network import UNet
 
     torch.manual_seed(0)
     cfg = NetworkConfig()
-    extra = {"input": SynthesisConfig(size=128).inference_input(), "iterations": 0, "arm": "untrained"}
-    torch.save(export_state(UNet(cfg), cfg, extra), path)
+    save_model(path, UNet(cfg), cfg, SynthesisConfig(size=128), iterations=0, arm="untrained")
     return path
 
 
@@ -126,7 +127,7 @@ def run_ours(paths, out: Path, threads: int, model: Path | None = None, compiled
     code = (
         "import json, resource, sys, time\n"
         "t0 = time.perf_counter()\n"
-        "from ProgressiveRegistrationLib.registration import register_files\n"
+        "from ProgressiveRegistrationLib.pipeline import register_files\n"
         "from ProgressiveRegistrationLib.refine import RefineConfig\n"
         f"s = register_files({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, {str(paths[2])!r}, {str(paths[3])!r},"
         f" model={str(model) if model else None!r}, refinement={'RefineConfig()' if refine else 'None'})\n"
@@ -180,7 +181,7 @@ def run_elastix(paths, threads: int) -> tuple[float, dict, float]:
 def denser_exhale(seed: int = 0, percent: float = 5.0):
     """The bundled CT and a simulated exhale of it whose lungs are also denser: lung HU moved
     ``percent`` % toward soft tissue (40 HU), as air leaves them on exhale."""
-    from ProgressiveRegistrationLib.geometry import lung_mask
+    from ProgressiveRegistrationLib.lungs import lung_mask
 
     pair = simulate(sitk.ReadImage(str(SAMPLE)), seed=seed)
     exhale = sitk.Cast(pair.exhale, sitk.sitkFloat32)
@@ -198,8 +199,9 @@ def other_pairs() -> list[dict]:
     sys.path.insert(0, str(ROOT / "experiments"))
     from paper_cpu import evaluation_pairs
 
+    from ProgressiveRegistrationLib.engine import register_images
+    from ProgressiveRegistrationLib.modelfile import load_model
     from ProgressiveRegistrationLib.refine import RefineConfig
-    from ProgressiveRegistrationLib.registration import load_model, register_images
 
     model = load_model()
     demo = simulate(sitk.ReadImage(str(SAMPLE)), seed=0)

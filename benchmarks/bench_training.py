@@ -30,8 +30,8 @@ from results_table import publish  # noqa: E402
 
 from ProgressiveRegistrationLib import schedule  # noqa: E402
 from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
+from ProgressiveRegistrationLib.metrics import masked_l2  # noqa: E402
 from ProgressiveRegistrationLib.network import ProgressiveUNet  # noqa: E402
-from ProgressiveRegistrationLib.training import masked_l2  # noqa: E402
 
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last_3d}
 

@@ -36,7 +36,7 @@ def main() -> int:
     import torch
 
     from ProgressiveRegistrationLib import warp
-    from ProgressiveRegistrationLib.geometry import Grid
+    from ProgressiveRegistrationLib.grid import Grid
     from ProgressiveRegistrationLib.synthesis import spline_field
     from ProgressiveRegistrationLib.transforms import displacement_image
 

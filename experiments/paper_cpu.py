@@ -16,7 +16,7 @@ test over image pairs (the paper's W = 153 is over 17 pairs).
     python experiments/paper_cpu.py --out /tmp/x --micro               # a two-minute check of the machinery
 
 Interrupted runs resume (each arm continues from its checkpoint). Results:
-OUT/results.json, OUT/*.png and docs/RESULTS.md (unless --micro).
+OUT/results.json, OUT/*.png and experiments/RESULTS.md (unless --micro).
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def evaluation_pairs(micro: bool):
 
     from ProgressiveRegistrationLib.breathing import simulate
     from ProgressiveRegistrationLib.config import SynthesisConfig
-    from ProgressiveRegistrationLib.geometry import Grid
+    from ProgressiveRegistrationLib.evaluation import PointPair
+    from ProgressiveRegistrationLib.grid import Grid
     from ProgressiveRegistrationLib.phantom import generate
     from ProgressiveRegistrationLib.synthesis import pair_generator, random_transform
     from ProgressiveRegistrationLib.transforms import displacement_image, field_transform
@@ -116,8 +117,8 @@ def evaluation_pairs(micro: bool):
         amplitude = 12.0 + (seed % 5) * 3.0
         bp = simulate(ph.image, seed=seed, amplitude_si_mm=amplitude, amplitude_ap_mm=amplitude / 3,
                       fixed_landmarks_lps=ph.bifurcations_lps)
-        pairs.append({"name": f"breathing-phantom-{seed}", "kind": "breathing", "fixed": bp.inhale, "moving": bp.exhale,
-                      "fixed_lps": bp.fixed_points_lps, "moving_lps": bp.moving_points_lps})
+        pairs.append(PointPair(f"breathing-phantom-{seed}", bp.inhale, bp.exhale, bp.fixed_points_lps,
+                               bp.moving_points_lps, "breathing"))
     for k, rel in enumerate(HELD_OUT_REAL[: 1 if micro else None]):
         path = REAL_CT / rel
         if not path.is_file():
@@ -139,15 +140,14 @@ def evaluation_pairs(micro: bool):
         chosen = cand[rng.choice(len(cand), size=min(100, len(cand)), replace=False)].astype(float)
         f_lps = grid.points_to_lps(chosen)
         m_lps = np.array([tx.TransformPoint(p.tolist()) for p in f_lps])
-        pairs.append({"name": f"synthetic-{Path(rel).name}", "kind": "synthetic", "fixed": fixed, "moving": image,
-                      "fixed_lps": f_lps, "moving_lps": m_lps})
+        pairs.append(PointPair(f"synthetic-{Path(rel).name}", fixed, image, f_lps, m_lps, "synthetic"))
     return pairs
 
 
 def _models(out: Path) -> dict[str, tuple[Path, Path]]:
     """'<run>/<arm>' -> (exported model file, its evaluation cache), for every finished run,
     and the shipped model for reference (trained differently: see its model card)."""
-    from ProgressiveRegistrationLib.registration import DEFAULT_MODEL
+    from ProgressiveRegistrationLib.resources import BUNDLED_MODEL as DEFAULT_MODEL
 
     models = {}
     for run in sorted(p for p in out.iterdir() if (p / "model.pt").exists()):
@@ -194,25 +194,23 @@ def file_sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def evaluate_model(path: Path, pairs: list[dict], cache: Path) -> dict:
-    """Per-pair landmark TRE (mm) and folding (%) of one network on ``pairs``, cached in
-    ``cache`` (one file per network and evaluation set, so that finished arms are evaluated
-    while others train). The cache is used only for the same pairs and the same model file
-    (by content: a retrained model under the same name is evaluated again)."""
-    from ProgressiveRegistrationLib.registration import load_model, register_images
+def evaluate_model(path: Path, pairs: list, cache: Path) -> dict:
+    """Per-pair landmark TRE (mm) and folding (%) of one network on ``pairs`` (``PointPair``),
+    cached in ``cache`` (one file per network and evaluation set, so that finished arms are
+    evaluated while others train). The cache is used only for the same pairs and the same
+    model file (by content: a retrained model under the same name is evaluated again)."""
+    from ProgressiveRegistrationLib.evaluation import score_pairs
 
-    names = [p["name"] for p in pairs]
+    names = [p.name for p in pairs]
     digest = file_sha256(path)
     if cache.exists():
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached["pairs"] == names and cached.get("model_sha256") == digest:
             return cached
-    model = load_model(path)
     done = {"pairs": names, "model_sha256": digest, "after_mm": [], "folding_percent": []}
-    for p in pairs:
-        r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"], warp_moving=False)
-        done["after_mm"].append(r.landmarks["after_mm"].tolist())
-        done["folding_percent"].append(r.folding_percent)
+    for score in score_pairs(pairs, path):
+        done["after_mm"].append(score.after_mm.tolist())
+        done["folding_percent"].append(score.folding_percent)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(done), encoding="utf-8")
     return done
@@ -220,7 +218,7 @@ def evaluate_model(path: Path, pairs: list[dict], cache: Path) -> dict:
 
 def model_summary(done: dict, kinds: list[str]) -> dict:
     """Mean TRE per pair, and TRE and folding summaries per kind of pair."""
-    from ProgressiveRegistrationLib.landmarks import summary
+    from ProgressiveRegistrationLib.metrics import summary
 
     folding = done["folding_percent"]
     tre = {"breathing": [], "synthetic": []}
@@ -236,9 +234,9 @@ def model_summary(done: dict, kinds: list[str]) -> dict:
 def evaluate(out: Path, micro: bool) -> dict:
     """Every finished network on every evaluation pair: TRE per pair, folding, Wilcoxon tests."""
     pairs = evaluation_pairs(micro)
-    kinds = [p["kind"] for p in pairs]
-    results = {"pairs": [p["name"] for p in pairs], "kinds": kinds, "models": {}, "runs": {}}
-    results["before_mm"] = [float(np.linalg.norm(p["fixed_lps"] - p["moving_lps"], axis=1).mean()) for p in pairs]
+    kinds = [p.kind for p in pairs]
+    results = {"pairs": [p.name for p in pairs], "kinds": kinds, "models": {}, "runs": {}}
+    results["before_mm"] = [float(np.linalg.norm(p.fixed_lps - p.moving_lps, axis=1).mean()) for p in pairs]
     for run in sorted(p for p in out.iterdir() if (p / "config.json").exists()):
         log = _read_log(run)
         last = log[-1] if log else {}
@@ -266,7 +264,7 @@ def evaluate(out: Path, micro: bool) -> dict:
 
 def _curves_figure(out: Path, path: Path) -> None:
     """Paper Fig. 5B/6 for every arm: validation error per snapshot, progressive solid, baseline dashed."""
-    from ProgressiveRegistrationLib.plots import _plt
+    from ProgressiveRegistrationLib.plots import pyplot as _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -304,7 +302,7 @@ def _curves_figure(out: Path, path: Path) -> None:
 
 def _pairs_figure(results: dict, path: Path) -> None:
     """Per-pair TRE, progressive against baseline (each point one evaluation pair)."""
-    from ProgressiveRegistrationLib.plots import _plt
+    from ProgressiveRegistrationLib.plots import pyplot as _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -419,7 +417,7 @@ def main() -> int:
     if args.micro:
         write_report(results, out, out / "RESULTS.md", out)
     else:
-        write_report(results, out, ROOT / "docs" / "RESULTS.md", ROOT / "docs" / "results")
+        write_report(results, out, ROOT / "experiments" / "RESULTS.md", ROOT / "experiments" / "results")
     print(json.dumps(results["wilcoxon"], indent=1))
     return 0
 

@@ -10,7 +10,7 @@ and writes a markdown table, a JSON file and a figure.
 
     python experiments/shipped_model.py \\
         --model progressive=runs/cpu-v1/model.pt --model baseline=runs/cpu-v1-baseline/model.pt \\
-        --cache runs/shipped-eval --report docs/model/evaluation.md
+        --cache runs/shipped-eval --report experiments/candidates/evaluation_cpu_v1.md
 
 ``--model baseline=runs/cpu-v2-baseline@runs/cpu-v2`` picks the baseline run's kept snapshot
 (``train.keep_snapshots``) at the progressive run's training time: the same-budget baseline.
@@ -41,11 +41,11 @@ FOLDING_TARGET_PERCENT = 1.0
 def run(models: dict[str, Path], cache: Path, micro: bool = False) -> dict:
     """Evaluate ``models`` (name -> model file); the first is compared with all others."""
     pairs = evaluation_pairs(micro)
-    kinds = [p["kind"] for p in pairs]
-    before = [float(np.linalg.norm(p["fixed_lps"] - p["moving_lps"], axis=1).mean()) for p in pairs]
-    before_all = {k: np.concatenate([np.linalg.norm(p["fixed_lps"] - p["moving_lps"], axis=1)
-                                     for p in pairs if p["kind"] == k]) for k in set(kinds)}
-    results = {"pairs": [p["name"] for p in pairs], "kinds": kinds, "before_mm": before,
+    kinds = [p.kind for p in pairs]
+    before = [float(np.linalg.norm(p.fixed_lps - p.moving_lps, axis=1).mean()) for p in pairs]
+    before_all = {k: np.concatenate([np.linalg.norm(p.fixed_lps - p.moving_lps, axis=1)
+                                     for p in pairs if p.kind == k]) for k in set(kinds)}
+    results = {"pairs": [p.name for p in pairs], "kinds": kinds, "before_mm": before,
                "before_tre_mm": {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": int(len(v))}
                                  for k, v in before_all.items()},
                "models": {}, "wilcoxon": {}}
@@ -95,6 +95,21 @@ def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str,
     return seen
 
 
+def targets(results: dict) -> dict:
+    """The first model's targets: TRE fraction of the initial (and whether ≤ the target),
+    worst folding (and whether < the target), and per compared model whether it is better."""
+    first = next(iter(results["models"]))
+    m = results["models"][first]
+    frac = m["tre_mm"]["breathing"]["mean"] / results["before_tre_mm"]["breathing"]["mean"]
+    worst = max(m["folding_percent"])
+    better = {}
+    for other in results["wilcoxon"]:
+        mine, theirs = m["tre_mm"]["breathing"]["mean"], results["models"][other]["tre_mm"]["breathing"]["mean"]
+        better[other] = {"better": mine < theirs, "mean_mm": mine, "other_mean_mm": theirs}
+    return {"model": first, "tre_fraction": frac, "tre_met": frac <= TRE_TARGET_FRACTION,
+            "worst_folding_percent": worst, "folding_met": worst < FOLDING_TARGET_PERCENT, "better_than": better}
+
+
 def report(results: dict, models: dict[str, Path], command: str, curves: bool = False) -> str:
     initial = results["before_tre_mm"]
     before = initial["breathing"]["mean"]
@@ -124,20 +139,16 @@ def report(results: dict, models: dict[str, Path], command: str, curves: bool = 
         cells = [f"W = {t['W']:.0f} of {t['n'] * (t['n'] + 1) // 2}, p = {t['p']:.2g}" if t else "–"
                  for t in (tests["breathing"], tests["all"])]
         lines.append(f"| {other} | {cells[0]} | {cells[1]} |")
-    m = results["models"][first]
-    frac = m["tre_mm"]["breathing"]["mean"] / before
-    worst_fold = max(m["folding_percent"])
+    t = targets(results)
     lines += ["", f"Targets for **{first}**: mean TRE ≤ {TRE_TARGET_FRACTION:.0%} of the initial: "
-              f"{'met' if frac <= TRE_TARGET_FRACTION else 'NOT met'} ({frac:.0%}); folding < "
-              f"{FOLDING_TARGET_PERCENT:g} % on every pair: {'met' if worst_fold < FOLDING_TARGET_PERCENT else 'NOT met'} "
-              f"(worst {worst_fold:.3f} %)."]
-    for other, tests in results["wilcoxon"].items():
-        t = tests["breathing"]
-        better = m["tre_mm"]["breathing"]["mean"] < results["models"][other]["tre_mm"]["breathing"]["mean"]
-        lines.append(f"Better than {other} on breathing pairs: {'yes' if better else 'no'} "
-                     f"(mean {m['tre_mm']['breathing']['mean']:.2f} against "
-                     f"{results['models'][other]['tre_mm']['breathing']['mean']:.2f} mm"
-                     + (f"; p = {t['p']:.2g}" if t else "") + ").")
+              f"{'met' if t['tre_met'] else 'NOT met'} ({t['tre_fraction']:.0%}); folding < "
+              f"{FOLDING_TARGET_PERCENT:g} % on every pair: {'met' if t['folding_met'] else 'NOT met'} "
+              f"(worst {t['worst_folding_percent']:.3f} %)."]
+    for other, b in t["better_than"].items():
+        test = results["wilcoxon"][other]["breathing"]
+        lines.append(f"Better than {other} on breathing pairs: {'yes' if b['better'] else 'no'} "
+                     f"(mean {b['mean_mm']:.2f} against {b['other_mean_mm']:.2f} mm"
+                     + (f"; p = {test['p']:.2g}" if test else "") + ").")
     lines += ["", "![per pair](evaluation.png)", ""]
     if curves:
         lines += ["![validation error against training time](training_time.png)", ""]
@@ -147,7 +158,7 @@ def report(results: dict, models: dict[str, Path], command: str, curves: bool = 
 
 def figure(results: dict, path: Path) -> None:
     """Per breathing pair: TRE before and after each model, pairs sorted by initial TRE."""
-    from ProgressiveRegistrationLib.plots import _plt
+    from ProgressiveRegistrationLib.plots import pyplot as _plt
 
     plt = _plt()
     kinds = np.array(results["kinds"])
@@ -174,7 +185,7 @@ def time_figure(runs: dict[str, Path], path: Path) -> dict[str, tuple[list[float
     """Validation end-point error of each run's arm(s) against its training time: the axis on
     which a same-budget comparison is made (the arms are not equally fast per iteration).
     Returns the curves drawn: label -> (hours, mm)."""
-    from ProgressiveRegistrationLib.plots import _plt
+    from ProgressiveRegistrationLib.plots import pyplot as _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -228,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a model to evaluate (repeat); the first is compared with the others. NAME=RUN@OTHER_RUN: "
                          "the kept snapshot of RUN at OTHER_RUN's training time (a same-budget baseline)")
     ap.add_argument("--cache", default="runs/shipped-eval", help="folder for per-model evaluation caches")
-    ap.add_argument("--report", default="docs/model/evaluation.md", help="markdown report (figure and JSON beside it)")
+    ap.add_argument("--report", default="experiments/candidates/evaluation.md",
+                    help="markdown report (figure and JSON beside it)")
     ap.add_argument("--micro", action="store_true", help="two tiny pairs: checks the machinery")
     ap.add_argument("--curves", nargs="+", default=[], metavar="NAME=RUN",
                     help="also plot these runs' validation error against training time (training_time.png)")

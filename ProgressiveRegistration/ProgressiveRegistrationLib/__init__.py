@@ -1,10 +1,19 @@
 """ProgressiveRegistration core: Qt-free, Slicer-free.
 
 Lung CT registration with a progressively trained 3D U-Net (Eppenhof et al., IEEE TMI
-2019). Modules: ``geometry`` (grids, crops), ``images`` (I/O), ``fields`` (displacement
-fields in torch), ``transforms`` (physical transforms, ITK files), ``landmarks`` (point
-files, TRE), ``dirlab``, ``synthesis`` (training pairs), ``schedule``, ``network``,
-``training``, ``config``, ``cli``.
+2019), refined on the images. The modules, bottom layer first (docs/ARCHITECTURE.md):
+
+* foundations: ``errors``, ``jit``, ``atomic`` (atomic writes), ``resources``, ``schedule``,
+  ``config``, ``grid``, ``checks``, ``fields``;
+* data: ``dirlab``, ``landmarks``, ``images``, ``lungs``, ``metrics``, ``transforms``,
+  ``warp``, ``phantom``, ``breathing``;
+* method: ``preprocess``, ``network``, ``modelfile``, ``refine``, ``synthesis``, ``device``,
+  ``engine``;
+* products: ``plots``, ``outputs``, ``pipeline``, ``evaluation``, ``trainset``,
+  ``checkpoint``, ``trainer``, ``cli``, and for Slicer ``mrml``, ``jobs``, ``requirements``.
+
+This file imports nothing at load time: the Slicer module imports ``requirements`` from
+this package before torch may be installed.
 """
 
 __version__ = "0.1.0"

@@ -20,7 +20,8 @@ import SimpleITK as sitk
 import torch
 
 from . import fields
-from .geometry import Grid, lung_mask
+from .grid import Grid
+from .lungs import lung_mask
 
 
 @dataclass

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import write_text
+from .checks import check_network_size
 from .errors import InputError
 
 
@@ -44,7 +46,7 @@ class SynthesisConfig:
 
     def inference_input(self) -> dict:
         """What registration needs to prepare a network's input the way it was trained: the
-        ``input`` block of a model file (read back by ``registration.load_model``)."""
+        ``input`` block of a model file (read back by ``modelfile.load_model``)."""
         return {"size": self.size, "gradient_sigma_vox": self.gradient_sigma_vox,
                 "intensity_scale_hu": self.intensity_scale_hu, "lung_margin_mm": self.lung_margin_mm,
                 "crop_to_lungs": self.crop_to_lungs}
@@ -180,9 +182,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise InputError(f"{path}: cannot parse config ({err})") from None
     data = apply_overrides(data, overrides or [])
     cfg = config_from_dict(data)
-    if cfg.synthesis.size % (2 ** (cfg.network.levels - 1)):
-        raise InputError(f"config: synthesis.size {cfg.synthesis.size} must be divisible by "
-                         f"2^(levels-1) = {2 ** (cfg.network.levels - 1)}")
+    check_network_size(cfg.synthesis.size, cfg.network.levels, "config: synthesis.size")
     if cfg.train.mode not in ("progressive", "baseline", "both"):
         raise InputError(f"config: train.mode must be progressive, baseline or both, not {cfg.train.mode!r}")
     for key, least in (("iterations", 1), ("snapshot_every", 1), ("batch_size", 1), ("keep_snapshots", 0)):
@@ -193,4 +193,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+    write_text(path, json.dumps(cfg.to_dict(), indent=2))

@@ -1,4 +1,6 @@
-"""The DIR-Lab 4DCT data set: case geometry, file discovery, TRE per case.
+"""The DIR-Lab 4DCT data set: the case table, file discovery, the raw image reader.
+
+The evaluation of a model on it is :func:`evaluation.evaluate_dirlab`.
 
 Folder layout of the official download (and ``../shared/data/dirlab``)::
 
@@ -10,14 +12,16 @@ Folder layout of the official download (and ``../shared/data/dirlab``)::
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from .errors import InputError
-from .landmarks import read_landmarks, summary, tre_mm
+from .landmarks import read_landmarks
 
 
 @dataclass(frozen=True)
@@ -119,45 +123,21 @@ def case_points_mm(root, case: int) -> tuple[np.ndarray, np.ndarray]:
     return fixed, moving
 
 
-def evaluate(root, cases: list[int], model=None, device: str = "cpu", progress=None) -> dict:
-    """``{"cases": {"1": {"n": 300, "before_mm": {...}, "paper_before_mm": {...}}, ...}}``.
+def read_raw(path: str | os.PathLike, size: tuple[int, int, int] | None = None,
+             spacing_mm: tuple[float, float, float] | None = None) -> sitk.Image:
+    """A DIR-Lab raw image: little-endian int16, no header, dims and spacing from the case table.
 
-    Where a case folder holds its raw images, the pair is registered (T00 fixed, T50
-    moving) and ``after_mm`` and ``after_snapped_mm`` (predictions rounded to the nearest
-    voxel, the DIR-Lab leaderboard rule) are added, with ``folding_percent``.
+    The result has origin 0 and identity direction, so that a 1-based landmark (x, y, z)
+    sits at LPS ``(x - 1, y - 1, z - 1) * spacing`` (the landmarks index the raw array).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such DIR-Lab folder")
-    out = {}
-    loaded = None
-    for case in cases:
-        if extreme_phase_files(root, case) is None:
-            continue
-        fixed, moving = case_points_mm(root, case)
-        before = tre_mm(fixed, moving)
-        mean, sd = CASES[case].paper_before_mm
-        images = image_files(root, case)
-        entry = {"n": len(before), "before_mm": summary(before), "paper_before_mm": {"mean": mean, "sd": sd},
-                 "images": images is not None}
-        if images is not None:
-            from .geometry import Grid
-            from .images import read_dirlab_raw
-            from .landmarks import snap_to_voxel
-            from .registration import load_model, register_images
-
-            if progress:
-                progress(case, "registering")
-            loaded = loaded or load_model(model, device)
-            c = CASES[case]
-            t00, t50 = (read_dirlab_raw(p, c.size, c.spacing_mm) for p in images)
-            result = register_images(t00, t50, loaded, device, fixed, moving, warp_moving=False)
-            predicted = result.landmarks["predicted_lps"]
-            entry["after_mm"] = summary(result.landmarks["after_mm"])
-            entry["after_snapped_mm"] = summary(tre_mm(snap_to_voxel(predicted, Grid.from_image(t50)), moving))
-            entry["folding_percent"] = result.folding_percent
-            entry["seconds"] = result.seconds
-        out[str(case)] = entry
-    if not out:
-        raise InputError(f"{root}: no DIR-Lab case folders (CaseNPack or CaseNDeploy) with landmark files")
-    return {"cases": out}
+    if size is None or spacing_mm is None:
+        case = case_of_path(path)
+        if case is None:
+            raise InputError(f"{path}: cannot tell the DIR-Lab case from the file name; give its size and spacing")
+        size, spacing_mm = CASES[case].size, CASES[case].spacing_mm
+    data = np.fromfile(path, dtype="<i2")
+    if data.size != int(np.prod(size)):
+        raise InputError(f"{path}: {data.size} voxels, but the case table says {size[0]}x{size[1]}x{size[2]}")
+    image = sitk.GetImageFromArray(data.reshape(size[2], size[1], size[0]))
+    image.SetSpacing([float(s) for s in spacing_mm])
+    return image

@@ -7,15 +7,15 @@ intact and checked to be a finite 3D scalar volume; every writer is atomic.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
+from .atomic import write_file
+from .checks import check_volume
+from .dirlab import read_raw
 from .errors import InputError
-from .geometry import check_volume
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".dcm")
 
@@ -76,28 +76,6 @@ def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> s
     return reader.Execute()
 
 
-def read_dirlab_raw(path: str | os.PathLike, size: tuple[int, int, int] | None = None,
-                    spacing_mm: tuple[float, float, float] | None = None) -> sitk.Image:
-    """A DIR-Lab raw image: little-endian int16, no header, dims and spacing from the case table.
-
-    The result has origin 0 and identity direction, so that a 1-based landmark (x, y, z)
-    sits at LPS ``(x - 1, y - 1, z - 1) * spacing`` (the landmarks index the raw array).
-    """
-    from .dirlab import CASES, case_of_path
-
-    if size is None or spacing_mm is None:
-        case = case_of_path(path)
-        if case is None:
-            raise InputError(f"{path}: cannot tell the DIR-Lab case from the file name; give its size and spacing")
-        size, spacing_mm = CASES[case].size, CASES[case].spacing_mm
-    data = np.fromfile(path, dtype="<i2")
-    if data.size != int(np.prod(size)):
-        raise InputError(f"{path}: {data.size} voxels, but the case table says {size[0]}x{size[1]}x{size[2]}")
-    image = sitk.GetImageFromArray(data.reshape(size[2], size[1], size[0]))
-    image.SetSpacing([float(s) for s in spacing_mm])
-    return image
-
-
 def read_image(path: str | os.PathLike, series: str | None = None, what: str | None = None) -> sitk.Image:
     """Read a 3D scalar volume from a file or a DICOM directory, checked for sanity."""
     path = Path(path)
@@ -107,7 +85,7 @@ def read_image(path: str | os.PathLike, series: str | None = None, what: str | N
     if path.is_dir():
         image = read_dicom_series(path, series)
     elif path.name.lower().endswith(".img") and not path.with_suffix(".hdr").exists():
-        image = read_dirlab_raw(path)
+        image = read_raw(path)
     else:
         try:
             image = sitk.ReadImage(str(path))
@@ -118,33 +96,9 @@ def read_image(path: str | os.PathLike, series: str | None = None, what: str | N
     return image
 
 
-def atomic_path(path: str | os.PathLike) -> tuple[str, str]:
-    """A temporary path next to ``path`` with the same suffix (for write-then-rename)."""
-    path = Path(path)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); the output should get the mode any new file of
-    # the user's gets, as if written directly.
-    os.chmod(tmp, 0o666 & ~_umask())
-    return tmp, str(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write an image atomically (write to a temporary file, then rename)."""
-    tmp, final = atomic_path(path)
-    try:
-        sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_file(path, lambda tmp: sitk.WriteImage(image, tmp, compress))
 
 
 def is_image_path(path: str | os.PathLike) -> bool:

@@ -1,4 +1,4 @@
-"""Landmark files and target registration error (TRE).
+"""Landmark files: reading every common format, writing Slicer markups.
 
 Formats read (the kind is told by the content, not only the suffix):
 
@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
+from .checks import check_pairs
 from .errors import InputError
-from .geometry import Grid
+from .grid import Grid
 
 RAS_FROM_LPS = np.array([-1.0, -1.0, 1.0])
 
@@ -221,11 +223,7 @@ def read_landmarks(path) -> Landmarks:
 
 
 def write_markups_json(path, points_lps: np.ndarray, labels: list[str] | None = None, name: str = "F") -> None:
-    """Write a Slicer ``.mrk.json`` point list (LPS)."""
-    import os
-
-    from .images import atomic_path
-
+    """Write a Slicer ``.mrk.json`` point list (LPS), atomically."""
     labels = labels or [f"{name}-{i + 1}" for i in range(len(points_lps))]
     doc = {
         "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
@@ -235,33 +233,13 @@ def write_markups_json(path, points_lps: np.ndarray, labels: list[str] | None = 
                                "positionStatus": "defined"} for i, (p, lab) in enumerate(zip(points_lps, labels))],
         }],
     }
-    tmp, final = atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, final)
+    write_text(path, json.dumps(doc, indent=1))
 
 
-# --- TRE ---------------------------------------------------------------------------------
-
-def check_pairs(fixed: np.ndarray, moving: np.ndarray, what: str = "landmarks") -> None:
-    if len(fixed) != len(moving):
-        raise InputError(f"{what}: {len(fixed)} fixed but {len(moving)} moving points; they must pair up")
-
-
-def tre_mm(predicted_lps: np.ndarray, moving_lps: np.ndarray) -> np.ndarray:
-    """Per-pair Euclidean distance, mm."""
-    check_pairs(predicted_lps, moving_lps)
-    return np.linalg.norm(np.asarray(predicted_lps) - np.asarray(moving_lps), axis=1)
-
-
-def snap_to_voxel(points_lps: np.ndarray, grid: Grid) -> np.ndarray:
-    """Round LPS points to the nearest voxel centre of ``grid`` (DIR-Lab leaderboard rule)."""
-    return grid.points_to_lps(np.round(grid.points_to_index(points_lps)))
-
-
-def summary(values: np.ndarray) -> dict:
-    """``{mean, sd, max, n}`` (population SD, as numpy and the DIR-Lab tables)."""
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()) if v.size else float("nan"),
-            "sd": float(v.std()) if v.size else float("nan"),
-            "max": float(v.max()) if v.size else float("nan"), "n": int(v.size)}
+def read_point_pairs(fixed_path, moving_path, fixed_grid: Grid, moving_grid: Grid
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(fixed LPS, moving LPS, labels) of two landmark files; voxel files use their image's grid."""
+    fixed_lm, moving_lm = read_landmarks(fixed_path), read_landmarks(moving_path)
+    fixed, moving = fixed_lm.to_lps(grid=fixed_grid), moving_lm.to_lps(grid=moving_grid)
+    check_pairs(fixed, moving, f"{fixed_path} / {moving_path}")
+    return fixed, moving, fixed_lm.labels

@@ -21,7 +21,6 @@ parent only if it has none: a user's transform is never replaced.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .breathing import simulate
+from .checks import check_volume
+from .engine import register_images, summary_of
 from .errors import InputError
-from .geometry import Grid, check_volume
+from .grid import Grid
+from .images import read_image
+from .landmarks import write_markups_json
+from .modelfile import Model, load_model
+from .outputs import jacobian_image, read_tre_csv
 from .refine import DEFAULT as DEFAULT_REFINEMENT
 from .refine import RefineConfig
+from .resources import BUNDLED_SAMPLE
+from .transforms import read_displacement_field
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -346,16 +354,13 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
     that the moving volume gets the result as its parent transform when ``apply_to_moving``
     and it has none. Bad input raises InputError before any node is made.
     """
-    from .registration import Model, load_model, register_images, summary_of
-
     fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     model = model if isinstance(model, Model) else load_model(model, device)
     f_pts, m_pts = (points[0], points[1]) if points else (None, None)
     result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=False,
                              refinement=refinement)
     summary = summary_of(result, model, device)
-    jac = sitk.GetImageFromArray(result.jacobian.astype(np.float32))
-    result.out_grid.apply_to(jac)
+    jac = jacobian_image(result)
     lm = result.landmarks
     rows = (points[2], lm["before_mm"], lm["network_mm"], lm["after_mm"]) if points else None
     return _outputs(scene, fixed, moving, result.displacement, jac, summary, rows, transform, jacobian, table,
@@ -391,8 +396,6 @@ class Job:
 
 def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None) -> Job:
     """Write the inputs of a background ``progreg register`` run into ``work_dir``."""
-    from .landmarks import write_markups_json
-
     fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     work = Path(work_dir)
     job = Job(fixed.GetID(), moving.GetID(), str(work / "fixed.nrrd"), str(work / "moving.nrrd"), str(work / "out"))
@@ -406,14 +409,6 @@ def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_land
     return job
 
 
-def read_tre_csv(path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, TRE before, after the network alone, after refinement) of a ``tre.csv``."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return ([r["label"] for r in rows], *(np.array([float(r[k]) for r in rows])
-                                          for k in ("tre_before_mm", "tre_network_mm", "tre_after_mm")))
-
-
 def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True
                  ) -> RegistrationNodes:
     """Turn a finished ``progreg register`` output folder into output nodes."""
@@ -423,8 +418,6 @@ def load_results(scene, job: Job, transform=None, jacobian=None, table=None, app
         raise InputError("the fixed or moving volume was removed from the scene during the registration")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     transform_file = next(out / f for f in summary["files"] if f.startswith("transform."))
-    from .transforms import read_displacement_field
-
     displacement = read_displacement_field(transform_file)
     rows = read_tre_csv(out / "tre.csv") if (out / "tre.csv").exists() else None
     return _outputs(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, rows,
@@ -449,10 +442,6 @@ def add_points_node(scene, points_lps: np.ndarray, name: str):
 
 def sample_pair_nodes(scene, seed: int = 0):
     """Bundled CT (inhale, fixed) and a simulated exhale (moving) with landmark lists."""
-    from .breathing import simulate
-    from .images import read_image
-    from .training import bundled_sample
-
-    pair = simulate(read_image(bundled_sample()), seed=seed)
+    pair = simulate(read_image(BUNDLED_SAMPLE), seed=seed)
     return (add_volume_node(scene, pair.inhale, "inhale"), add_volume_node(scene, pair.exhale, "exhale"),
             add_points_node(scene, pair.fixed_points_lps, "F"), add_points_node(scene, pair.moving_points_lps, "M"))

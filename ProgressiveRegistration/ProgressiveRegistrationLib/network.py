@@ -18,14 +18,14 @@ the schedule needs, at the resolution of the finest active level.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NetworkConfig
 from .fields import downsample, resize_field
+from .schedule import betas, finest_active, level_factor
 
 
 def _conv_block(c_in: int, c_out: int, slope: float, momentum: float) -> nn.Sequential:
@@ -101,11 +101,29 @@ class ProgressiveUNet(nn.Module):
         Returns ``Σ_i α_i u_i`` at that resolution (voxels of the full N³ grid). Levels
         finer than ``f`` are not computed; decoder outputs only where α_i > 0.
         """
+        alpha = np.asarray(alpha, dtype=np.float64)
+        f = finest_active(alpha)
+        outs = self._decode(self._encode(x, betas(alpha), f), f, {i for i in range(f + 1) if alpha[i] > 0})
+        out = None
+        for i, u_i in outs.items():
+            u_i = float(alpha[i]) * resize_field(u_i, x.shape[-3:])
+            out = u_i if out is None else out + u_i
+        return out
+
+    def level_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every level's output map (each at its own resolution) on full-resolution input ``x``,
+        through the plain U-Net path (paper Fig. 7)."""
+        L = self.levels
+        beta = np.zeros(L)
+        beta[-1] = 1.0
+        outs = self._decode(self._encode(x, beta, L - 1), L - 1, set(range(L)))
+        return [outs[i] for i in range(L)]
+
+    def _encode(self, x: torch.Tensor, beta: np.ndarray, f: int) -> list[torch.Tensor | None]:
+        """Encoder features of levels ``f`` down to 0; level i < f takes β_i of its own input
+        convolution of the images and γ_i = 1 − β_i of the pooled finer features."""
         net, L = self.unet, self.levels
-        alpha = [float(a) for a in alpha]
-        f = max(i for i in range(L) if alpha[i] > 0)
-        beta = [min(1.0, sum(alpha[: i + 1])) for i in range(L)]
-        skips = [None] * L
+        skips: list[torch.Tensor | None] = [None] * L
         h = None
         for i in range(f, -1, -1):
             if i == L - 1:
@@ -114,22 +132,35 @@ class ProgressiveUNet(nn.Module):
                 h = net.enc[i](F.max_pool3d(h, 2))
             else:
                 entry = self.inputs[i](downsample(x, 2 ** (f - i)))
-                if beta[i] < 1.0:  # γ_i = 1 - β_i > 0: the finer level feeds this one too
-                    entry = beta[i] * entry + (1.0 - beta[i]) * F.max_pool3d(h, 2)
+                if beta[i] < 1.0:  # γ_i > 0: the finer level feeds this one too
+                    entry = float(beta[i]) * entry + float(1.0 - beta[i]) * F.max_pool3d(h, 2)
                 h = net.enc[i](entry)
             skips[i] = h
-        out = None
-        for i in range(0, f + 1):
+        return skips
+
+    def _decode(self, skips: list[torch.Tensor | None], f: int, wanted: set[int]) -> dict[int, torch.Tensor]:
+        """Decoder from level 0 up to ``f``; the output map of each level in ``wanted``."""
+        net, L = self.unet, self.levels
+        h = skips[0]
+        outs = {}
+        for i in range(f + 1):
             if i > 0:
                 h = net.dec[i](torch.cat([net.up[i](h), skips[i]], 1))
-            if alpha[i] > 0:
-                u_i = net.head(h) if i == L - 1 else self.outputs[i](h)
-                u_i = alpha[i] * resize_field(u_i, x.shape[-3:])
-                out = u_i if out is None else out + u_i
-        return out
+            if i in wanted:
+                outs[i] = net.head(h) if i == L - 1 else self.outputs[i](h)
+        return outs
 
 
-def export_state(model: UNet, cfg: NetworkConfig, extra: dict) -> dict:
-    """What ``model.pt`` holds: the plain U-Net's weights and everything inference needs."""
-    return {"format": "progreg-model", "version": 1, "network": asdict(cfg),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, **extra}
+class ScheduledUNet(nn.Module):
+    """A :class:`ProgressiveUNet` as it is at schedule weights α, seen as a plain network
+    from N³ images to an N³ field (in voxels): what the registration engine runs when a
+    snapshot is scored during training."""
+
+    def __init__(self, model: ProgressiveUNet, alpha: np.ndarray):
+        super().__init__()
+        self.model, self.alpha = model, np.asarray(alpha)
+        self.levels = model.levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = level_factor(self.alpha, self.levels)
+        return resize_field(self.model(downsample(x, factor), self.alpha), x.shape[-3:])

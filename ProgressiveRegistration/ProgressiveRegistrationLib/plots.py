@@ -1,12 +1,20 @@
-"""Figures written with a training run (paper Fig. 5, 6, 7). matplotlib, Agg backend."""
+"""Figures: a training run's (paper Fig. 5, 6, 7) and a registration's overview. matplotlib, Agg backend."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import SimpleITK as sitk
 import torch
 
+from .atomic import write_file
+from .schedule import alphas
 
-def _plt():
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no window); imported on first use,
+    so that registering without figures does not pay for it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,9 +32,7 @@ def _metric(trainer) -> tuple[str, str]:
 
 def schedule_figure(trainer, path) -> None:
     """Fig. 5: α_i(t) of the schedule (A) and validation error per snapshot (B)."""
-    from .schedule import alphas
-
-    plt = _plt()
+    plt = pyplot()
     cfg = trainer.cfg
     total = cfg.train.iterations
     t = np.linspace(0, total, 400)
@@ -48,13 +54,13 @@ def schedule_figure(trainer, path) -> None:
     ax2.set_title(f"B. {label} per snapshot")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
 def comparison_figure(trainer, path) -> None:
     """Fig. 6: progressive versus baseline validation error, one point per snapshot."""
-    plt = _plt()
+    plt = pyplot()
     key, label = _metric(trainer)
     p = np.array([r[f"progressive_{key}"] for r in trainer.log])
     b = np.array([r[f"baseline_{key}"] for r in trainer.log])
@@ -68,33 +74,18 @@ def comparison_figure(trainer, path) -> None:
     ax.set_ylabel(f"progressive {label} (mm)")
     fig.colorbar(sc, label="iteration")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-
-
-@torch.no_grad()
-def level_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every level's output map of a ProgressiveUNet on full-resolution input ``x``."""
-    net, L = model.unet, model.levels
-    skips, h = [None] * L, x
-    for i in range(L - 1, -1, -1):
-        h = net.enc[i](h if i == L - 1 else torch.nn.functional.max_pool3d(h, 2))
-        skips[i] = h
-    outs = []
-    for i in range(L):
-        if i > 0:
-            h = net.dec[i](torch.cat([net.up[i](h), skips[i]], 1))
-        outs.append(net.head(h) if i == L - 1 else model.outputs[i](h))
-    return outs
 
 
 def levels_figure(trainer, path) -> None:
     """Fig. 7: the u_x map of each level's output head on one validation pair (mid slice)."""
-    plt = _plt()
+    plt = pyplot()
     pair = trainer.val[0]
     arm = "progressive" if "progressive" in trainer.models else "baseline"
     model = trainer.models[arm].eval()
-    outs = level_outputs(model, pair["input"][None].to(next(model.parameters()).device))
+    with torch.no_grad():
+        outs = model.level_outputs(pair["input"][None].to(next(model.parameters()).device))
     model.train()
     L = len(outs)
     fig, axes = plt.subplots(1, L + 1, figsize=(2.2 * (L + 1), 2.6))
@@ -110,7 +101,7 @@ def levels_figure(trainer, path) -> None:
         ax.axis("off")
     fig.suptitle(f"u_x per level, {arm} network after {trainer.iteration} iterations (voxels)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -124,8 +115,6 @@ def training_figures(trainer) -> None:
 
 
 def _coronal(image, j: int) -> np.ndarray:
-    import SimpleITK as sitk
-
     arr = sitk.GetArrayViewFromImage(image)
     return np.array(arr[:, j, :], dtype=np.float32)  # a copy: the view dies with a temporary image
 
@@ -133,10 +122,6 @@ def _coronal(image, j: int) -> np.ndarray:
 def _coronal_on(image, grid, j: int) -> np.ndarray:
     """Slice ``j`` (along axis j) of ``image`` resampled linearly onto ``grid`` (a geometry.Grid):
     only that one slice is resampled, not the whole volume. Shape (nk, ni), HU as float32."""
-    import dataclasses
-
-    import SimpleITK as sitk
-
     slab = dataclasses.replace(grid, size=(grid.size[0], 1, grid.size[2]),
                                origin_lps=tuple(grid.points_to_lps(np.array([[0.0, j, 0.0]]))[0]))
     return _coronal(sitk.Resample(image, slab.reference_image(), sitk.Transform(), sitk.sitkLinear, -1024.0,
@@ -155,7 +140,7 @@ def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def overview_figure(fixed, moving, result, path) -> None:
     """Fig. 8-like overview: overlays before/after, Jacobian slice, TRE histogram."""
 
-    plt = _plt()
+    plt = pyplot()
     fixed_grid = result.fixed_grid
     # Coronal slice through the centre of the fixed lung crop.
     centre = result.fixed_crop.points_to_lps(np.array([[(s - 1) / 2 for s in result.fixed_crop.size]]))
@@ -207,5 +192,5 @@ def overview_figure(fixed, moving, result, path) -> None:
         axes[3].set_title(f"Landmark TRE (n = {len(a)})", fontsize=9)
     fig.suptitle("Coronal slice: fixed in magenta, moving in green (grey where they agree)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from . import fields
 from .errors import InputError
-from .geometry import Grid
+from .grid import Grid
 from .jit import numba, prange
 
 

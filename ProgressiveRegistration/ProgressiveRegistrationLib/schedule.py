@@ -52,6 +52,11 @@ def finest_active(alpha: np.ndarray) -> int:
     return int(np.nonzero(alpha > 0)[0].max())
 
 
+def level_factor(alpha: np.ndarray, levels: int) -> int:
+    """How many times coarser than N³ an iteration with weights ``alpha`` runs (1 at the finest level)."""
+    return 2 ** (levels - 1 - finest_active(alpha))
+
+
 def end_of_growth(levels: int, delta: float, Delta: float) -> float:
     """Iteration from which the finest level alone is active (15000 for the paper's values)."""
     return -Delta / 2.0 + (Delta - delta) * (levels - 1) + delta

@@ -26,8 +26,11 @@ import torch
 
 from . import fields
 from .config import SplineConfig, SynthesisConfig
-from .geometry import Grid, bore_mask_zyx, crop_grid, lung_box, resample, whole_box
+from .errors import InputError
+from .grid import Grid
 from .images import read_image
+from .phantom import generate
+from .preprocess import bore_mask_zyx, crop_hu, lung_crop, network_input
 
 # --- cubic splines ------------------------------------------------------------------------
 
@@ -117,14 +120,10 @@ class Volume:
 
 
 def prepare_volume(image: sitk.Image, cfg: SynthesisConfig, source: str = "") -> Volume:
-    """Crop around the lungs (whole image if none are found) and resample to N³, linearly."""
-    box = lung_box(image, cfg.lung_margin_mm) if cfg.crop_to_lungs else None
-    box = box or whole_box(image)
-    img_grid = Grid.from_image(image)
-    grid = crop_grid(img_grid, box, cfg.size)
-    hu = torch.from_numpy(sitk.GetArrayFromImage(resample(image, grid)))
-    bore = torch.from_numpy(bore_mask_zyx(img_grid, grid))
-    return Volume(hu, bore, grid, source)
+    """Crop around the lungs (whole image if none are found) and resample to N³, linearly:
+    the same crop as at inference (:mod:`preprocess`)."""
+    grid, _ = lung_crop(image, cfg)
+    return Volume(crop_hu(image, grid), torch.from_numpy(bore_mask_zyx(Grid.from_image(image), grid)), grid, source)
 
 
 PHANTOM_PREFIX = "phantom:"
@@ -135,8 +134,6 @@ def _cached_volume(path: str, series: str | None, cfg_key: tuple) -> Volume:
     size, margin, crop = cfg_key
     cfg = SynthesisConfig(size=size, lung_margin_mm=margin, crop_to_lungs=crop)
     if path.startswith(PHANTOM_PREFIX):
-        from .phantom import generate
-
         image = generate(int(path[len(PHANTOM_PREFIX):])).image
     else:
         image = read_image(path, series)
@@ -156,11 +153,6 @@ def load_ref(ref: str, cfg: SynthesisConfig) -> Volume:
 
 
 # --- pairs ---------------------------------------------------------------------------------
-
-def network_input(volume_hu: torch.Tensor, cfg: SynthesisConfig) -> torch.Tensor:
-    """Gaussian gradient magnitude of HU / ``intensity_scale_hu`` (per voxel)."""
-    return fields.gaussian_gradient_magnitude(volume_hu / cfg.intensity_scale_hu, cfg.gradient_sigma_vox)
-
 
 @torch.no_grad()
 def make_pair(volume: Volume, cfg: SynthesisConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -190,8 +182,6 @@ class SyntheticPairs(torch.utils.data.Dataset):
 
     def __init__(self, images: list[str], cfg: SynthesisConfig, seed: int = 0, length: int = 10**9):
         if not images:
-            from .errors import InputError
-
             raise InputError("no training images")
         self.images = list(images)
         self.cfg = cfg

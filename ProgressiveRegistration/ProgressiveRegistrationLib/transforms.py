@@ -21,9 +21,9 @@ import SimpleITK as sitk
 import torch
 
 from . import fields
+from .atomic import write_file
 from .errors import InputError
-from .geometry import Grid
-from .images import atomic_path
+from .grid import Grid
 from .jit import numba, prange
 
 TRANSFORM_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".h5")
@@ -150,22 +150,15 @@ def write_transform(disp_image: sitk.Image, path: str | os.PathLike) -> None:
     name = str(path).lower()
     if not name.endswith(TRANSFORM_SUFFIXES):
         raise InputError(f"{path}: unknown transform format (use one of {', '.join(TRANSFORM_SUFFIXES)})")
-    tmp, final = atomic_path(path)
-    try:
-        if name.endswith(".h5"):
-            tx = field_transform(disp_image)
-            sitk.WriteTransform(tx, tmp)
-        else:
-            image = sitk.Cast(disp_image, sitk.sitkVectorFloat32)
-            if name.endswith(".nrrd"):
-                # Slicer >= 5.10 reads this key; ITK ignores it.
-                image.SetMetaData("displacement field type", "resampling")
-                image.SetMetaData("intent_code", "1006")
-            sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if name.endswith(".h5"):
+        write_file(path, lambda tmp: sitk.WriteTransform(field_transform(disp_image), tmp))
+        return
+    image = sitk.Cast(disp_image, sitk.sitkVectorFloat32)
+    if name.endswith(".nrrd"):
+        # Slicer >= 5.10 reads this key; ITK ignores it.
+        image.SetMetaData("displacement field type", "resampling")
+        image.SetMetaData("intent_code", "1006")
+    write_file(path, lambda tmp: sitk.WriteImage(image, tmp, True))
 
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Grid
+from .grid import Grid
 from .jit import numba, prange
 from .transforms import field_transform
 

@@ -1,0 +1,49 @@
+"""Input checks shared by every entry point: volumes, point pairs, overlap, grid sizes.
+
+Each raises :class:`~.errors.InputError` with a message for a person; nothing here reads
+or writes files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .grid import Grid
+
+
+def check_volume(image: sitk.Image, what: str) -> None:
+    """Raise InputError unless ``image`` is a finite, non-constant 3D scalar volume."""
+    if image.GetDimension() != 3:
+        raise InputError(f"{what}: expected a 3D volume, got a {image.GetDimension()}D image")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what}: expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{what}: a 3D volume needs at least 2 voxels along every axis, got size {image.GetSize()}")
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{what}: the image contains NaN or infinite values")
+    if arr.min() == arr.max():
+        raise InputError(f"{what}: the image is empty (every voxel is {arr.min()})")
+
+
+def check_pairs(fixed: np.ndarray, moving: np.ndarray, what: str = "landmarks") -> None:
+    """Two point lists that must pair up one to one."""
+    if len(fixed) != len(moving):
+        raise InputError(f"{what}: {len(fixed)} fixed but {len(moving)} moving points; they must pair up")
+
+
+def check_overlap(fixed: sitk.Image, moving: sitk.Image) -> None:
+    """The two images' voxel hulls must overlap somewhere in LPS (else the origins are wrong)."""
+    f_lo, f_hi = Grid.from_image(fixed).bounding_box_lps()
+    m_lo, m_hi = Grid.from_image(moving).bounding_box_lps()
+    if np.any(f_hi < m_lo) or np.any(m_hi < f_lo):
+        raise InputError("the moving image does not overlap the fixed image at all (check their origins)")
+
+
+def check_network_size(size: int, levels: int, what: str = "--size") -> None:
+    """A network grid N must halve ``levels - 1`` times down to whole voxels."""
+    step = 2 ** (levels - 1)
+    if size <= 0 or size % step:
+        raise InputError(f"{what} {size}: must be a positive multiple of {step} (the network has {levels} levels)")

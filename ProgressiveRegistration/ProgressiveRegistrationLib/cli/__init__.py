@@ -1,0 +1,53 @@
+"""``progreg``: the command line (also ``python -m ProgressiveRegistrationLib``).
+
+Every subcommand exits 0 on success, 2 on bad input (one line on stderr, nothing
+written), 1 on an unexpected failure. The library logs; this is where its log records
+become lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import EXIT_BAD_INPUT, InputError
+from .common import configure_logging
+from .data import add_dirlab, add_phantom, add_series, add_synth, add_tre
+from .register import add_demo, add_register
+from .train import add_train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="progreg",
+        description="Progressively trained CNN registration of lung CT (Eppenhof et al., IEEE TMI 2019).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="log the library's informational messages too")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (add_register, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom, add_train):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = configure_logging(args.command, args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"progreg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"progreg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        handler.close()
+        logging.getLogger("ProgressiveRegistrationLib").removeHandler(handler)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

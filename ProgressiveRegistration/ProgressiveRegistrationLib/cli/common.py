@@ -1,0 +1,64 @@
+"""What the subcommands share: progress printing, the refinement options, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from ..errors import InputError
+from ..refine import DEFAULT as DEFAULT_REFINEMENT
+from ..refine import RefineConfig, config_from_options
+
+
+def progress_printer(as_json: bool):
+    """``progress(fraction, message)``: ``[ 42%] message`` on stderr, or JSON lines on stdout
+    (what the Slicer module's background process reads)."""
+    def report(fraction, message):
+        if as_json:
+            print(json.dumps({"fraction": round(fraction, 3), "message": message}), flush=True)
+        else:
+            print(f"[{int(100 * fraction):3d}%] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def add_refine_options(p) -> None:
+    g = p.add_argument_group("refinement", "after the network, a short optimisation of the field on the images "
+                                           "(on by default; see docs/CONVENTIONS.md)")
+    g.add_argument("--no-refine", action="store_true", help="the network's one-pass field only (fastest)")
+    levels = ",".join(f"{v:g}" for v in DEFAULT_REFINEMENT.levels_mm)
+    iterations = ",".join(map(str, DEFAULT_REFINEMENT.iterations))
+    g.add_argument("--refine-levels", metavar="MM[,MM...]",
+                   help=f"grid spacing of each refinement level, coarse to fine (default {levels})")
+    g.add_argument("--refine-iterations", metavar="N[,N...]",
+                   help=f"iterations per level: one count for all, or one per level (default {iterations})")
+
+
+def refinement(args) -> RefineConfig | None:
+    """The RefineConfig of the refinement options, or None with --no-refine."""
+    if args.no_refine:
+        if args.refine_levels is not None or args.refine_iterations is not None:
+            raise InputError("--no-refine cannot be combined with --refine-levels or --refine-iterations")
+        return None
+    return config_from_options(args.refine_levels, args.refine_iterations)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"progreg {self.command}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def configure_logging(command: str, verbose: bool = False) -> logging.Handler:
+    """The library's log records (warnings and up; info too with ``verbose``) as lines on
+    stderr: ``progreg register: warning: ...``. Returns the handler (to remove it again)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(command))
+    root = logging.getLogger("ProgressiveRegistrationLib")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    return handler

@@ -1,0 +1,203 @@
+"""The data subcommands: ``tre``, ``dirlab``, ``series``, ``synth``, ``phantom``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from ..atomic import write_all
+from ..breathing import simulate
+from ..checks import check_pairs
+from ..config import load_config
+from ..dirlab import parse_cases
+from ..errors import InputError
+from ..evaluation import evaluate_dirlab
+from ..grid import Grid
+from ..images import is_image_path, list_dicom_series, read_image
+from ..landmarks import read_landmarks, write_markups_json
+from ..metrics import snap_to_voxel, summary, tre_mm
+from ..phantom import generate
+from ..synthesis import make_pair, pair_generator, prepare_volume
+from ..transforms import read_transform, transform_points
+from .common import add_refine_options, refinement
+
+# --- tre ----------------------------------------------------------------------------------
+
+def add_tre(sub):
+    p = sub.add_parser("tre", help="target registration error of two landmark files, before and after a transform",
+                       description="Landmark TRE (mm). Voxel-indexed files (DIR-Lab txt, elastix 'index') need --spacing; "
+                                   "the transform maps fixed to moving points (ITK resampling direction).")
+    p.add_argument("fixed_points")
+    p.add_argument("moving_points")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"), help="voxel spacing in mm")
+    p.add_argument("--transform", help="ITK transform (.h5, .tfm, .txt) or displacement-field image")
+    p.add_argument("--snap", action="store_true", help="round transformed points to the nearest voxel (needs --spacing)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_tre)
+
+
+def cmd_tre(args) -> int:
+    fixed_lm, moving_lm = read_landmarks(args.fixed_points), read_landmarks(args.moving_points)
+    check_pairs(fixed_lm.points, moving_lm.points, f"{args.fixed_points} / {args.moving_points}")
+    fixed, moving = fixed_lm.to_lps(spacing_mm=args.spacing), moving_lm.to_lps(spacing_mm=args.spacing)
+    if args.snap and not args.spacing:
+        raise InputError("--snap needs --spacing (the voxel grid to snap to)")
+    before = tre_mm(fixed, moving)
+    result = {"before_mm": summary(before)}
+    after = None
+    if args.transform:
+        predicted = transform_points(read_transform(args.transform), fixed)
+        if args.snap:
+            predicted = snap_to_voxel(predicted, Grid((1, 1, 1), tuple(args.spacing), (0.0, 0.0, 0.0)))
+        after = tre_mm(predicted, moving)
+        result["after_mm"] = summary(after)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'label':>8} {'before_mm':>10}" + (f" {'after_mm':>10}" if after is not None else ""))
+    for i, label in enumerate(fixed_lm.labels):
+        print(f"{label:>8} {before[i]:10.2f}" + (f" {after[i]:10.2f}" if after is not None else ""))
+    for key, s in result.items():
+        print(f"{key}: {s['mean']:.2f} ± {s['sd']:.2f} mm (n = {s['n']})")
+    return 0
+
+
+
+# --- dirlab -------------------------------------------------------------------------------
+
+def add_dirlab(sub):
+    p = sub.add_parser("dirlab", help="TRE of the DIR-Lab 4DCT cases (extreme phases, 300 landmarks)")
+    p.add_argument("folder", help="folder holding Case1Pack ... Case10Pack (or Case8Deploy)")
+    p.add_argument("--cases", default="1-10", help="e.g. 1-10 or 1,3,8 (default 1-10)")
+    p.add_argument("--model", help="model for the cases whose images are present (default: the bundled model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    add_refine_options(p)
+    p.set_defaults(func=cmd_dirlab)
+
+
+def cmd_dirlab(args) -> int:
+    def progress(case, message):
+        print(f"case {case}: {message}", file=sys.stderr, flush=True)
+
+    result = evaluate_dirlab(args.folder, parse_cases(args.cases), args.model, args.device, progress, refinement(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'case':>4} {'n':>4} {'before (mm)':>15} {'paper before':>15} {'after (mm)':>15} {'snapped':>15} {'folding':>8}")
+    for case, r in result["cases"].items():
+        b, p = r["before_mm"], r["paper_before_mm"]
+        line = f"{case:>4} {r['n']:>4} {b['mean']:6.2f} ± {b['sd']:5.2f} {p['mean']:6.2f} ± {p['sd']:5.2f}"
+        if "after_mm" in r:
+            a, s = r["after_mm"], r["after_snapped_mm"]
+            line += f" {a['mean']:6.2f} ± {a['sd']:5.2f} {s['mean']:6.2f} ± {s['sd']:5.2f} {r['folding_percent']:7.2f}%"
+        else:
+            line += "   (no images: TRE after registration needs CaseNPack/Images/caseN_T00*.img and _T50)"
+        print(line)
+    return 0
+
+
+
+# --- series -------------------------------------------------------------------------------
+
+def add_series(sub):
+    p = sub.add_parser("series", help="list the DICOM series in a folder (UID, description, slices)")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_series)
+
+
+def cmd_series(args) -> int:
+    if not Path(args.folder).is_dir():
+        raise InputError(f"{args.folder}: not a directory")
+    found = list_dicom_series(args.folder)
+    if not found:
+        raise InputError(f"{args.folder}: no DICOM series found in this directory")
+    for s in found:
+        print(s)
+    return 0
+
+
+
+# --- synth --------------------------------------------------------------------------------
+
+def add_synth(sub):
+    p = sub.add_parser("synth", help="write one synthetic training pair (paper Sec. II-E) of a CT image")
+    p.add_argument("image", help="CT image (NIfTI, NRRD, MHA, DIR-Lab .img) or DICOM folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="network grid N (a multiple of 16 for the paper's network)")
+    p.add_argument("--series", help="DICOM series UID when the folder holds several")
+    p.add_argument("--config", help="config file whose 'synthesis' section to use")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args) -> int:
+    cfg = load_config(args.config, [f"synthesis.size={args.size}"]).synthesis
+    image = read_image(args.image, args.series)
+    volume = prepare_volume(image, cfg, str(args.image))
+    pair = make_pair(volume, cfg, pair_generator(args.seed, 0))
+
+    def to_image(array: torch.Tensor, vector: bool = False) -> sitk.Image:
+        img = sitk.GetImageFromArray(array.numpy(), isVector=vector)
+        return volume.grid.apply_to(img)
+
+    outputs = {
+        "fixed.nii.gz": to_image(pair["fixed"]),
+        "moving.nii.gz": to_image(pair["moving"]),
+        "displacement.nii.gz": to_image(pair["target"].movedim(0, -1).contiguous(), vector=True),
+        "mask.nii.gz": to_image((pair["mask"] > 0.5).to(torch.uint8)),
+        "fixed_gradient.nii.gz": to_image(pair["input"][0]),
+        "moving_gradient.nii.gz": to_image(pair["input"][1]),
+    }
+    meta = {"image": str(args.image), "seed": args.seed, "size": args.size,
+            "displacement": "u(x) in voxels of the N^3 grid, components x,y,z; fixed(x) = moving(x + u(x))",
+            "grid": {"spacing_mm": volume.grid.spacing_mm, "origin_lps": volume.grid.origin_lps}}
+    writers = {k: (lambda p, im=v: sitk.WriteImage(im, str(p), True)) for k, v in outputs.items()}
+    writers["pair.json"] = lambda p: Path(p).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_all(Path(args.out), writers)
+    u = pair["target"].numpy()
+    print(f"wrote {len(outputs)} images to {args.out}: u range x [{u[0].min():.1f}, {u[0].max():.1f}] "
+          f"y [{u[1].min():.1f}, {u[1].max():.1f}] z [{u[2].min():.1f}, {u[2].max():.1f}] voxels")
+    return 0
+
+
+
+# --- phantom ------------------------------------------------------------------------------------
+
+def add_phantom(sub):
+    p = sub.add_parser("phantom", help="write a procedural thorax CT phantom (and optionally a breathing pair)")
+    p.add_argument("--out", required=True, help="output image (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=3, default=[192, 160, 128], metavar=("NX", "NY", "NZ"))
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.6, 1.6, 2.5], metavar=("SX", "SY", "SZ"))
+    p.add_argument("--exhale", help="also write a simulated exhale image here, with landmark files beside it")
+    p.add_argument("--amplitude", type=float, default=20.0, help="diaphragm motion of the exhale, mm (default 20)")
+    p.set_defaults(func=cmd_phantom)
+
+
+def cmd_phantom(args) -> int:
+    for path in (args.out, args.exhale):
+        if path and not is_image_path(path):
+            raise InputError(f"{path}: unknown image format (use .nii.gz, .nrrd or .mha)")
+    if min(args.size) < 32 or min(args.spacing) <= 0:
+        raise InputError("--size needs at least 32 voxels per axis and --spacing positive values")
+    ph = generate(args.seed, tuple(args.size), tuple(args.spacing))
+    out = Path(args.out)
+    writers = {out.name: lambda p: sitk.WriteImage(ph.image, str(p), True)}
+    if args.exhale:
+        pair = simulate(ph.image, seed=args.seed, amplitude_si_mm=args.amplitude, amplitude_ap_mm=args.amplitude / 3,
+                        fixed_landmarks_lps=ph.bifurcations_lps)
+        ex = Path(args.exhale)
+        if ex.parent.resolve() != out.parent.resolve():
+            raise InputError("--exhale must be in the same folder as --out")
+        stem = ex.name.split(".")[0]
+        writers[ex.name] = lambda p: sitk.WriteImage(pair.exhale, str(p), True)
+        writers[f"{out.name.split('.')[0]}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.fixed_points_lps)
+        writers[f"{stem}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.moving_points_lps)
+    write_all(out.parent, writers)
+    print(f"wrote {', '.join(writers)} ({len(ph.bifurcations_lps)} vessel bifurcations in the lungs)")
+    return 0

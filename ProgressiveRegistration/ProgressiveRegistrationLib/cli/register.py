@@ -1,0 +1,98 @@
+"""``progreg register`` and ``progreg demo``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..atomic import write_all
+from ..breathing import simulate
+from ..images import read_image
+from ..landmarks import write_markups_json
+from ..pipeline import register_files
+from ..resources import BUNDLED_SAMPLE
+from .common import add_refine_options, progress_printer, refinement
+
+
+def add_register(sub) -> None:
+    p = sub.add_parser("register", help="register a moving CT to a fixed CT (one network pass, then a short refinement)",
+                       description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
+                                   "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
+                                   "jacobian.nrrd, summary.json, overview.png and, with landmarks, tre.csv.")
+    p.add_argument("fixed", help="fixed image (e.g. inhale): file or DICOM folder")
+    p.add_argument("moving", help="moving image (e.g. exhale): file or DICOM folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fixed-landmarks", help="landmarks in the fixed image (any supported format)")
+    p.add_argument("--moving-landmarks", help="corresponding landmarks in the moving image")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
+    p.add_argument("--size", type=int, help="network grid N (default: the model's)")
+    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
+    p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
+    p.add_argument("--moving-series", help="DICOM series UID of the moving image")
+    add_refine_options(p)
+    p.add_argument("--no-warped", action="store_true", help="do not write warped_moving.nrrd")
+    p.add_argument("--no-overview", action="store_true", help="do not write overview.png")
+    p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_register)
+
+
+def cmd_register(args) -> int:
+    summary = register_files(args.fixed, args.moving, args.out, args.fixed_landmarks, args.moving_landmarks,
+                             args.model, args.device, args.size, args.format,
+                             (args.fixed_series, args.moving_series), progress_printer(args.progress_json),
+                             refinement(args), write_warped=not args.no_warped, write_overview=not args.no_overview)
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.progress_json:
+        print_summary(summary, args.out)
+    return 0
+
+
+def print_summary(summary: dict, out) -> None:
+    if "tre_before_mm" in summary:
+        b, n, a = summary["tre_before_mm"], summary["tre_network_mm"], summary["tre_after_mm"]
+        if summary.get("refinement"):
+            print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   network: {n['mean']:.2f} ± {n['sd']:.2f} mm   "
+                  f"refined: {a['mean']:.2f} ± {a['sd']:.2f} mm   (n = {a['n']})")
+        else:
+            print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   after: {a['mean']:.2f} ± {a['sd']:.2f} mm   "
+                  f"(n = {a['n']})")
+    print(f"folding: {summary['folding_percent']:.3f} % of body voxels (Jacobian determinant <= 0)")
+    secs = summary["seconds"]
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
+    print(f"outputs in {out}: {', '.join(summary['files'])}")
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="register the bundled CT sample to a simulated exhale of itself")
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    add_refine_options(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    refine = refinement(args)
+    out = Path(args.out)
+    inputs = out / "inputs"
+    inhale = read_image(BUNDLED_SAMPLE)
+    pair = simulate(inhale, seed=args.seed)
+    print(f"sample: {BUNDLED_SAMPLE.name} {inhale.GetSize()} voxels; simulated exhale with "
+          f"{len(pair.moving_points_lps)} landmark pairs", file=sys.stderr)
+    write_all(inputs, {
+        "inhale_fixed.nrrd": lambda p: sitk.WriteImage(pair.inhale, str(p), True),
+        "exhale_moving.nrrd": lambda p: sitk.WriteImage(pair.exhale, str(p), True),
+        "fixed_landmarks.mrk.json": lambda p: write_markups_json(p, pair.fixed_points_lps, name="F"),
+        "moving_landmarks.mrk.json": lambda p: write_markups_json(p, pair.moving_points_lps, name="M"),
+    })
+    summary = register_files(inputs / "inhale_fixed.nrrd", inputs / "exhale_moving.nrrd", out,
+                             inputs / "fixed_landmarks.mrk.json", inputs / "moving_landmarks.mrk.json",
+                             args.model, progress=progress_printer(False), refinement=refine)
+    print_summary(summary, out)
+    return 0
