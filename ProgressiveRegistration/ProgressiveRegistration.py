@@ -21,6 +21,8 @@ from slicer import (
     vtkMRMLGridTransformNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceNode,
     vtkMRMLTableNode,
 )
 from slicer.i18n import tr as _
@@ -42,13 +44,15 @@ class ProgressiveRegistration(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Progressive Registration")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Sequences", "Segmentations"]  # 4DCT input and propagated contours
         self.parent.contributors = ["ProgressiveRegistration developers"]
         self.parent.helpText = _(
             "Deformable registration of inhale/exhale lung CT of one patient: one forward pass of a "
             "progressively trained 3D U-Net, without affine pre-registration, then a short refinement on the "
             "images (on by default). Produces a grid transform that aligns the moving volume to the fixed one, "
-            "a Jacobian determinant map with the folding percentage, and a landmark TRE table. "
+            "a Jacobian determinant map with the folding percentage, and a landmark TRE table. For a 4DCT (a "
+            "Sequence of phases): every phase to a reference phase, with ventilation maps, a table per phase and "
+            "contours carried between phases. "
             '<a href="https://github.com/progressive-registration/SlicerProgressiveRegistration">Documentation</a>.')
         self.parent.acknowledgementText = _(
             "Implements Eppenhof, Lafarge, Veta, Pluim: Progressively trained convolutional neural networks for "
@@ -72,6 +76,13 @@ class ProgressiveRegistrationParameterNode:
     refine: bool = True
     modelPath: pathlib.Path
     device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
+    # All phases of a 4DCT:
+    phases: vtkMRMLSequenceNode
+    referencePhase: int = 0
+    phasePoints: vtkMRMLMarkupsFiducialNode
+    phaseSegmentation: vtkMRMLSegmentationNode
+    segmentationPhase: int = 0
+    targetPhase: int = 0
 
 
 class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -101,6 +112,7 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.applyPhasesButton.connect("clicked(bool)", self.onApplyPhasesButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
 
@@ -155,16 +167,25 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         running = self.logic.isRunning()
         self.ui.applyButton.enabled = problem is None and not running
         self.ui.applyButton.toolTip = problem or _("Register the moving volume to the fixed volume.")
+        problem = self.logic.phasesProblem(self._parameterNode) if self._parameterNode else _("No parameters")
+        self.ui.applyPhasesButton.enabled = problem is None and not running
+        self.ui.applyPhasesButton.toolTip = problem or _("Register every phase to the reference phase.")
         self.ui.cancelButton.enabled = running
 
     def onApplyButton(self):
+        self._startWith(self.logic.start)
+
+    def onApplyPhasesButton(self):
+        self._startWith(self.logic.startPhases)
+
+    def _startWith(self, start):
         with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
             self.ui.resultsLabel.text = ""
             self.ui.logTextEdit.clear()
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             try:
-                self.logic.start(self._parameterNode, self.onProgress, self.onFinished)
+                start(self._parameterNode, self.onProgress, self.onFinished)
             finally:
                 self.ui.progressBar.visible = self.logic.isRunning()
                 self._checkCanApply()
@@ -221,7 +242,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._job = None
-        self._export = None
+        self._load = None
         self._timer = None
         self._callbacks = None
         self._sceneObserver = None
@@ -314,20 +335,75 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     def isRunning(self):
         return self._job is not None
 
+    @staticmethod
+    def phasesProblem(p):
+        """None if all phases can be registered, else a reason for the button's tooltip."""
+        if not p.phases:
+            return _("Select a Sequence of volumes (one per phase).")
+        n = p.phases.GetNumberOfDataNodes()
+        if n < 2:
+            return _("The sequence holds {n} volume; at least two phases are needed.").format(n=n)
+        if not 0 <= p.referencePhase < n:
+            return _("Reference phase {k}: the sequence has phases 0 to {last}.").format(k=p.referencePhase, last=n - 1)
+        if p.phaseSegmentation and not (0 <= p.segmentationPhase < n and 0 <= p.targetPhase < n):
+            return _("The segmentation phases must be between 0 and {last}.").format(last=n - 1)
+        return None
+
     def start(self, p, onProgress, onFinished):
         """Export the inputs, start ``progreg register`` in PythonSlicer, poll it with a timer."""
         problem = self.inputProblem(p)
         if problem:
             raise ValueError(problem)
+
+        def export(workDir):
+            from ProgressiveRegistrationLib import mrml
+
+            job = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, workDir, p.fixedLandmarks,
+                                  p.movingLandmarks)
+
+            def load():
+                result = mrml.load_results(slicer.mrmlScene, job, transform=p.outputTransform,
+                                           jacobian=p.outputJacobian, table=p.outputTable,
+                                           apply_to_moving=p.applyToMoving)
+                p.outputTransform, p.outputJacobian = result.transform, result.jacobian
+                if result.table:
+                    p.outputTable = result.table
+                for note in result.warnings:
+                    log.warning(note)
+                return result
+
+            return job, load
+
+        self._launch(p, export, onProgress, onFinished)
+
+    def startPhases(self, p, onProgress, onFinished):
+        """Export every phase, start ``progreg register-4d`` in PythonSlicer, poll it with a timer."""
+        problem = self.phasesProblem(p)
+        if problem:
+            raise ValueError(problem)
+
+        def export(workDir):
+            from ProgressiveRegistrationLib import mrml4d
+
+            segmentation = p.phaseSegmentation
+            job = mrml4d.export_4d_job(slicer.mrmlScene, p.phases, p.referencePhase, workDir, p.phasePoints,
+                                       segmentation, p.segmentationPhase if segmentation else None,
+                                       p.targetPhase if segmentation else None)
+            return job, lambda: mrml4d.load_4d_results(slicer.mrmlScene, job)
+
+        self._launch(p, export, onProgress, onFinished)
+
+    def _launch(self, p, export, onProgress, onFinished):
+        """``export(workDir)`` writes the inputs and gives (job, load); the job's command runs in
+        the background, ``load()`` turns its output folder into nodes when it has finished."""
         if self.isRunning():
             raise RuntimeError(_("A registration is already running."))
         self.ensureDependencies()
-        from ProgressiveRegistrationLib import jobs, mrml
+        from ProgressiveRegistrationLib import jobs
 
         workDir = slicer.util.tempDirectory("ProgressiveRegistration-")  # a new folder in Slicer's temporary path
         try:
-            self._export = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, workDir,
-                                           p.fixedLandmarks, p.movingLandmarks)
+            job, self._load = export(workDir)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
@@ -335,9 +411,9 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([self.libraryPath(), env.get("PYTHONPATH", "")])
         self.lastLog = []
-        self._job = jobs.BackgroundJob(self._export.command(python, self.modelFile(p), p.device, p.refine), env=env,
+        self._job = jobs.BackgroundJob(job.command(python, self.modelFile(p), p.device, p.refine), env=env,
                                        work_dir=workDir)
-        self._callbacks = (onProgress, onFinished, p)
+        self._callbacks = (onProgress, onFinished)
         # Closing the scene while running: cancel (results would go to nodes that are gone).
         self._sceneObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent,
                                                            lambda caller, event: self.cancel())
@@ -347,7 +423,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         self._timer.start()
 
     def _poll(self):
-        onProgress, onFinished, p = self._callbacks
+        onProgress, onFinished = self._callbacks
         found = self._job.poll()
         self.lastLog += found.log
         for line in found.log:
@@ -361,16 +437,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         result, error = None, job.error()
         try:
             if error is None:
-                from ProgressiveRegistrationLib import mrml
-
-                result = mrml.load_results(slicer.mrmlScene, self._export, transform=p.outputTransform,
-                                           jacobian=p.outputJacobian, table=p.outputTable,
-                                           apply_to_moving=p.applyToMoving)
-                p.outputTransform, p.outputJacobian = result.transform, result.jacobian
-                if result.table:
-                    p.outputTable = result.table
-                for note in result.warnings:
-                    log.warning(note)
+                result = self._load()
             else:
                 log.error("registration failed: %s", error)
         except Exception as err:  # noqa: BLE001 - reported to the user in the GUI
@@ -430,6 +497,17 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         self.test_RegisterSample()
         self.setUp()
         self.test_BadInput()
+        self.setUp()
+        self.test_PhasesWidgetPath()
+
+    def _waitFor(self, logic, minutes):
+        """Let the GUI's event loop run (the logic's timer polls the job) until it has finished."""
+        timer = qt.QElapsedTimer()
+        timer.start()
+        while logic.isRunning() and timer.elapsed() < minutes * 60000:
+            slicer.app.processEvents()
+            qt.QThread.msleep(50)
+        self.assertFalse(logic.isRunning(), f"the registration did not finish in {minutes} minutes")
 
     def _sampleVolumes(self):
         from ProgressiveRegistrationLib import mrml
@@ -449,12 +527,7 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         widget.onApplyButton()
         self.assertTrue(widget.logic.isRunning())
         self.assertTrue(widget.ui.cancelButton.enabled)
-        timer = qt.QElapsedTimer()
-        timer.start()
-        while widget.logic.isRunning() and timer.elapsed() < 600000:
-            slicer.app.processEvents()
-            qt.QThread.msleep(50)
-        self.assertFalse(widget.logic.isRunning(), "the registration did not finish in 10 minutes")
+        self._waitFor(widget.logic, minutes=10)
         self.assertIsNotNone(p.outputTransform, widget.ui.statusLabel.text)
         self.assertEqual(moving.GetParentTransformNode(), p.outputTransform)
         self.assertIs(p.outputTransform.GetNodeReference(p.outputTransform.GetFixedNodeReferenceRole()), fixed)
@@ -480,3 +553,24 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             ProgressiveRegistrationLogic().process(fixed, fixed)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+
+    def test_PhasesWidgetPath(self):
+        self.delayDisplay("All phases of a sample 4DCT through the module panel (background process)")
+        from ProgressiveRegistrationLib import mrml4d
+
+        phases = mrml4d.sample_phase_sequence(slicer.mrmlScene)
+        slicer.util.selectModule("ProgressiveRegistration")
+        widget = slicer.modules.progressiveregistration.widgetRepresentation().self()
+        p = widget.logic.getParameterNode()
+        p.phases, p.referencePhase = phases, 0
+        self.assertTrue(widget.ui.applyPhasesButton.enabled, widget.ui.applyPhasesButton.toolTip)
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSequenceNode")
+        widget.onApplyPhasesButton()
+        self._waitFor(widget.logic, minutes=15)
+        # Three new sequences (transforms, two ventilation maps), one row per phase, shrinking lungs.
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"), before + 3)
+        table = slicer.mrmlScene.GetNodesByClass("vtkMRMLTableNode").GetItemAsObject(0).GetTable()
+        self.assertEqual(table.GetNumberOfRows(), 4)
+        change = table.GetColumnByName("volume_change_percent")
+        self.assertLess(change.GetValue(3), change.GetValue(1))
+        self.delayDisplay("Phases widget path passed")

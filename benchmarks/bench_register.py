@@ -77,7 +77,9 @@ ELASTIX_BSPLINE = {
 }
 
 
-def make_pair(out: Path) -> tuple[Path, Path, Path, Path]:
+def full_fov_ct() -> sitk.Image:
+    """The benchmark's inhale CT: a real chest CT (the one next to the project if present,
+    else the bundled sample) in a 512×512×130 grid of 0.7×0.7×2.5 mm, int16."""
     source = SHARED_CT if SHARED_CT.is_file() else SAMPLE
     ct = sitk.ReadImage(str(source), sitk.sitkFloat32)
     size, spacing = (512, 512, 130), (0.7, 0.7, 2.5)
@@ -95,7 +97,11 @@ def make_pair(out: Path) -> tuple[Path, Path, Path, Path]:
     arr[:, outside] = -1000
     padded = sitk.GetImageFromArray(arr)
     padded.CopyInformation(fixed)
-    fixed = padded
+    return padded
+
+
+def make_pair(out: Path) -> tuple[Path, Path, Path, Path]:
+    fixed = full_fov_ct()
     pair = simulate(fixed, seed=0, amplitude_si_mm=15.0, amplitude_ap_mm=5.0, n_landmarks=100)
     paths = (out / "fixed.nrrd", out / "moving.nrrd", out / "fixed.mrk.json", out / "moving.mrk.json")
     sitk.WriteImage(pair.inhale, str(paths[0]), True)

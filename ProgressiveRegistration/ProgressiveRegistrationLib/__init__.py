@@ -8,9 +8,10 @@ Lung CT registration with a progressively trained 3D U-Net (Eppenhof et al., IEE
 * data: ``dirlab``, ``landmarks``, ``images``, ``lungs``, ``metrics``, ``transforms``,
   ``warp``, ``phantom``, ``breathing``;
 * method: ``preprocess``, ``network``, ``modelfile``, ``refine``, ``synthesis``, ``device``,
-  ``engine``;
+  ``engine``, ``ventilation``, ``fourd``;
 * products: ``plots``, ``outputs``, ``pipeline``, ``evaluation``, ``trainset``,
-  ``checkpoint``, ``trainer``, ``cli``, and for Slicer ``mrml``, ``jobs``, ``requirements``.
+  ``checkpoint``, ``trainer``, ``cli``, and for Slicer ``mrml``, ``mrml4d``, ``jobs``,
+  ``requirements``.
 
 This file imports nothing at load time: the Slicer module imports ``requirements`` from
 this package before torch may be installed.

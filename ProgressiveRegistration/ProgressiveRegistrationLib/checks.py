@@ -47,3 +47,15 @@ def check_network_size(size: int, levels: int, what: str = "--size") -> None:
     step = 2 ** (levels - 1)
     if size <= 0 or size % step:
         raise InputError(f"{what} {size}: must be a positive multiple of {step} (the network has {levels} levels)")
+
+
+def check_labels(labels: sitk.Image, image: sitk.Image, what: str) -> None:
+    """A label map must be an integer image on its phase's grid (same voxels, same place)."""
+    if labels.GetDimension() != 3 or labels.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what}: a label map must be a 3D scalar image")
+    if sitk.GetArrayViewFromImage(labels).dtype.kind not in "iub":
+        raise InputError(f"{what}: a label map must hold integer labels, not {labels.GetPixelIDTypeAsString()}")
+    a, b = Grid.from_image(labels), Grid.from_image(image)
+    if a.size != b.size or not np.allclose(a.index_to_lps, b.index_to_lps, atol=1e-3):
+        raise InputError(f"{what}: the label map is not on the grid of its phase image "
+                         f"(size {a.size} against {b.size}, or another spacing, origin or direction)")

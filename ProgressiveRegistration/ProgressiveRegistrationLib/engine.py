@@ -69,6 +69,8 @@ class Result:
     landmarks: dict | None = None
     #: Per-level record of the refinement (None: the network's field alone).
     refinement: list[dict] | None = None
+    #: The fixed image's lung field on ``out_grid`` (bool ``[k, j, i]``).
+    lung_mask: np.ndarray | None = None
 
     def transform(self) -> sitk.Transform:
         return field_transform(self.displacement)
@@ -97,12 +99,14 @@ def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, fg: Grid, mg: Grid, 
 
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
                     fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
-                    progress=None, warp_moving: bool = True, refinement: RefineConfig | None = None) -> Result:
+                    progress=None, warp_moving: bool = True, refinement: RefineConfig | None = None,
+                    fixed_masks: ThoraxMasks | None = None) -> Result:
     """Register ``moving`` to ``fixed`` (both 3D CT in HU, any geometry).
 
     ``progress(fraction, message)`` is called at each stage. Landmarks are LPS mm.
     ``refinement``: refine the network's field on the images (:mod:`refine`); None gives the
-    network's one-pass result.
+    network's one-pass result. ``fixed_masks``: :func:`lungs.thorax_masks` of ``fixed``, when
+    the caller registers several images to one fixed image.
     """
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
@@ -126,7 +130,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     check_overlap(fixed, moving)
 
     stage("crop", 0.05, "cropping both images around the lungs")
-    fixed_masks, moving_masks = thorax_masks(fixed), thorax_masks(moving)
+    fixed_masks, moving_masks = fixed_masks or thorax_masks(fixed), thorax_masks(moving)
     fixed_crop, fixed_hu = _crop(fixed, model, "fixed image", notes, fixed_masks)
     moving_crop, moving_hu = _crop(moving, model, "moving image", notes, moving_masks)
     _warn_if_unusual(fixed, moving, fixed_crop, moving_crop, notes)
@@ -172,7 +176,8 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         done("warp")
 
     result = Result(fixed_grid, fixed_crop, moving_crop, out, u_vox, disp_image, jac, body, folding, warped,
-                    seconds, notes, x[0, 0], x[0, 1], refinement=refined.levels if refined is not None else None)
+                    seconds, notes, x[0, 0], x[0, 1], refinement=refined.levels if refined is not None else None,
+                    lung_mask=mask_on(fixed_masks.lungs, out))
     if fixed_points_lps is not None:
         stage("landmarks", 0.95, "landmark TRE")
         predicted = transform_points(result.transform(), fixed_points_lps)

@@ -194,3 +194,65 @@ def overview_figure(fixed, moving, result, path) -> None:
     fig.tight_layout()
     write_file(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
+
+
+def phases_figure(fourd, reference_image, path) -> None:
+    """A 4D registration at a glance: per phase a coronal slice of the Jacobian ventilation
+    over the reference CT; below, the lung volume change over the phases and, with points,
+    their distance from the reference position (each point up to 12 points, else the median
+    and the 5–95 % band and the point that moves most)."""
+    plt = pyplot()
+    grid, lungs = fourd.grid, fourd.lungs
+    n = len(fourd.phases)
+    # The coronal slice through the middle of the reference lung.
+    occupied = np.nonzero(lungs.any(axis=(0, 2)))[0] if lungs.any() else np.array([grid.size[1] // 2])
+    j = int(occupied[len(occupied) // 2])
+    ct = _coronal_on(reference_image, grid, j)
+    flip = grid.direction_matrix[2, 2] > 0  # superior at the top
+    aspect = grid.spacing_mm[2] / grid.spacing_mm[0]
+    has_points = fourd.phases[0].points_lps is not None
+    per_row = min(n, 5)
+    rows = -(-n // per_row)
+    fig = plt.figure(figsize=(2.4 * per_row + 1.0, 2.6 * rows + 3.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * rows, 3.2])
+    axes = np.atleast_1d(top.subplots(rows, per_row)).ravel()
+    values = np.concatenate([p.ventilation_jacobian[lungs] for p in fourd.phases]) if lungs.any() else np.zeros(1)
+    vmax = max(0.05, float(np.percentile(np.abs(values), 98)))
+    image = None
+    for ax in axes:
+        ax.axis("off")
+    for phase, ax in zip(fourd.phases, axes):
+        v = np.where(lungs[:, j, :], phase.ventilation_jacobian[:, j, :], np.nan)
+        ax.imshow(ct[::-1] if flip else ct, cmap="gray", vmin=-1000, vmax=400, aspect=aspect)
+        image = ax.imshow(v[::-1] if flip else v, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect=aspect, alpha=0.85)
+        change = phase.volume["change_percent"]
+        ax.set_title(f"{phase.index}: reference" if phase.is_reference else f"{phase.index}: {change:+.1f} %", fontsize=9)
+    top.colorbar(image, ax=axes.tolist(), fraction=0.03, label="det J − 1 (ml/ml)")
+    top.suptitle("Jacobian ventilation against the reference (coronal slice), lung volume change per phase", fontsize=9)
+    phases = [p.index for p in fourd.phases]
+    plots = bottom.subplots(1, 2 if has_points else 1, squeeze=False)[0]
+    ax = plots[0]
+    ax.plot(phases, [p.volume["change_percent"] for p in fourd.phases], "o-")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(phases)
+    ax.set_xlabel("phase")
+    ax.set_ylabel("lung volume change (%)")
+    ax.set_title(f"lung volume against phase {fourd.reference}", fontsize=9)
+    if has_points:
+        ax = plots[1]
+        reference = fourd.phases[fourd.reference].points_lps
+        distance = np.array([np.linalg.norm(p.points_lps - reference, axis=1) for p in fourd.phases])
+        if distance.shape[1] <= 12:
+            ax.plot(phases, distance, "o-", ms=3, lw=1)
+        else:
+            ax.fill_between(phases, np.percentile(distance, 5, 1), np.percentile(distance, 95, 1), alpha=0.3,
+                            label="5–95 %")
+            ax.plot(phases, np.median(distance, 1), "o-", ms=3, label="median")
+            ax.plot(phases, distance[:, distance.max(0).argmax()], "k--", lw=1, label="the point moving most")
+            ax.legend(fontsize=8)
+        ax.set_xticks(phases)
+        ax.set_xlabel("phase")
+        ax.set_ylabel("distance from reference (mm)")
+        ax.set_title(f"point trajectories (n = {distance.shape[1]})", fontsize=9)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    plt.close(fig)

@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import EXIT_BAD_INPUT, InputError
 from .common import configure_logging
 from .data import add_dirlab, add_phantom, add_series, add_synth, add_tre
-from .register import add_demo, add_register
+from .register import add_demo, add_register, add_register_4d
 from .train import add_train
 
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log the library's informational messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (add_register, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom, add_train):
+    for add in (add_register, add_register_4d, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom, add_train):
         add(sub)
     return parser
 

@@ -17,7 +17,7 @@ from ..dirlab import parse_cases
 from ..errors import InputError
 from ..evaluation import evaluate_dirlab
 from ..grid import Grid
-from ..images import is_image_path, list_dicom_series, read_image
+from ..images import is_image_path, list_dicom_series, phase_order, read_image
 from ..landmarks import read_landmarks, write_markups_json
 from ..metrics import snap_to_voxel, summary, tre_mm
 from ..phantom import generate
@@ -105,7 +105,7 @@ def cmd_dirlab(args) -> int:
 # --- series -------------------------------------------------------------------------------
 
 def add_series(sub):
-    p = sub.add_parser("series", help="list the DICOM series in a folder (UID, description, slices)")
+    p = sub.add_parser("series", help="list the DICOM series in a folder (UID, description, slices), in phase order")
     p.add_argument("folder")
     p.set_defaults(func=cmd_series)
 
@@ -116,10 +116,12 @@ def cmd_series(args) -> int:
     found = list_dicom_series(args.folder)
     if not found:
         raise InputError(f"{args.folder}: no DICOM series found in this directory")
-    for s in found:
-        print(s)
+    ordered, rule = phase_order(found)
+    if len(found) > 1:
+        print(f"{len(found)} series, in phase order by {rule} (the order register-4d uses):")
+    for k, s in enumerate(ordered):
+        print(f"{k:>3}  {s}" + (f"  patient {s.patient_id}" if s.patient_id else ""))
     return 0
-
 
 
 # --- synth --------------------------------------------------------------------------------

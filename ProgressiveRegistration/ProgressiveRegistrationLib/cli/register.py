@@ -1,4 +1,4 @@
-"""``progreg register`` and ``progreg demo``."""
+"""``progreg register``, ``progreg register-4d`` and ``progreg demo``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..atomic import write_all
 from ..breathing import simulate
 from ..images import read_image
 from ..landmarks import write_markups_json
-from ..pipeline import register_files
+from ..pipeline import register_4d_files, register_files
 from ..resources import BUNDLED_SAMPLE
 from .common import add_refine_options, progress_printer, refinement
 
@@ -31,6 +31,8 @@ def add_register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
     p.add_argument("--size", type=int, help="network grid N (default: the model's)")
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
+    p.add_argument("--moving-segmentation", metavar="LABELS",
+                   help="a label map on the moving image: written on the fixed grid (moving_segmentation.nrrd)")
     p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
     p.add_argument("--moving-series", help="DICOM series UID of the moving image")
     add_refine_options(p)
@@ -45,7 +47,8 @@ def cmd_register(args) -> int:
     summary = register_files(args.fixed, args.moving, args.out, args.fixed_landmarks, args.moving_landmarks,
                              args.model, args.device, args.size, args.format,
                              (args.fixed_series, args.moving_series), progress_printer(args.progress_json),
-                             refinement(args), write_warped=not args.no_warped, write_overview=not args.no_overview)
+                             refinement(args), write_warped=not args.no_warped, write_overview=not args.no_overview,
+                             moving_segmentation=args.moving_segmentation)
     if args.json:
         print(json.dumps(summary))
     elif not args.progress_json:
@@ -95,4 +98,43 @@ def cmd_demo(args) -> int:
                              inputs / "fixed_landmarks.mrk.json", inputs / "moving_landmarks.mrk.json",
                              args.model, progress=progress_printer(False), refinement=refine)
     print_summary(summary, out)
+    return 0
+
+
+def add_register_4d(sub) -> None:
+    p = sub.add_parser("register-4d", help="register every phase of a 4DCT to a reference phase (motion, ventilation)",
+                       description="Registers each PHASE (moving) to the reference phase (fixed). Writes DIR/phase_<k>/ "
+                                   "(transform, jacobian.nrrd, ventilation_jacobian.nrrd, ventilation_hu.nrrd, "
+                                   "summary.json, segmentation.nrrd), and phases.csv, phases.png, summary.json and, "
+                                   "with --points, trajectories.csv. A DICOM folder holding several series expands to "
+                                   "them in phase order (see `progreg series`).")
+    p.add_argument("phases", nargs="+", metavar="PHASE", help="image file or DICOM folder (several series: all of them)")
+    p.add_argument("--reference", type=int, default=0, help="index of the reference phase (default 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--points", help="points of the reference phase (any landmark format): their position in every phase")
+    p.add_argument("--segmentation", metavar="LABELS", help="a label map to carry to every phase")
+    p.add_argument("--segmentation-phase", type=int, help="the phase the label map is on (default: the reference)")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="the phases' names in the outputs, one per phase")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
+    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
+    add_refine_options(p)
+    p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_register_4d)
+
+
+def cmd_register_4d(args) -> int:
+    summary = register_4d_files(args.phases, args.out, args.reference, args.points, args.segmentation,
+                                args.segmentation_phase, args.model, args.device, refinement(args), args.format,
+                                progress_printer(args.progress_json), args.names)
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.progress_json:
+        print(f"{len(summary['phases'])} phases, reference {summary['reference']} (order: {summary['order']})")
+        print(f"{'phase':>5} {'volume change':>14} {'mean |d|':>9} {'p95 |d|':>8} {'folding':>8}  name")
+        for r in summary["phases"]:
+            print(f"{r['phase']:>5} {r['volume_change_percent']:>+13.2f}% {r['mean_displacement_mm']:>8.2f}mm "
+                  f"{r['p95_displacement_mm']:>6.2f}mm {r['folding_percent']:>7.3f}%  {r['name']}")
+        print(f"outputs in {args.out}: {', '.join(f for f in summary['files'] if '/' not in f)} and phase_*/")
     return 0
