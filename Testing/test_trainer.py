@@ -172,7 +172,7 @@ def test_landmark_validation_and_image_folders(tmp_path):
 def test_two_process_distributed_run(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(TRAIN), "--smoke", "--quiet", "--out", str(out), "--set", "train.iterations=6",
                         "train.snapshot_every=3", "train.threads=1"],
                        capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)

@@ -109,11 +109,13 @@ def add_register_4d(sub) -> None:
                                    "with --points, trajectories.csv. A DICOM folder holding several series expands to "
                                    "them in phase order (see `progreg series`).")
     p.add_argument("phases", nargs="+", metavar="PHASE", help="image file or DICOM folder (several series: all of them)")
-    p.add_argument("--reference", type=int, default=0, help="index of the reference phase (default 0)")
+    p.add_argument("--reference", type=int, default=0, metavar="K", help="index of the reference phase (default 0)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--points", help="points of the reference phase (any landmark format): their position in every phase")
+    p.add_argument("--points", metavar="FILE",
+                   help="points of the reference phase (any landmark format): their position in every phase")
     p.add_argument("--segmentation", metavar="LABELS", help="a label map to carry to every phase")
-    p.add_argument("--segmentation-phase", type=int, help="the phase the label map is on (default: the reference)")
+    p.add_argument("--segmentation-phase", type=int, metavar="J",
+                   help="the phase the label map is on (default: the reference)")
     p.add_argument("--names", nargs="+", metavar="NAME", help="the phases' names in the outputs, one per phase")
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
