@@ -2,7 +2,7 @@
 
 The evaluation of a model on it is :func:`evaluation.evaluate_dirlab`.
 
-Folder layout of the official download (and ``../shared/data/dirlab``)::
+Folder layout of the official download::
 
     Case1Pack/ExtremePhases/Case1_300_T00_xyz.txt        (cases 1-5)
     Case6Pack/extremePhases/case6_dirLab300_T00_xyz.txt  (cases 6-10)

@@ -33,6 +33,15 @@ def identity_vox(shape_zyx: tuple[int, int, int], device=None, dtype=torch.float
     return torch.stack([x, y, z])
 
 
+def grid_points(grid, index_to: np.ndarray) -> torch.Tensor:
+    """The 4x4 affine ``index_to`` applied to every voxel index ``(i, j, k)`` of ``grid`` (a
+    :class:`grid.Grid`): ``(D, H, W, 3)`` float64 (``grid.index_to_lps`` gives the voxels'
+    LPS positions)."""
+    ijk = identity_vox(grid.shape_zyx, dtype=torch.float64).movedim(0, -1)
+    m = torch.as_tensor(index_to, dtype=torch.float64)
+    return ijk @ m[:3, :3].T + m[:3, 3]
+
+
 def _normalise(p_vox: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:
     """``(3, ...)`` voxel indices (x, y, z) -> grid_sample's ``(..., 3)`` in [-1, 1]."""
     d, h, w = shape_zyx

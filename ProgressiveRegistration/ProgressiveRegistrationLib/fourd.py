@@ -86,6 +86,13 @@ def check_phases(phases: list[sitk.Image], reference: int) -> None:
         raise InputError(f"--reference {reference}: out of range (phases 0 to {len(phases) - 1})")
 
 
+def check_segmentation(phases: list[sitk.Image], labels: sitk.Image, labels_phase: int, what: str) -> None:
+    """``labels`` must be a label map on the grid of ``phases[labels_phase]``, an existing phase."""
+    if not 0 <= labels_phase < len(phases):
+        raise InputError(f"--segmentation-phase {labels_phase}: out of range (phases 0 to {len(phases) - 1})")
+    check_labels(labels, phases[labels_phase], what)
+
+
 def _displacement_stats(disp: np.ndarray, lungs: np.ndarray) -> dict:
     magnitude = np.linalg.norm(disp[lungs], axis=-1) if lungs.any() else np.zeros(1)
     return {"mean": float(magnitude.mean()), "p95": float(np.percentile(magnitude, 95))}
@@ -106,9 +113,7 @@ def register_phases(phases: list[sitk.Image], reference: int, model: Model, devi
         check_volume(image, names[k])
     labels_phase = reference if labels_phase is None else labels_phase
     if labels is not None:
-        if not 0 <= labels_phase < len(phases):
-            raise InputError(f"--segmentation-phase {labels_phase}: out of range (phases 0 to {len(phases) - 1})")
-        check_labels(labels, phases[labels_phase], f"segmentation of {names[labels_phase]}")
+        check_segmentation(phases, labels, labels_phase, "segmentation")
     report = progress or (lambda fraction, message: None)
     fixed = phases[reference]
     masks = thorax_masks(fixed)

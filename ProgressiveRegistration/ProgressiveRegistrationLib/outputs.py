@@ -46,16 +46,13 @@ def jacobian_image(result: Result) -> sitk.Image:
 def write_tre_csv(path, landmarks: dict, labels: list[str]) -> None:
     """``tre.csv``: per landmark its fixed, moving and predicted LPS positions (mm) and the TRE
     before, after the network alone and after refinement (mm)."""
-    def write(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(TRE_COLUMNS)
-            for i, label in enumerate(labels):
-                w.writerow([label, *np.round(landmarks["fixed_lps"][i], 4), *np.round(landmarks["moving_lps"][i], 4),
-                            *np.round(landmarks["predicted_lps"][i], 4), round(float(landmarks["before_mm"][i]), 4),
-                            round(float(landmarks["network_mm"][i]), 4), round(float(landmarks["after_mm"][i]), 4)])
-
-    write_file(path, write)
+    rows = []
+    for i, label in enumerate(labels):
+        values = [*np.round(landmarks["fixed_lps"][i], 4), *np.round(landmarks["moving_lps"][i], 4),
+                  *np.round(landmarks["predicted_lps"][i], 4),
+                  *(round(float(landmarks[k][i]), 4) for k in ("before_mm", "network_mm", "after_mm"))]
+        rows.append(dict(zip(TRE_COLUMNS, [label, *values])))
+    write_csv(path, rows)
 
 
 def read_tre_csv(path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -135,15 +132,14 @@ def fourd_writers(fourd: FourD, summary: dict, reference_image: sitk.Image, poin
     ``phases.csv``, ``phases.png``, ``trajectories.csv`` (with points), ``summary.json``."""
     t0 = time.perf_counter()
     writers: dict[str, Callable[[Path], object]] = {}
-    for phase in fourd.phases:
-        folder = f"phase_{phase.index}"
-        ph = phase  # bound per phase below
+    for ph in fourd.phases:
+        folder = f"phase_{ph.index}"
         writers[f"{folder}/transform.{fmt}"] = lambda p, ph=ph: write_transform(ph.displacement, p)
         writers[f"{folder}/jacobian.nrrd"] = lambda p, ph=ph: write_image(grid_image(ph.jacobian, fourd.grid), p)
         writers[f"{folder}/ventilation_jacobian.nrrd"] = \
             lambda p, ph=ph: write_image(grid_image(ph.ventilation_jacobian, fourd.grid), p)
         writers[f"{folder}/ventilation_hu.nrrd"] = lambda p, ph=ph: write_image(grid_image(ph.ventilation_hu, fourd.grid), p)
-        if phase.labels is not None:
+        if ph.labels is not None:
             writers[f"{folder}/segmentation.nrrd"] = lambda p, ph=ph: write_image(ph.labels, p)
         phase_summary = {**ph.row(), "volume": ph.volume, "displacement_mm": ph.displacement_mm,
                          "inverse_consistency_mm": ph.inverse,

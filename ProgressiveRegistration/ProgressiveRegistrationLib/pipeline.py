@@ -17,7 +17,7 @@ from .checks import check_labels
 from .device import pick_device
 from .engine import register_images, summary_of
 from .errors import InputError
-from .fourd import check_phases, register_phases
+from .fourd import check_phases, check_segmentation, register_phases
 from .grid import Grid
 from .images import list_dicom_series, phase_order, read_image, read_series, write_image
 from .landmarks import read_landmarks, read_point_pairs
@@ -123,10 +123,9 @@ def register_4d_files(phases: list, out: str | Path, reference: int = 0, points=
     labels = None
     if segmentation is not None:
         labels = read_image(segmentation, what=f"--segmentation {segmentation}")
-        phase = reference if segmentation_phase is None else segmentation_phase
-        if not 0 <= phase < len(images):
-            raise InputError(f"--segmentation-phase {phase}: out of range (phases 0 to {len(images) - 1})")
-        check_labels(labels, images[phase], f"--segmentation {segmentation}")
+        # Checked here too (register_phases checks it for its own callers): before the model loads.
+        check_segmentation(images, labels, reference if segmentation_phase is None else segmentation_phase,
+                           f"--segmentation {segmentation}")
     device, notice = pick_device(device)
     if notice and progress:
         progress(0.0, notice)

@@ -156,14 +156,6 @@ def sub_grid(grid: Grid, lo_lps: np.ndarray, hi_lps: np.ndarray) -> tuple[Grid, 
     return sub, (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
 
 
-def grid_points(grid: Grid, index_to: np.ndarray) -> torch.Tensor:
-    """The 4x4 affine ``index_to`` applied to every voxel index ``(i, j, k)`` of ``grid``:
-    ``(D, H, W, 3)`` float64 (``grid.index_to_lps`` gives the voxels' LPS positions)."""
-    ijk = fields.identity_vox(grid.shape_zyx, dtype=torch.float64).movedim(0, -1)
-    m = torch.as_tensor(index_to, dtype=torch.float64)
-    return ijk @ m[:3, :3].T + m[:3, 3]
-
-
 # --- the loss -------------------------------------------------------------------------------
 
 def box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -284,7 +276,7 @@ class Refinement:
 
 def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``."""
-    q = grid_points(target, grid.lps_to_index @ target.index_to_lps).movedim(-1, 0)
+    q = fields.grid_points(target, grid.lps_to_index @ target.index_to_lps).movedim(-1, 0)
     out = fields.sample(v_mm.movedim(-1, 0).to(torch.float32), q.to(torch.float32), padding_mode="border")
     return out.movedim(0, -1).contiguous()
 
@@ -425,7 +417,7 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     mask = torch.from_numpy(np.ascontiguousarray(body_mask(grid))).to(torch.float32)
     to_vox = Grid.from_image(m_small).lps_to_index[:3]
     d_net = torch.from_numpy(np.ascontiguousarray(network_disp(grid), dtype=np.float32))
-    x = grid_points(grid, grid.index_to_lps) + d_net
+    x = fields.grid_points(grid, grid.index_to_lps) + d_net
     base = (x @ torch.as_tensor(to_vox[:, :3]).T + torch.as_tensor(to_vox[:, 3])).to(torch.float32)
     lin = to_vox[:, :3]
     diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())

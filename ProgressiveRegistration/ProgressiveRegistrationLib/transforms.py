@@ -219,8 +219,7 @@ def invert_displacement(disp_image: sitk.Image, target: Grid, iterations: int = 
     """
     source = Grid.from_image(disp_image)
     d = torch.from_numpy(sitk.GetArrayFromImage(disp_image)).to(torch.float64).movedim(-1, 0)
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in target.size[::-1]], indexing="ij"))
-    y = torch.from_numpy(target.points_to_lps(idx[::-1].reshape(3, -1).T).T.copy())  # (3, n), x y z
+    y = fields.grid_points(target, target.index_to_lps).reshape(-1, 3).T  # (3, n): every voxel's LPS position
     to_index = torch.from_numpy(source.lps_to_index)
 
     def d_at(points_lps: torch.Tensor) -> torch.Tensor:
