@@ -230,8 +230,8 @@ class _TextEditLogHandler(logging.Handler):
 
 class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     """Runs ``progreg register`` in a background ``PythonSlicer`` process (a
-    ``ProgressiveRegistrationLib.jobs.BackgroundJob``, polled by a timer) and loads its
-    results with the Qt-free MRML functions of ``ProgressiveRegistrationLib.mrml``.
+    ``ProgressiveRegistrationLib.slicer.jobs.BackgroundJob``, polled by a timer) and loads its
+    results with the Qt-free MRML functions of ``ProgressiveRegistrationLib.slicer.mrml``.
 
     For scripting, call ``ProgressiveRegistrationLib.register_volume_nodes(slicer.mrmlScene, ...)``
     directly: it runs in-process and returns the output nodes.
@@ -265,7 +265,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         if self.libraryPath() not in sys.path:
             sys.path.insert(0, self.libraryPath())
-        from ProgressiveRegistrationLib import requirements
+        from ProgressiveRegistrationLib.slicer import requirements
 
         problem = requirements.torch_problem()
         if problem:
@@ -356,7 +356,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(problem)
 
         def export(workDir):
-            from ProgressiveRegistrationLib import mrml
+            from ProgressiveRegistrationLib.slicer import mrml
 
             job = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, workDir, p.fixedLandmarks,
                                   p.movingLandmarks)
@@ -383,7 +383,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(problem)
 
         def export(workDir):
-            from ProgressiveRegistrationLib import mrml4d
+            from ProgressiveRegistrationLib.slicer import mrml4d
 
             segmentation = p.phaseSegmentation
             job = mrml4d.export_4d_job(slicer.mrmlScene, p.phases, p.referencePhase, workDir, p.phasePoints,
@@ -399,7 +399,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         if self.isRunning():
             raise RuntimeError(_("A registration is already running."))
         self.ensureDependencies()
-        from ProgressiveRegistrationLib import jobs
+        from ProgressiveRegistrationLib.slicer import jobs
 
         workDir = slicer.util.tempDirectory("ProgressiveRegistration-")  # a new folder in Slicer's temporary path
         try:
@@ -469,7 +469,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         """Register in-process (blocks); returns the Lib's result with the output nodes."""
         self.ensureDependencies(install=False)
         import ProgressiveRegistrationLib
-        from ProgressiveRegistrationLib.refine import RefineConfig
+        from ProgressiveRegistrationLib.registration.refine import RefineConfig
 
         return ProgressiveRegistrationLib.register_volume_nodes(
             slicer.mrmlScene, fixedVolume, movingVolume, fixed_landmarks=fixedLandmarks,
@@ -510,7 +510,7 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         self.assertFalse(logic.isRunning(), f"the registration did not finish in {minutes} minutes")
 
     def _sampleVolumes(self):
-        from ProgressiveRegistrationLib import mrml
+        from ProgressiveRegistrationLib.slicer import mrml
 
         return mrml.sample_pair_nodes(slicer.mrmlScene)
 
@@ -556,7 +556,7 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_PhasesWidgetPath(self):
         self.delayDisplay("All phases of a sample 4DCT through the module panel (background process)")
-        from ProgressiveRegistrationLib import mrml4d
+        from ProgressiveRegistrationLib.slicer import mrml4d
 
         phases = mrml4d.sample_phase_sequence(slicer.mrmlScene)
         slicer.util.selectModule("ProgressiveRegistration")

@@ -47,9 +47,9 @@ def tiny_model(tmp_path_factory) -> str:
     """
     import torch
 
-    from ProgressiveRegistrationLib.config import NetworkConfig, SynthesisConfig
-    from ProgressiveRegistrationLib.modelfile import save_model
-    from ProgressiveRegistrationLib.network import UNet
+    from ProgressiveRegistrationLib.model.config import NetworkConfig, SynthesisConfig
+    from ProgressiveRegistrationLib.model.modelfile import save_model
+    from ProgressiveRegistrationLib.model.network import UNet
 
     torch.manual_seed(0)
     cfg = NetworkConfig(levels=3, base_channels=4)

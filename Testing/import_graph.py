@@ -5,7 +5,9 @@
 
 Every ``from . import x`` / ``from .x import y`` between modules of
 ProgressiveRegistrationLib is an edge; imports inside functions are reported apart
-(the library has none but the package's one lazy entry point).
+(the library has none). Modules live in subpackages, which are layered too
+(``PACKAGE_LAYERS``): a module imports only from its own package and from packages on
+lower layers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,20 @@ import sys
 from pathlib import Path
 
 LIB = Path(__file__).resolve().parent.parent / "ProgressiveRegistration" / "ProgressiveRegistrationLib"
+
+#: The subpackages, bottom first: a package imports only from packages on lower layers
+#: (docs/ARCHITECTURE.md). The root ``__init__`` imports nothing and may be imported by all
+#: (``__version__``); ``__main__`` is above everything.
+PACKAGE_LAYERS = {
+    "__init__": -1,
+    "core": 0,
+    "io": 1, "simulation": 1,
+    "model": 2,
+    "registration": 3,
+    "training": 4, "slicer": 4,
+    "cli": 5,
+    "__main__": 6,
+}
 
 
 def modules(root: Path = LIB) -> dict[str, Path]:
@@ -108,6 +124,26 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def package_of(module: str) -> str:
+    """The subpackage a module belongs to (``"core.grid"`` -> ``"core"``); the root's files are their own."""
+    return module.split(".")[0]
+
+
+def package_violations(graph: dict[str, set[str]], ranks: dict[str, int] = PACKAGE_LAYERS) -> list[str]:
+    """Every import that crosses packages sideways or upwards, and every package missing from ``ranks``."""
+    bad = []
+    for a in sorted(graph):
+        pa = package_of(a)
+        if pa not in ranks:
+            bad.append(f"{a}: package {pa!r} has no layer")
+            continue
+        for b in sorted(graph[a]):
+            pb = package_of(b)
+            if pb != pa and ranks.get(pb, 99) >= ranks[pa]:
+                bad.append(f"{a} -> {b} ({pa} on layer {ranks[pa]} imports {pb} on layer {ranks.get(pb, '?')})")
+    return bad
+
+
 def layers(graph: dict[str, set[str]]) -> dict[str, int]:
     """Layer of each module: 0 imports nothing of the library, n imports layers below n only."""
     layer: dict[str, int] = {}
@@ -146,13 +182,17 @@ def main(argv=None) -> int:
     for level in sorted(set(lay.values())):
         print(f"layer {level}:")
         for m in sorted(k for k, v in lay.items() if v == level):
-            print(f"  {m:<22} <- {', '.join(sorted(graph[m])) or '-'}")
+            print(f"  {m:<26} <- {', '.join(sorted(graph[m])) or '-'}")
     print(f"imports inside functions: {len(nested)}")
     for a, b, line in nested:
         print(f"  {a}:{line} -> {b}")
     found = cycles(graph)
     print(f"cycles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
-    return 1 if found else 0
+    crossing = package_violations(graph)
+    print("packages, bottom first: " + " < ".join(
+        "/".join(p for p, r in PACKAGE_LAYERS.items() if r == rank) for rank in sorted(set(PACKAGE_LAYERS.values()))))
+    print(f"imports against the package layers: {len(crossing)}" + "".join(f"\n  {c}" for c in crossing))
+    return 1 if found or crossing else 0
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ def test_evaluation_cache_follows_the_model_file(paper_cpu, tiny_model, tmp_path
     import torch
     from conftest import SAMPLE
 
-    from ProgressiveRegistrationLib.breathing import simulate
-    from ProgressiveRegistrationLib.evaluation import PointPair
+    from ProgressiveRegistrationLib.registration.evaluation import PointPair
+    from ProgressiveRegistrationLib.simulation.breathing import simulate
 
     bp = simulate(sitk.ReadImage(str(SAMPLE)), seed=3)
     pairs = [PointPair("sample", bp.inhale, bp.exhale, bp.fixed_points_lps, bp.moving_points_lps, "breathing")]

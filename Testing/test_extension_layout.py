@@ -223,7 +223,7 @@ def test_module_file_has_slicer_classes_and_imports_no_algorithm():
 
 
 def test_library_imports_without_slicer_or_qt():
-    code = ("import sys, ProgressiveRegistrationLib.cli, ProgressiveRegistrationLib.trainer; "
+    code = ("import sys, ProgressiveRegistrationLib.cli, ProgressiveRegistrationLib.training.trainer; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('slicer', 'qt', 'ctk', 'PythonQt', 'vtk')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")

@@ -50,9 +50,9 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from ProgressiveRegistrationLib import fields, transforms
-    from ProgressiveRegistrationLib.grid import Box, Grid, crop_grid
-    from ProgressiveRegistrationLib.synthesis import spline_field
+    from ProgressiveRegistrationLib.core import fields, transforms
+    from ProgressiveRegistrationLib.core.grid import Box, Grid, crop_grid
+    from ProgressiveRegistrationLib.training.synthesis import spline_field
 
     torch.set_num_threads(args.threads)
     fixed = Grid((512, 512, 130), (0.7, 0.7, 2.5), (-179.0, -179.0, -160.0))

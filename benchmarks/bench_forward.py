@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
 from results_table import publish  # noqa: E402
 
-from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
-from ProgressiveRegistrationLib.modelfile import fold_batchnorm  # noqa: E402
-from ProgressiveRegistrationLib.network import UNet  # noqa: E402
+from ProgressiveRegistrationLib.model.config import NetworkConfig  # noqa: E402
+from ProgressiveRegistrationLib.model.modelfile import fold_batchnorm  # noqa: E402
+from ProgressiveRegistrationLib.model.network import UNet  # noqa: E402
 
 CEILING_GFLOPS = 160.0
 

@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
 from results_table import publish  # noqa: E402
 
-from ProgressiveRegistrationLib.breathing import simulate  # noqa: E402
-from ProgressiveRegistrationLib.landmarks import write_markups_json  # noqa: E402
-from ProgressiveRegistrationLib.metrics import summary, tre_mm  # noqa: E402
+from ProgressiveRegistrationLib.core.metrics import summary, tre_mm  # noqa: E402
+from ProgressiveRegistrationLib.io.landmarks import write_markups_json  # noqa: E402
+from ProgressiveRegistrationLib.simulation.breathing import simulate  # noqa: E402
 
 SHARED_CT = ROOT.parent / "shared" / "data" / "ct" / "totalsegmentator" / "chest_crop_aorta.nii.gz"
 SAMPLE = ROOT / "ProgressiveRegistration" / "Resources" / "Sample" / "lung_ct_small.mha"
@@ -115,9 +115,9 @@ def paper_size_model(path: Path) -> Path:
     """The paper's network (5 levels, 16…256 channels) at 128³, Glorot weights, as a model file."""
     import torch
 
-    from ProgressiveRegistrationLib.config import NetworkConfig, SynthesisConfig
-    from ProgressiveRegistrationLib.modelfile import save_model
-    from ProgressiveRegistrationLib.network import UNet
+    from ProgressiveRegistrationLib.model.config import NetworkConfig, SynthesisConfig
+    from ProgressiveRegistrationLib.model.modelfile import save_model
+    from ProgressiveRegistrationLib.model.network import UNet
 
     torch.manual_seed(0)
     cfg = NetworkConfig()
@@ -133,8 +133,8 @@ def run_ours(paths, out: Path, threads: int, model: Path | None = None, compiled
     code = (
         "import json, resource, sys, time\n"
         "t0 = time.perf_counter()\n"
-        "from ProgressiveRegistrationLib.pipeline import register_files\n"
-        "from ProgressiveRegistrationLib.refine import RefineConfig\n"
+        "from ProgressiveRegistrationLib.registration.pipeline import register_files\n"
+        "from ProgressiveRegistrationLib.registration.refine import RefineConfig\n"
         f"s = register_files({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, {str(paths[2])!r}, {str(paths[3])!r},"
         f" model={str(model) if model else None!r}, refinement={'RefineConfig()' if refine else 'None'})\n"
         "s['wall'] = time.perf_counter() - t0\n"
@@ -176,7 +176,7 @@ def run_elastix(paths, threads: int) -> tuple[float, dict, float]:
     disp.SetSpacing(tuple(field.GetSpacing()))
     disp.SetDirection(tuple(np.asarray(field.GetDirection()).ravel()))
     tx = sitk.DisplacementFieldTransform(disp)
-    from ProgressiveRegistrationLib.landmarks import read_landmarks
+    from ProgressiveRegistrationLib.io.landmarks import read_landmarks
 
     f = read_landmarks(paths[2]).points
     m = read_landmarks(paths[3]).points
@@ -187,7 +187,7 @@ def run_elastix(paths, threads: int) -> tuple[float, dict, float]:
 def denser_exhale(seed: int = 0, percent: float = 5.0):
     """The bundled CT and a simulated exhale of it whose lungs are also denser: lung HU moved
     ``percent`` % toward soft tissue (40 HU), as air leaves them on exhale."""
-    from ProgressiveRegistrationLib.lungs import lung_mask
+    from ProgressiveRegistrationLib.core.lungs import lung_mask
 
     pair = simulate(sitk.ReadImage(str(SAMPLE)), seed=seed)
     exhale = sitk.Cast(pair.exhale, sitk.sitkFloat32)
@@ -205,9 +205,9 @@ def other_pairs() -> list[dict]:
     sys.path.insert(0, str(ROOT / "experiments"))
     from paper_cpu import evaluation_pairs
 
-    from ProgressiveRegistrationLib.engine import register_images
-    from ProgressiveRegistrationLib.modelfile import load_model
-    from ProgressiveRegistrationLib.refine import RefineConfig
+    from ProgressiveRegistrationLib.model.modelfile import load_model
+    from ProgressiveRegistrationLib.registration.engine import register_images
+    from ProgressiveRegistrationLib.registration.refine import RefineConfig
 
     model = load_model()
     demo = simulate(sitk.ReadImage(str(SAMPLE)), seed=0)

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 from bench_register import full_fov_ct  # noqa: E402
 from results_table import publish  # noqa: E402
 
-from ProgressiveRegistrationLib.breathing import simulate  # noqa: E402
-from ProgressiveRegistrationLib.landmarks import write_markups_json  # noqa: E402
+from ProgressiveRegistrationLib.io.landmarks import write_markups_json  # noqa: E402
+from ProgressiveRegistrationLib.simulation.breathing import simulate  # noqa: E402
 
 AMPLITUDE_MM = 15.0
 

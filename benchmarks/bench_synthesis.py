@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
 from results_table import publish  # noqa: E402
 
-from ProgressiveRegistrationLib import synthesis  # noqa: E402
-from ProgressiveRegistrationLib.config import SynthesisConfig  # noqa: E402
-from ProgressiveRegistrationLib.images import read_image  # noqa: E402
+from ProgressiveRegistrationLib.io.images import read_image  # noqa: E402
+from ProgressiveRegistrationLib.model.config import SynthesisConfig  # noqa: E402
+from ProgressiveRegistrationLib.training import synthesis  # noqa: E402
 
 
 def gryds_pair(hu: np.ndarray, bore: np.ndarray, cfg: SynthesisConfig, rng: np.random.Generator):

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
 from results_table import publish  # noqa: E402
 
-from ProgressiveRegistrationLib import schedule  # noqa: E402
-from ProgressiveRegistrationLib.config import NetworkConfig  # noqa: E402
-from ProgressiveRegistrationLib.metrics import masked_l2  # noqa: E402
-from ProgressiveRegistrationLib.network import ProgressiveUNet  # noqa: E402
+from ProgressiveRegistrationLib.core.metrics import masked_l2  # noqa: E402
+from ProgressiveRegistrationLib.model import schedule  # noqa: E402
+from ProgressiveRegistrationLib.model.config import NetworkConfig  # noqa: E402
+from ProgressiveRegistrationLib.model.network import ProgressiveUNet  # noqa: E402
 
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last_3d}
 

@@ -35,10 +35,10 @@ def main() -> int:
     import SimpleITK as sitk
     import torch
 
-    from ProgressiveRegistrationLib import warp
-    from ProgressiveRegistrationLib.grid import Grid
-    from ProgressiveRegistrationLib.synthesis import spline_field
-    from ProgressiveRegistrationLib.transforms import displacement_image
+    from ProgressiveRegistrationLib.core import warp
+    from ProgressiveRegistrationLib.core.grid import Grid
+    from ProgressiveRegistrationLib.core.transforms import displacement_image
+    from ProgressiveRegistrationLib.training.synthesis import spline_field
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     rng = np.random.default_rng(0)

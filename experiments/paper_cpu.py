@@ -103,13 +103,13 @@ def evaluation_pairs(micro: bool):
     import SimpleITK as sitk
     import torch
 
-    from ProgressiveRegistrationLib.breathing import simulate
-    from ProgressiveRegistrationLib.config import SynthesisConfig
-    from ProgressiveRegistrationLib.evaluation import PointPair
-    from ProgressiveRegistrationLib.grid import Grid
-    from ProgressiveRegistrationLib.phantom import generate
-    from ProgressiveRegistrationLib.synthesis import pair_generator, random_transform
-    from ProgressiveRegistrationLib.transforms import displacement_image, field_transform
+    from ProgressiveRegistrationLib.core.grid import Grid
+    from ProgressiveRegistrationLib.core.transforms import displacement_image, field_transform
+    from ProgressiveRegistrationLib.model.config import SynthesisConfig
+    from ProgressiveRegistrationLib.registration.evaluation import PointPair
+    from ProgressiveRegistrationLib.simulation.breathing import simulate
+    from ProgressiveRegistrationLib.simulation.phantom import generate
+    from ProgressiveRegistrationLib.training.synthesis import pair_generator, random_transform
 
     pairs = []
     for seed in range(200, 202 if micro else 217):  # 17 breathing pairs, like the paper's 17 image pairs
@@ -147,7 +147,7 @@ def evaluation_pairs(micro: bool):
 def _models(out: Path) -> dict[str, tuple[Path, Path]]:
     """'<run>/<arm>' -> (exported model file, its evaluation cache), for every finished run,
     and the shipped model for reference (trained differently: see its model card)."""
-    from ProgressiveRegistrationLib.resources import BUNDLED_MODEL as DEFAULT_MODEL
+    from ProgressiveRegistrationLib.io.resources import BUNDLED_MODEL as DEFAULT_MODEL
 
     models = {}
     for run in sorted(p for p in out.iterdir() if (p / "model.pt").exists()):
@@ -199,7 +199,7 @@ def evaluate_model(path: Path, pairs: list, cache: Path) -> dict:
     cached in ``cache`` (one file per network and evaluation set, so that finished arms are
     evaluated while others train). The cache is used only for the same pairs and the same
     model file (by content: a retrained model under the same name is evaluated again)."""
-    from ProgressiveRegistrationLib.evaluation import score_pairs
+    from ProgressiveRegistrationLib.registration.evaluation import score_pairs
 
     names = [p.name for p in pairs]
     digest = file_sha256(path)
@@ -218,7 +218,7 @@ def evaluate_model(path: Path, pairs: list, cache: Path) -> dict:
 
 def model_summary(done: dict, kinds: list[str]) -> dict:
     """Mean TRE per pair, and TRE and folding summaries per kind of pair."""
-    from ProgressiveRegistrationLib.metrics import summary
+    from ProgressiveRegistrationLib.core.metrics import summary
 
     folding = done["folding_percent"]
     tre = {"breathing": [], "synthetic": []}
@@ -264,7 +264,7 @@ def evaluate(out: Path, micro: bool) -> dict:
 
 def _curves_figure(out: Path, path: Path) -> None:
     """Paper Fig. 5B/6 for every arm: validation error per snapshot, progressive solid, baseline dashed."""
-    from ProgressiveRegistrationLib.plots import pyplot as _plt
+    from ProgressiveRegistrationLib.registration.figures import pyplot as _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -302,7 +302,7 @@ def _curves_figure(out: Path, path: Path) -> None:
 
 def _pairs_figure(results: dict, path: Path) -> None:
     """Per-pair TRE, progressive against baseline (each point one evaluation pair)."""
-    from ProgressiveRegistrationLib.plots import pyplot as _plt
+    from ProgressiveRegistrationLib.registration.figures import pyplot as _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -15,7 +15,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ProgressiveRegistration"))
 
-from ProgressiveRegistrationLib import fields, phantom  # noqa: E402
+from ProgressiveRegistrationLib.core import fields  # noqa: E402
+from ProgressiveRegistrationLib.simulation import phantom  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "ct" / "totalsegmentator" / "chest_crop_aorta.nii.gz"
 

@@ -158,7 +158,7 @@ def report(results: dict, models: dict[str, Path], command: str, curves: bool = 
 
 def figure(results: dict, path: Path) -> None:
     """Per breathing pair: TRE before and after each model, pairs sorted by initial TRE."""
-    from ProgressiveRegistrationLib.plots import pyplot as _plt
+    from ProgressiveRegistrationLib.registration.figures import pyplot as _plt
 
     plt = _plt()
     kinds = np.array(results["kinds"])
@@ -185,7 +185,7 @@ def time_figure(runs: dict[str, Path], path: Path) -> dict[str, tuple[list[float
     """Validation end-point error of each run's arm(s) against its training time: the axis on
     which a same-budget comparison is made (the arms are not equally fast per iteration).
     Returns the curves drawn: label -> (hours, mm)."""
-    from ProgressiveRegistrationLib.plots import pyplot as _plt
+    from ProgressiveRegistrationLib.registration.figures import pyplot as _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))

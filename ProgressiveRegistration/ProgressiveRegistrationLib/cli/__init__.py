@@ -3,6 +3,8 @@
 Every subcommand exits 0 on success, 2 on bad input (one line on stderr, nothing
 written), 1 on an unexpected failure. The library logs; this is where its log records
 become lines on stderr.
+
+Imports: every package but ``slicer``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import sys
 
 from .. import __version__
-from ..errors import EXIT_BAD_INPUT, InputError
+from ..core.errors import EXIT_BAD_INPUT, InputError
 from .common import configure_logging
 from .data import add_dirlab, add_phantom, add_series, add_synth, add_tre
 from .register import add_demo, add_register, add_register_4d

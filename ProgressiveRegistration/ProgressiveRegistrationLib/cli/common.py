@@ -6,9 +6,9 @@ import json
 import logging
 import sys
 
-from ..errors import InputError
-from ..refine import DEFAULT as DEFAULT_REFINEMENT
-from ..refine import RefineConfig, config_from_options
+from ..core.errors import InputError
+from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
+from ..registration.refine import RefineConfig, config_from_options
 
 
 def progress_printer(as_json: bool):

@@ -9,20 +9,20 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from ..atomic import write_all
-from ..breathing import simulate
-from ..checks import check_pairs
-from ..config import load_config
-from ..dirlab import parse_cases
-from ..errors import InputError
-from ..evaluation import evaluate_dirlab
-from ..grid import Grid
-from ..images import is_image_path, list_dicom_series, phase_order, read_image
-from ..landmarks import read_landmarks, write_markups_json
-from ..metrics import snap_to_voxel, summary, tre_mm
-from ..phantom import generate
-from ..synthesis import make_pair, pair_generator, prepare_volume
-from ..transforms import read_transform, transform_points
+from ..core.atomic import write_all
+from ..core.checks import check_pairs
+from ..core.errors import InputError
+from ..core.grid import Grid
+from ..core.metrics import snap_to_voxel, summary, tre_mm
+from ..core.transforms import read_transform, transform_points
+from ..io.dirlab import parse_cases
+from ..io.images import is_image_path, list_dicom_series, phase_order, read_image
+from ..io.landmarks import read_landmarks, write_markups_json
+from ..model.config import load_config
+from ..registration.evaluation import evaluate_dirlab
+from ..simulation.breathing import simulate
+from ..simulation.phantom import generate
+from ..training.synthesis import make_pair, pair_generator, prepare_volume
 from .common import add_refine_options, refinement
 
 # --- tre ----------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..atomic import write_all
-from ..breathing import simulate
-from ..images import read_image
-from ..landmarks import write_markups_json
-from ..pipeline import register_4d_files, register_files
-from ..resources import BUNDLED_SAMPLE
+from ..core.atomic import write_all
+from ..io.images import read_image
+from ..io.landmarks import write_markups_json
+from ..io.resources import BUNDLED_SAMPLE
+from ..registration.pipeline import register_4d_files, register_files
+from ..simulation.breathing import simulate
 from .common import add_refine_options, progress_printer, refinement
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
-from ..checkpoint import export_checkpoint
-from ..config import load_config, save_config
-from ..errors import InputError
-from ..resources import BUNDLED_SAMPLE
-from ..trainer import Trainer
+from ..core.errors import InputError
+from ..io.resources import BUNDLED_SAMPLE
+from ..model.config import load_config, save_config
+from ..training.checkpoint import export_checkpoint
+from ..training.trainer import Trainer
 
 SMOKE_OVERRIDES = [
     "synthesis.size=32", "network.levels=3", "network.base_channels=4", "schedule.delta=20", "schedule.Delta=60",

@@ -1,0 +1,210 @@
+"""The registration engine: two CT images in memory in, a physical transform and its checks out.
+
+Reading files and writing outputs is :mod:`pipeline`'s; this module touches no file except
+the model (loaded once by the caller, or the bundled one).
+
+Stages (each timed, each reported to a progress callback):
+
+1. ``crop``: each image cropped around its own lung field and resampled to the model's N³;
+2. ``network``: Gaussian gradient magnitude of both, one forward pass -> u (voxels);
+3. ``refine`` (optional, :mod:`refine`): a short optimisation of a displacement v added to
+   the network's field, on the CT itself, coarse to fine;
+4. ``transform``: u (+ v) -> φ(x) - x (LPS mm) on the fixed image's grid or one no coarser
+   than the network grid and the refinement's finest grid (:mod:`transforms`);
+5. ``jacobian``: det(I + ∂d/∂x) on that grid, folding inside the fixed body mask;
+6. ``warp``: the moving image resampled onto the fixed grid through that transform
+   (:mod:`warp`: ITK's resampler's values, computed in one compiled kernel);
+7. ``landmarks``: fixed landmarks through φ, TRE before, after the network alone, and
+   after refinement.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..core import fields, warp
+from ..core.checks import check_overlap, check_pairs, check_volume
+from ..core.device import pick_device
+from ..core.errors import InputError
+from ..core.grid import Grid
+from ..core.lungs import ThoraxMasks, mask_on, thorax_masks
+from ..core.metrics import summary, tre_mm
+from ..core.transforms import (
+    displacement_image,
+    displacement_lps,
+    field_at_points,
+    field_transform,
+    output_grid,
+    transform_points,
+)
+from ..model.modelfile import Model, load_model
+from ..model.preprocess import crop_hu, lung_crop, network_input
+from .refine import RefineConfig, refine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    fixed_grid: Grid
+    fixed_crop: Grid
+    moving_crop: Grid
+    out_grid: Grid
+    u_vox: torch.Tensor
+    displacement: sitk.Image
+    jacobian: np.ndarray
+    body_mask: np.ndarray
+    folding_percent: float
+    warped: sitk.Image | None
+    seconds: dict
+    warnings: list[str]
+    fixed_input: torch.Tensor
+    moving_input: torch.Tensor
+    landmarks: dict | None = None
+    #: Per-level record of the refinement (None: the network's field alone).
+    refinement: list[dict] | None = None
+    #: The fixed image's lung field on ``out_grid`` (bool ``[k, j, i]``).
+    lung_mask: np.ndarray | None = None
+
+    def transform(self) -> sitk.Transform:
+        return field_transform(self.displacement)
+
+
+def _crop(image: sitk.Image, model: Model, what: str, notes: list[str], masks: ThoraxMasks
+          ) -> tuple[Grid, torch.Tensor]:
+    grid, found = lung_crop(image, model.synthesis, masks)
+    if not found and model.synthesis.crop_to_lungs:
+        notes.append(f"{what}: no lung field found; the whole image is used (is this a thorax CT in HU?)")
+    return grid, crop_hu(image, grid)
+
+
+def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, fg: Grid, mg: Grid, notes: list[str]):
+    ext_f = np.asarray(fg.size) * np.asarray(fg.spacing_mm)
+    ext_m = np.asarray(mg.size) * np.asarray(mg.spacing_mm)
+    ratio = ext_m / ext_f
+    if np.any(ratio > 1.5) or np.any(ratio < 1 / 1.5):
+        notes.append(f"the lung crops differ much in size (moving/fixed extent {np.round(ratio, 2).tolist()}): "
+                     "very different fields of view?")
+    for what, img in (("fixed", fixed), ("moving", moving)):
+        sp = np.asarray(img.GetSpacing())
+        if sp.max() > 5.0 or sp.min() < 0.3:
+            notes.append(f"{what}: voxel spacing {np.round(sp, 2).tolist()} mm is far from typical thorax CT")
+
+
+def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
+                    fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
+                    progress=None, warp_moving: bool = True, refinement: RefineConfig | None = None,
+                    fixed_masks: ThoraxMasks | None = None) -> Result:
+    """Register ``moving`` to ``fixed`` (both 3D CT in HU, any geometry).
+
+    ``progress(fraction, message)`` is called at each stage. Landmarks are LPS mm.
+    ``refinement``: refine the network's field on the images (:mod:`refine`); None gives the
+    network's one-pass result. ``fixed_masks``: :func:`lungs.thorax_masks` of ``fixed``, when
+    the caller registers several images to one fixed image.
+    """
+    check_volume(fixed, "fixed image")
+    check_volume(moving, "moving image")
+    if fixed_points_lps is not None or moving_points_lps is not None:
+        if fixed_points_lps is None or moving_points_lps is None:
+            raise InputError("landmarks: give both fixed and moving landmarks, or neither")
+        check_pairs(fixed_points_lps, moving_points_lps)
+    device, notice = pick_device(device)
+    notes = [notice] if notice else []
+    model = model or load_model(None, device)
+    report = progress or (lambda fraction, message: None)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, fraction: float, message: str):
+        report(fraction, message)
+        seconds[name] = time.perf_counter()
+
+    def done(name: str):
+        seconds[name] = round(time.perf_counter() - seconds[name], 3)
+
+    check_overlap(fixed, moving)
+
+    stage("crop", 0.05, "cropping both images around the lungs")
+    fixed_masks, moving_masks = fixed_masks or thorax_masks(fixed), thorax_masks(moving)
+    fixed_crop, fixed_hu = _crop(fixed, model, "fixed image", notes, fixed_masks)
+    moving_crop, moving_hu = _crop(moving, model, "moving image", notes, moving_masks)
+    _warn_if_unusual(fixed, moving, fixed_crop, moving_crop, notes)
+    done("crop")
+
+    stage("network", 0.25, f"network forward pass ({model.size}³, {device})")
+    with torch.inference_mode():
+        x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
+        x_in = x.to(device).contiguous(memory_format=torch.channels_last_3d)
+        u_vox = model.net(x_in).float().cpu()[0].contiguous()
+    done("network")
+
+    refined = None
+    if refinement is not None:
+        stage("refine", 0.3, "refining the field on the images")
+        refined = refine(fixed, moving, fixed_crop, lambda grid: displacement_lps(u_vox, fixed_crop, moving_crop, grid),
+                         lambda grid: mask_on(fixed_masks.body, grid), refinement,
+                         lambda fraction, message: report(0.3 + 0.4 * fraction, message))
+        done("refine")
+
+    stage("transform", 0.7, "mapping the field to the fixed image (LPS, mm)")
+    fixed_grid = Grid.from_image(fixed)
+    out = output_grid(fixed_grid, fixed_crop, refined.grid.spacing_mm if refined is not None else None)
+    disp = displacement_lps(u_vox, fixed_crop, moving_crop, out)
+    disp_network = None
+    if refined is not None:
+        disp_network = disp
+        disp = disp_network + refined.sample_on(out)
+    disp_image = displacement_image(disp, out)
+    done("transform")
+
+    stage("jacobian", 0.75, "Jacobian determinant and folding")
+    disp_t = torch.from_numpy(disp).movedim(-1, 0)
+    jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
+    body = mask_on(fixed_masks.body, out)
+    folding = fields.folding_percent(torch.from_numpy(jac), torch.from_numpy(body))
+    done("jacobian")
+
+    warped = None
+    if warp_moving:
+        stage("warp", 0.8, "resampling the moving image onto the fixed grid")
+        warped = warp.warp_moving(moving, fixed_grid, disp_image, -1024.0)
+        done("warp")
+
+    result = Result(fixed_grid, fixed_crop, moving_crop, out, u_vox, disp_image, jac, body, folding, warped,
+                    seconds, notes, x[0, 0], x[0, 1], refinement=refined.levels if refined is not None else None,
+                    lung_mask=mask_on(fixed_masks.lungs, out))
+    if fixed_points_lps is not None:
+        stage("landmarks", 0.95, "landmark TRE")
+        predicted = transform_points(result.transform(), fixed_points_lps)
+        before = tre_mm(fixed_points_lps, moving_points_lps)
+        after = tre_mm(predicted, moving_points_lps)
+        network = after
+        if disp_network is not None:
+            network = tre_mm(fixed_points_lps + field_at_points(disp_network, out, fixed_points_lps), moving_points_lps)
+        result.landmarks = {"fixed_lps": np.asarray(fixed_points_lps), "moving_lps": np.asarray(moving_points_lps),
+                            "predicted_lps": predicted, "before_mm": before, "network_mm": network, "after_mm": after}
+        done("landmarks")
+    for note in notes:
+        log.warning(note)
+    report(1.0, "done")
+    return result
+
+
+def summary_of(result: Result, model: Model, device: str) -> dict:
+    s = {"folding_percent": result.folding_percent, "seconds": result.seconds, "model": model.path,
+         "device": device, "warnings": result.warnings,
+         "grid": {"network_size": model.size, "transform_size": list(result.out_grid.size),
+                  "transform_spacing_mm": list(result.out_grid.spacing_mm)},
+         "jacobian": {"min": float(result.jacobian[result.body_mask].min()) if result.body_mask.any() else None,
+                      "max": float(result.jacobian[result.body_mask].max()) if result.body_mask.any() else None}}
+    s["refinement"] = {"levels": result.refinement} if result.refinement is not None else None
+    if result.landmarks is not None:
+        s["tre_before_mm"] = summary(result.landmarks["before_mm"])
+        s["tre_network_mm"] = summary(result.landmarks["network_mm"])
+        s["tre_after_mm"] = summary(result.landmarks["after_mm"])
+    return s

@@ -1,0 +1,145 @@
+"""Files in, files out: read images and landmarks, run the engine, write every output.
+
+``progreg register`` and the Slicer module's background process are this module's
+:func:`register_files`, ``progreg register-4d`` is :func:`register_4d_files`; nothing is
+left in the output folder if anything fails.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..core.atomic import write_all
+from ..core.checks import check_labels
+from ..core.device import pick_device
+from ..core.errors import InputError
+from ..core.grid import Grid
+from ..core.transforms import resample_labels
+from ..io.images import list_dicom_series, phase_order, read_image, read_series, write_image
+from ..io.landmarks import read_landmarks, read_point_pairs
+from ..model.modelfile import Model, load_model
+from .engine import register_images, summary_of
+from .fourd import check_phases, check_segmentation, register_phases
+from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers
+from .refine import DEFAULT as DEFAULT_REFINEMENT
+from .refine import RefineConfig
+
+
+def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed_landmarks=None, moving_landmarks=None,
+                   model: str | Path | Model | None = None, device: str = "cpu", size: int | None = None,
+                   fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None,
+                   refinement: RefineConfig | None = DEFAULT_REFINEMENT, write_warped: bool = True,
+                   write_overview: bool = True, moving_segmentation=None) -> dict:
+    """``progreg register`` as a function: read, register, write every output into ``out``.
+
+    Returns the summary (also written as ``summary.json``). ``size`` overrides the model's
+    grid. ``refinement``: None for the network's one-pass field. ``write_warped`` /
+    ``write_overview``: the warped moving image and the overview figure (a caller that shows
+    the transform itself, such as Slicer, needs neither). ``moving_segmentation``: a label map
+    on the moving image's grid, written on the fixed grid as ``moving_segmentation.nrrd``.
+    """
+    if fmt not in TRANSFORM_FORMATS:
+        raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("give both --fixed-landmarks and --moving-landmarks, or neither")
+    device, notice = pick_device(device)
+    if notice and progress:
+        progress(0.0, notice)
+    fixed_img = read_image(fixed, series[0], "fixed image")
+    moving_img = read_image(moving, series[1], "moving image")
+    labels = None
+    if moving_segmentation is not None:
+        labels = read_image(moving_segmentation, what="--moving-segmentation")
+        check_labels(labels, moving_img, f"--moving-segmentation {moving_segmentation}")
+    fixed_pts = moving_pts = None
+    point_labels: list[str] = []
+    if fixed_landmarks is not None:
+        fixed_pts, moving_pts, point_labels = read_point_pairs(fixed_landmarks, moving_landmarks,
+                                                         Grid.from_image(fixed_img), Grid.from_image(moving_img))
+    model = (model if isinstance(model, Model) else load_model(model, device)).with_size(size)
+    result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, progress,
+                             warp_moving=write_warped, refinement=refinement)
+    summary = summary_of(result, model, device)
+    extra = {}
+    if labels is not None:
+        on_fixed = resample_labels(labels, result.displacement, Grid.from_image(fixed_img))
+        extra["moving_segmentation.nrrd"] = lambda p: write_image(on_fixed, p)
+    writers = registration_writers(result, summary, fixed_img, moving_img, point_labels, fmt, write_warped,
+                                   write_overview, extra)
+    write_all(out, writers)
+    return summary
+
+
+def read_phases(paths: list) -> tuple[list[sitk.Image], list[str], str]:
+    """The images of ``register-4d``'s PHASE arguments, in order: files, or DICOM folders,
+    where a folder holding several series (a 4DCT export) expands to its series in phase
+    order (:func:`images.phase_order`). Returns (images, names, how the order was decided).
+    Phases whose DICOM PatientIDs differ are refused."""
+    images, names, patients, rules = [], [], [], []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            found = list_dicom_series(p)
+            if not found:
+                raise InputError(f"{p}: no DICOM series found in this directory")
+            ordered, rule = phase_order(found) if len(found) > 1 else (found, "one series")
+            rules.append(f"{p}: {rule}")
+            for s in ordered:
+                images.append(read_series(s))
+                names.append(s.description or s.uid)
+                patients.append(s.patient_id)
+        else:
+            images.append(read_image(p, what=f"phase {p}"))
+            names.append(p.name)
+            patients.append("")
+    ids = sorted({pid for pid in patients if pid})
+    if len(ids) > 1:
+        raise InputError(f"the phases belong to different patients (DICOM PatientID {', '.join(ids)})")
+    return images, names, "; ".join(rules) or "as given"
+
+
+def register_4d_files(phases: list, out: str | Path, reference: int = 0, points=None, segmentation=None,
+                      segmentation_phase: int | None = None, model: str | Path | Model | None = None,
+                      device: str = "cpu", refinement: RefineConfig | None = DEFAULT_REFINEMENT, fmt: str = "nrrd",
+                      progress=None, names: list[str] | None = None) -> dict:
+    """``progreg register-4d`` as a function: every phase registered to ``phases[reference]``
+    (:mod:`fourd`), every output written into ``out`` (nothing, if anything fails).
+    ``names``: the phases' names in the outputs (default: file names or series descriptions)."""
+    if fmt not in TRANSFORM_FORMATS:
+        raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
+    images, found_names, order = read_phases(phases)
+    if names is not None and len(names) != len(images):
+        raise InputError(f"--names: {len(names)} names for {len(images)} phases")
+    names = list(names) if names is not None else found_names
+    check_phases(images, reference)
+    reference_grid = Grid.from_image(images[reference])
+    points_lps = point_labels = None
+    if points is not None:
+        lm = read_landmarks(points)
+        points_lps, point_labels = lm.to_lps(grid=reference_grid), lm.labels
+    labels = None
+    if segmentation is not None:
+        labels = read_image(segmentation, what=f"--segmentation {segmentation}")
+        # Checked here too (register_phases checks it for its own callers): before the model loads.
+        check_segmentation(images, labels, reference if segmentation_phase is None else segmentation_phase,
+                           f"--segmentation {segmentation}")
+    device, notice = pick_device(device)
+    if notice and progress:
+        progress(0.0, notice)
+    model = model if isinstance(model, Model) else load_model(model, device)
+    t0 = time.perf_counter()
+    result = register_phases(images, reference, model, device, refinement, names, points_lps, labels,
+                             segmentation_phase, progress)
+    summary = {"reference": reference, "names": names, "order": order, "model": model.path, "device": device,
+               "refinement": None if refinement is None else {"levels_mm": list(refinement.levels_mm),
+                                                              "iterations": list(refinement.iterations)},
+               "grid": {"transform_size": list(result.grid.size), "transform_spacing_mm": list(result.grid.spacing_mm)},
+               "points": 0 if points_lps is None else len(points_lps),
+               "segmentation_phase": None if labels is None else (reference if segmentation_phase is None
+                                                                  else segmentation_phase),
+               "seconds": {"register": round(time.perf_counter() - t0, 3)}}
+    write_all(out, fourd_writers(result, summary, images[reference], point_labels, fmt))
+    return summary

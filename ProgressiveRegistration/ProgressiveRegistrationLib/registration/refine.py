@@ -1,0 +1,500 @@
+"""Test-time refinement of the network's field: a short instance optimisation on the CT.
+
+The network captures the large breathing motion in one pass; what it leaves (a few mm) is
+removed here by optimising a dense displacement ``v`` added to the network's field:
+
+    φ(x) = φ_net(x) + v(x)        (LPS mm, resampling direction: fixed -> moving)
+
+``v`` lives on the fixed lung crop at each level's spacing (coarse to fine, e.g. 4 then 2 mm),
+and is found by Adam on
+
+    L(v) = 1 − mean_body(NCC²_local(F, M∘φ)) + λ · mean(‖∇v‖²)
+
+* ``F``/``M``: the fixed and moving CT in HU, clipped to ``hu_range`` and scaled to [0, 1],
+  box-averaged to the level's spacing (``BinShrink``: no aliasing, no resampling of ``F``);
+* local NCC over a cube of ``2·radius_vox + 1`` voxels, its box sums as separable sums of
+  shifted views; squared, so that the gradient is smooth at 0; its denominator is floored
+  at a tiny ``eps`` (flat regions give 0, not 0/0) rather than offset by it, since an offset
+  rewards contrast and moves even identical images; NCC is invariant to a local linear
+  change of intensity (the lungs are denser on exhale);
+* the mean runs over the fixed body mask only (air outside carries no information), and
+  over windows where the fixed image is not flat;
+* diffusion regulariser over the whole crop, ``∇`` per mm, so ``λ`` does not depend on the
+  spacing; with the default weight the refined field stays fold-free (benchmarks).
+
+Deterministic for a given input: fixed iteration counts, no random sampling, and CPU
+kernels without atomics. The moving image is sampled by one compiled pass (numba) that
+gives the values and their spatial gradient together; without numba, torch's
+``grid_sample`` (slab by slab as a batch, which is how its 3D sampler uses more than one
+core) gives the same numbers.
+
+Arrays are ``[k, j, i]``; vectors ``(x, y, z)`` = LPS.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from ..core import fields
+from ..core.errors import InputError
+from ..core.grid import Grid
+from ..core.jit import numba, prange
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of the refinement; the defaults are the measured operating point
+    (``benchmarks/results/register.md``)."""
+
+    #: Grid spacing of each level, mm, coarse to fine.
+    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
+    #: Adam iterations per level.
+    iterations: tuple[int, ...] = (100, 100, 40)
+    #: Half-width of the local-NCC window, voxels of the level.
+    radius_vox: int = 2
+    #: Weight λ of the diffusion regulariser (mean squared gradient of v, per mm).
+    smoothness: float = 1.0
+    #: Adam step size, mm of displacement.
+    learning_rate_mm: float = 0.5
+    hu_range: tuple[float, float] = (-1000.0, 300.0)
+    #: Adam's eps on the loss summed over the grid: gradients far below it do not move v.
+    gradient_floor: float = 1e-2
+
+    #: Variance below which a window counts as flat (intensities in [0, 1]: 1e-7 is a standard
+    #: deviation of ~0.4 HU; lung texture has ~1e-4).
+    eps: float = 1e-7
+
+    def __post_init__(self):
+        if not self.levels_mm:
+            raise InputError("refinement: give at least one level")
+        if any(not np.isfinite(s) or s <= 0 for s in self.levels_mm):
+            raise InputError(f"refinement levels {list(self.levels_mm)}: spacings must be positive mm")
+        if len(self.iterations) != len(self.levels_mm):
+            raise InputError(f"refinement: {len(self.iterations)} iteration counts for {len(self.levels_mm)} levels")
+        if any(int(n) != n or n < 0 for n in self.iterations):
+            raise InputError(f"refinement iterations {list(self.iterations)}: must be whole numbers >= 0")
+
+
+#: The default refinement (frozen, so it can serve as a default argument).
+DEFAULT = RefineConfig()
+
+#: Iterations per level when levels are given without counts.
+ITERATIONS_PER_LEVEL = 100
+
+
+def config_from_options(levels: str | None, iterations: str | None) -> RefineConfig:
+    """A :class:`RefineConfig` from the command line's ``--refine-levels``/``--refine-iterations``
+    (either may be None: the defaults; custom levels without counts get
+    ``ITERATIONS_PER_LEVEL`` each)."""
+    levels_mm = parse_levels(levels) if levels is not None else DEFAULT.levels_mm
+    if iterations is not None:
+        counts = parse_iterations(iterations, len(levels_mm))
+    else:
+        counts = DEFAULT.iterations if levels is None else (ITERATIONS_PER_LEVEL,) * len(levels_mm)
+    return RefineConfig(levels_mm=levels_mm, iterations=counts)
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``"4,2"`` -> ``(4.0, 2.0)`` (level spacings in mm, coarse to fine)."""
+    try:
+        levels = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise InputError(f"--refine-levels {text!r}: expected spacings in mm separated by commas, e.g. 4,2") from None
+    if not levels or any(not np.isfinite(s) or s <= 0 for s in levels):
+        raise InputError(f"--refine-levels {text!r}: expected positive spacings in mm, e.g. 4,2")
+    return levels
+
+
+def parse_iterations(text: str, n_levels: int) -> tuple[int, ...]:
+    """``"60"`` (every level) or ``"60,40"`` (one per level) -> iteration counts."""
+    try:
+        counts = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise InputError(f"--refine-iterations {text!r}: expected whole numbers, e.g. 60 or 60,40") from None
+    if any(n < 0 for n in counts):
+        raise InputError(f"--refine-iterations {text!r}: iteration counts cannot be negative")
+    if len(counts) == 1:
+        counts = counts * n_levels
+    if len(counts) != n_levels:
+        raise InputError(f"--refine-iterations {text!r}: give one count, or one per level ({n_levels})")
+    return counts
+
+
+# --- images at a level ----------------------------------------------------------------------
+
+def shrink_factors(image: sitk.Image, spacing_mm: float) -> tuple[int, int, int]:
+    """Whole voxels per cell along (i, j, k) for a spacing near ``spacing_mm`` (at least two
+    cells remain along every axis)."""
+    return tuple(max(1, min(n // 2, int(round(spacing_mm / s)))) for s, n in zip(image.GetSpacing(), image.GetSize()))
+
+
+def _normalised(image: sitk.Image, spacing_mm: float, hu_range: tuple[float, float]) -> sitk.Image:
+    """``image`` clipped to ``hu_range``, scaled to [0, 1], box-averaged to ~``spacing_mm``."""
+    lo, hi = hu_range
+    if image.GetPixelID() != sitk.sitkFloat32:  # callers pass float32 copies, made once for all levels
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    small = sitk.BinShrink(image, shrink_factors(image, spacing_mm))
+    return sitk.ShiftScale(sitk.Clamp(small, sitk.sitkFloat32, lo, hi), -lo, 1.0 / (hi - lo))
+
+
+def sub_grid(grid: Grid, lo_lps: np.ndarray, hi_lps: np.ndarray) -> tuple[Grid, tuple[slice, slice, slice]]:
+    """The part of ``grid`` covering the LPS box [lo, hi] (one voxel of margin), and the
+    ``[k, j, i]`` slices of an array on ``grid`` that cut it out."""
+    corners = np.array(np.meshgrid(*zip(lo_lps, hi_lps), indexing="ij")).reshape(3, -1).T
+    idx = grid.points_to_index(corners)
+    start = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, np.asarray(grid.size) - 1)
+    stop = np.clip(np.ceil(idx.max(0)).astype(int) + 2, start + 1, grid.size)
+    origin = grid.points_to_lps(start[None].astype(np.float64))[0]
+    sub = Grid(tuple(int(v) for v in stop - start), grid.spacing_mm, tuple(float(v) for v in origin), grid.direction)
+    return sub, (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+def box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sum over the ``(2r+1)³`` cube around every voxel of ``(C, D, H, W)``, zero outside the
+    volume (so the operator is its own adjoint); separable, as in-place sums of shifted views
+    (for short windows as fast as a compiled kernel, and cheaper than conv3d, pooling or
+    cumulative sums; measured)."""
+    y = x
+    for dim in (1, 2, 3):
+        n = y.shape[dim]
+        acc = y.clone()
+        for t in range(1, min(radius, n - 1) + 1):
+            acc.narrow(dim, t, n - t).add_(y.narrow(dim, 0, n - t))
+            acc.narrow(dim, 0, n - t).add_(y.narrow(dim, t, n - t))
+        y = acc
+    return y
+
+
+class LocalNCC2(torch.autograd.Function):
+    """``Σ_x w(x)·NCC²(x)`` of a warped image ``J`` against a fixed image ``I``, with its
+    gradient in closed form (autograd through the box sums costs ~2x more in copies).
+
+    Per window c (``n_c`` voxels, zero-padded at the border): ``A = Σ IJ − Σ I Σ J / n``,
+    ``B = Σ I² − (Σ I)² / n``, ``C = Σ J² − (Σ J)² / n``, ``NCC² = A² / den`` with
+    ``den = B·max(C, ε·n)``, ``ε`` a variance. Windows where the fixed image is flat
+    (``B ≤ ε·n``) hold no information and must carry no ``weight`` (:func:`informative`);
+    elsewhere a flat warped window gives 0, not 0/0, and identical images are a stationary
+    point (an offset ``B·C + ε`` instead would reward contrast and move them). Then
+
+        ∂/∂J(x) = I(x)·box(α) − box(α·μ_I) − J(x)·box(γ) + box(γ·μ_J),
+        α = 2wA/den,  γ = 2wA²B/den² (0 where the floor holds),
+
+    the box sums taken over the windows that contain x.
+    """
+
+    @staticmethod
+    def forward(ctx, warped, fixed, weight, fixed_sums, count, radius, eps):
+        s_f, s_ff = fixed_sums
+        products = torch.empty((3, *warped.shape), dtype=warped.dtype)
+        products[0] = warped
+        torch.mul(warped, warped, out=products[1])
+        torch.mul(fixed, warped, out=products[2])
+        s_w, s_ww, s_fw = box_sum(products, radius)
+        del products
+        mu_f, mu_w = s_f / count, s_w / count
+        a = s_fw.sub_(s_f * mu_w)
+        b = (s_ff - s_f * mu_f).clamp_min_(0.0)
+        c = s_ww.sub_(s_w * mu_w).clamp_min_(0.0)
+        floor = eps * count
+        den = b * torch.maximum(c, floor) + (b <= floor)  # windows with b <= floor carry no weight
+        ncc2 = a * a / den
+        alpha = 2.0 * weight * a / den
+        # γ = α·(A·B/den): for identical images A = C, so the ratio is exactly 1 and the
+        # gradient below exactly 0 (in another order rounding leaves a residue that Adam,
+        # which normalises step sizes, would turn into drift).
+        gamma = torch.where(c > floor, alpha * (a * b / den), 0.0)
+        ctx.save_for_backward(warped, fixed, alpha, gamma, mu_f, mu_w)
+        ctx.radius = radius
+        return torch.dot(ncc2.view(-1), weight.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        warped, fixed, alpha, gamma, mu_f, mu_w = ctx.saved_tensors
+        terms = torch.empty((4, *alpha.shape), dtype=alpha.dtype)
+        terms[0] = alpha
+        torch.mul(alpha, mu_f, out=terms[1])
+        terms[2] = gamma
+        torch.mul(gamma, mu_w, out=terms[3])
+        s_a, s_am, s_g, s_gm = box_sum(terms, ctx.radius)
+        g = (fixed * s_a).sub_(warped * s_g).add_(s_gm.sub_(s_am))
+        return g.mul_(grad), None, None, None, None, None, None
+
+
+def window_sums(fixed: torch.Tensor, radius: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(box sums of ``I`` and ``I²``, voxels per window) of a ``(D, H, W)`` fixed image."""
+    count = box_sum(torch.ones((1, *fixed.shape), dtype=fixed.dtype), radius)[0]
+    return tuple(box_sum(torch.stack([fixed, fixed * fixed]), radius)), count
+
+
+def informative(fixed_sums: tuple[torch.Tensor, torch.Tensor], count: torch.Tensor, eps: float) -> torch.Tensor:
+    """Windows whose fixed-image variance exceeds ``eps`` (bool ``(D, H, W)``)."""
+    s_f, s_ff = fixed_sums
+    return s_ff - s_f * s_f / count > eps * count
+
+
+def local_ncc2(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """``Σ w·NCC²`` (see :class:`LocalNCC2`) of ``(D, H, W)`` images, over informative windows."""
+    sums, count = window_sums(fixed, radius)
+    weight = weight * informative(sums, count, eps)
+    return LocalNCC2.apply(warped, fixed, weight, sums, count, radius, eps)
+
+
+def diffusion(v_mm: torch.Tensor, spacing_mm: tuple[float, float, float]) -> torch.Tensor:
+    """Mean squared forward difference of ``v`` (``(D, H, W, 3)`` mm) per mm, over the grid."""
+    sx, sy, sz = spacing_mm
+    dz = (v_mm[1:] - v_mm[:-1]) / sz
+    dy = (v_mm[:, 1:] - v_mm[:, :-1]) / sy
+    dx = (v_mm[:, :, 1:] - v_mm[:, :, :-1]) / sx
+    return (dz.square().mean() + dy.square().mean() + dx.square().mean()) * 3.0
+
+
+# --- the optimisation -----------------------------------------------------------------------
+
+@dataclass
+class Refinement:
+    """The optimised ``v`` (``(D, H, W, 3)`` LPS mm, float32) on ``grid`` (the finest level's
+    fixed crop), and a per-level record of the optimisation."""
+
+    v_mm: torch.Tensor
+    grid: Grid
+    levels: list[dict]
+
+    def sample_on(self, out: Grid) -> np.ndarray:
+        """``v`` on another grid, ``[k, j, i, 3]`` mm, trilinear, extended by its border values
+        beyond the crop (as the network's field is)."""
+        return resample_field(self.v_mm, self.grid, out).numpy()
+
+
+def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+    """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``."""
+    q = fields.grid_points(target, grid.lps_to_index @ target.index_to_lps).movedim(-1, 0)
+    out = fields.sample(v_mm.movedim(-1, 0).to(torch.float32), q.to(torch.float32), padding_mode="border")
+    return out.movedim(0, -1).contiguous()
+
+
+def _grid_sample(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch.Tensor:
+    """torch's ``grid_sample`` (trilinear, border) of a ``(D, H, W)`` volume at ``(D', H', W', 3)``
+    voxel positions ``(x, y, z)``, the points split into ``slabs`` batch entries (its 3D
+    sampler parallelises over the batch only). The reference of :class:`Sample`."""
+    d, h, w = volume.shape
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)], dtype=q_vox.dtype)
+    grid_norm = q_vox * scale - 1.0
+    n = grid_norm.shape[0]
+    slabs = max(1, min(slabs, n))
+    if slabs == 1:
+        return F.grid_sample(volume[None, None], grid_norm[None], align_corners=True, padding_mode="border")[0, 0]
+    size = -(-n // slabs)
+    pad = size * slabs - n
+    g = F.pad(grid_norm, (0, 0, 0, 0, 0, 0, 0, pad)) if pad else grid_norm
+    g = g.reshape(slabs, size, *g.shape[1:])
+    out = F.grid_sample(volume[None, None].expand(slabs, -1, -1, -1, -1), g, align_corners=True,
+                        padding_mode="border")
+    return out.reshape(slabs * size, *out.shape[3:])[:n]
+
+
+def _sample_kernel(vol, q, out, grad):
+    """``out = vol(q)`` trilinear with positions clamped to the volume (grid_sample's
+    'border', align_corners=True), and ``grad = ∂out/∂q`` (0 along a clamped axis)."""
+    nk, nj, ni = vol.shape
+    for d in prange(out.shape[0]):
+        for h in range(out.shape[1]):
+            for w in range(out.shape[2]):
+                x, y, z = q[d, h, w, 0], q[d, h, w, 1], q[d, h, w, 2]
+                inside_x = 0.0 < x < ni - 1  # torch counts the border itself as outside
+                inside_y = 0.0 < y < nj - 1
+                inside_z = 0.0 < z < nk - 1
+                x = min(max(x, 0.0), ni - 1.0)
+                y = min(max(y, 0.0), nj - 1.0)
+                z = min(max(z, 0.0), nk - 1.0)
+                i0 = min(int(x), max(ni - 2, 0))
+                j0 = min(int(y), max(nj - 2, 0))
+                k0 = min(int(z), max(nk - 2, 0))
+                i1, j1, k1 = min(i0 + 1, ni - 1), min(j0 + 1, nj - 1), min(k0 + 1, nk - 1)
+                fx, fy, fz = x - i0, y - j0, z - k0
+                c000, c001 = vol[k0, j0, i0], vol[k0, j0, i1]
+                c010, c011 = vol[k0, j1, i0], vol[k0, j1, i1]
+                c100, c101 = vol[k1, j0, i0], vol[k1, j0, i1]
+                c110, c111 = vol[k1, j1, i0], vol[k1, j1, i1]
+                # Weighted sums, not a + (b − a)·f: exact at the voxels themselves (f = 0 or 1).
+                a00 = c000 * (1 - fx) + c001 * fx
+                a01 = c010 * (1 - fx) + c011 * fx
+                a10 = c100 * (1 - fx) + c101 * fx
+                a11 = c110 * (1 - fx) + c111 * fx
+                b0 = a00 * (1 - fy) + a01 * fy
+                b1 = a10 * (1 - fy) + a11 * fy
+                out[d, h, w] = b0 * (1 - fz) + b1 * fz
+                gx = (((c001 - c000) * (1 - fy) + (c011 - c010) * fy) * (1 - fz)
+                      + ((c101 - c100) * (1 - fy) + (c111 - c110) * fy) * fz)
+                gy = (a01 - a00) * (1 - fz) + (a11 - a10) * fz
+                grad[d, h, w, 0] = gx if inside_x else 0.0
+                grad[d, h, w, 1] = gy if inside_y else 0.0
+                grad[d, h, w, 2] = (b1 - b0) if inside_z else 0.0
+
+
+if numba is not None:
+    _sample_kernel = numba.njit(parallel=True, cache=True, fastmath=False)(_sample_kernel)
+
+
+class Sample(torch.autograd.Function):
+    """``volume(q)`` (trilinear, border) at ``(D, H, W, 3)`` voxel positions, differentiable in
+    ``q``: one compiled pass gives the values and their spatial gradient, so the backward
+    is a product (torch's sampler searches every cell again, and on one core)."""
+
+    @staticmethod
+    def forward(ctx, volume, q_vox):
+        out = torch.empty(q_vox.shape[:3], dtype=volume.dtype)
+        grad = torch.empty(q_vox.shape, dtype=volume.dtype)
+        _sample_kernel(volume.numpy(), q_vox.detach().contiguous().numpy(), out.numpy(), grad.numpy())
+        ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return None, grad * grad_out[..., None]
+
+
+def sample_moving(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch.Tensor:
+    """The warped image ``volume(q)`` (float32 CPU tensors), compiled when numba is there."""
+    if numba is not None and volume.dtype == q_vox.dtype == torch.float32 and volume.device.type == "cpu":
+        return Sample.apply(volume, q_vox)
+    return _grid_sample(volume, q_vox, slabs)
+
+
+class Adam:
+    """Adam (Kingma and Ba) on one tensor, in place: the update of ``torch.optim.Adam`` with
+    its default betas, without its machinery (whose first step imports torch's compiler
+    stack, ~0.8 s, more than a whole level of the refinement)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
+        self.param, self.lr, self.eps, self.betas = param, lr, eps, betas
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        g = self.param.grad
+        self.m.lerp_(g, 1.0 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = (self.v.sqrt() / np.sqrt(1.0 - b2**self.t)).add_(self.eps)
+        self.param.addcdiv_(self.m, denom, value=-self.lr / (1.0 - b1**self.t))
+
+
+@dataclass
+class _Level:
+    """Everything one level's optimisation needs, computed once per level."""
+
+    grid: Grid  # the fixed crop at this level's spacing
+    fixed: torch.Tensor  # (D, H, W) in [0, 1]
+    moving: torch.Tensor  # (D', H', W') in [0, 1], the whole moving image at this spacing
+    weight: torch.Tensor  # (D, H, W): body mask / its voxel count
+    base_vox: torch.Tensor  # (D, H, W, 3): x + d_net(x) in voxels (x, y, z) of `moving`
+    mm_to_vox: torch.Tensor  # (3,) if axis-aligned (a scale per axis), else (3, 3)
+    d_net: torch.Tensor  # (D, H, W, 3) the network's displacement on `grid`, mm
+    fixed_sums: tuple[torch.Tensor, torch.Tensor]
+    count: torch.Tensor
+
+
+def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray, spacing: float,
+           config: RefineConfig, network_disp, body_mask) -> _Level:
+    f_small = _normalised(fixed, spacing, config.hu_range)
+    m_small = _normalised(moving, spacing, config.hu_range)
+    grid, cut = sub_grid(Grid.from_image(f_small), lo, hi)
+    f = torch.from_numpy(np.ascontiguousarray(sitk.GetArrayFromImage(f_small)[cut]))
+    m = torch.from_numpy(sitk.GetArrayFromImage(m_small))
+    mask = torch.from_numpy(np.ascontiguousarray(body_mask(grid))).to(torch.float32)
+    to_vox = Grid.from_image(m_small).lps_to_index[:3]
+    d_net = torch.from_numpy(np.ascontiguousarray(network_disp(grid), dtype=np.float32))
+    x = fields.grid_points(grid, grid.index_to_lps) + d_net
+    base = (x @ torch.as_tensor(to_vox[:, :3]).T + torch.as_tensor(to_vox[:, 3])).to(torch.float32)
+    lin = to_vox[:, :3]
+    diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())
+    mm_to_vox = torch.tensor(np.diag(lin) if diagonal else lin, dtype=torch.float32)
+    fixed_sums, count = window_sums(f, config.radius_vox)
+    mask = mask * informative(fixed_sums, count, config.eps)
+    return _Level(grid, f, m, mask / mask.sum().clamp_min(1.0), base, mm_to_vox, d_net, fixed_sums, count)
+
+
+def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NCC² over the body, diffusion of the total field d_net + v) for ``v`` on ``lv.grid``."""
+    step = v_mm * lv.mm_to_vox if lv.mm_to_vox.dim() == 1 else v_mm @ lv.mm_to_vox.T
+    warped = sample_moving(lv.moving, lv.base_vox + step, slabs)
+    similarity = LocalNCC2.apply(warped, lv.fixed, lv.weight, lv.fixed_sums, lv.count, config.radius_vox, config.eps)
+    # The total field is regularised, not only v: the network's field can be sharp where its
+    # input ends (the crop border), and a smooth v alone could never undo that.
+    return similarity, diffusion(lv.d_net + v_mm, lv.grid.spacing_mm)
+
+
+def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Callable[[Grid], np.ndarray],
+           body_mask: Callable[[Grid], np.ndarray], config: RefineConfig = DEFAULT,
+           progress: Callable[[float, str], None] | None = None) -> Refinement:
+    """Optimise ``v`` coarse to fine on the box of the fixed lung crop ``crop``.
+
+    ``fixed``/``moving``: the CT images in HU (any geometry);
+    ``network_disp(grid)``: the network's ``φ_net(x) − x`` on ``grid`` (``[k, j, i, 3]`` LPS mm);
+    ``body_mask(grid)``: the fixed body mask on ``grid`` (bool ``[k, j, i]``);
+    ``progress(fraction of the refinement done, message)``.
+    """
+    report = progress or (lambda fraction, message: None)
+    fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
+    lo, hi = crop.bounding_box_lps()
+    half = 0.5 * np.abs(crop.direction_matrix @ np.asarray(crop.spacing_mm))
+    lo, hi = lo - half, hi + half
+    slabs = max(1, torch.get_num_threads())
+    total, done = max(1, sum(config.iterations)), 0
+    v: torch.Tensor | None = None
+    grid: Grid | None = None
+    record = []
+    factors = None
+    for level, (spacing, iterations) in enumerate(zip(config.levels_mm, config.iterations)):
+        if (shrink_factors(fixed, spacing), shrink_factors(moving, spacing)) == factors:
+            # The images are coarser than this level: it would repeat the previous one.
+            done += iterations
+            record.append({"spacing_mm": record[-1]["spacing_mm"], "size": record[-1]["size"], "iterations": 0,
+                           "skipped": "the images are no finer than the previous level"})
+            continue
+        factors = shrink_factors(fixed, spacing), shrink_factors(moving, spacing)
+        t0 = time.perf_counter()
+        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask)
+        t_setup = time.perf_counter() - t0
+        v0 = resample_field(v, grid, lv.grid) if v is not None else torch.zeros((*lv.grid.shape_zyx, 3))
+        grid = lv.grid
+        params = v0.requires_grad_(True)
+        # The loss summed (not averaged) over the grid puts a voxel's gradient at O(1); Adam's
+        # eps then is a floor below which a gradient is float rounding, not signal (Adam
+        # would otherwise scale rounding noise up to full steps and move identical images).
+        scale = float(params[..., 0].numel())
+        adam = Adam(params, config.learning_rate_mm, config.gradient_floor)
+        with torch.no_grad():
+            start = float(_objective(lv, params, config, slabs)[0])
+        every = max(1, iterations // 10)
+        for it in range(iterations):
+            params.grad = None
+            similarity, smooth = _objective(lv, params, config, slabs)
+            (scale * (config.smoothness * smooth - similarity)).backward()
+            adam.step()
+            done += 1
+            if (it + 1) % every == 0 or it + 1 == iterations:
+                report(done / total, f"refining: level {level + 1}/{len(config.levels_mm)} ({spacing:g} mm), "
+                                     f"iteration {it + 1}/{iterations}, NCC² {similarity.item():.3f}")
+        v = params.detach()
+        with torch.no_grad():
+            end, smooth = (float(t) for t in _objective(lv, v, config, slabs))
+        record.append({"spacing_mm": [round(s, 3) for s in grid.spacing_mm], "size": list(grid.size),
+                       "iterations": int(iterations), "ncc2_before": round(start, 4), "ncc2_after": round(end, 4),
+                       "diffusion": round(smooth, 6), "seconds": round(time.perf_counter() - t0, 3),
+                       "setup_seconds": round(t_setup, 3)})
+        del lv
+    return Refinement(v, grid, record)

@@ -1,0 +1,447 @@
+"""MRML side of the module, Qt-free: every function takes the scene as a parameter.
+
+Runs inside Slicer and against the ``slicer-core`` wheel (real MRML without Qt), which is
+how it is tested. Slicer works in RAS, files and the engine in LPS: the conversion
+``diag(-1, -1, 1)`` happens here and nowhere else.
+
+Outputs of a registration:
+
+* a ``vtkMRMLGridTransformNode`` holding the field as a ``vtkOrientedGridTransform`` in the
+  FromParent (resampling, fixed -> moving) direction, with the standard registration node
+  references to the fixed and moving volumes, set as the moving volume's parent transform;
+* a scalar volume of the Jacobian determinant on the fixed volume's geometry;
+* a table: one row per landmark (label, TRE before, after the network alone, after
+  refinement) plus mean and SD rows.
+
+Volumes under a linear parent transform are registered in world coordinates (their
+world geometry is exported, the user's transform is left as it is); under a non-linear
+one the registration is refused with a message. The result is set as the moving volume's
+parent only if it has none: a user's transform is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..core.checks import check_volume
+from ..core.errors import InputError
+from ..core.grid import Grid
+from ..core.transforms import read_displacement_field
+from ..io.images import read_image
+from ..io.landmarks import write_markups_json
+from ..io.resources import BUNDLED_SAMPLE
+from ..model.modelfile import Model, load_model
+from ..registration.engine import register_images, summary_of
+from ..registration.outputs import jacobian_image, read_tre_csv
+from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
+from ..registration.refine import RefineConfig
+from ..simulation.breathing import simulate
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+# --- nodes <-> images and points ---------------------------------------------------------------
+
+def _ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+RESULT_ATTRIBUTE = "ProgressiveRegistration.model"
+
+
+def is_result_of(transform, moving) -> bool:
+    """Whether ``transform`` is a registration result of this module for ``moving``, at the
+    top of its transform tree (so that a new result may take its place)."""
+    return (transform is not None and transform.GetAttribute(RESULT_ATTRIBUTE) is not None
+            and transform.GetNodeReference(transform.GetMovingNodeReferenceRole()) is moving
+            and transform.GetParentTransformNode() is None)
+
+
+def _to_world_ras(node, what: str) -> np.ndarray:
+    """4x4 RAS matrix of the node's parent transforms (identity without one, or when the
+    parent is an earlier result of this module for it); InputError if they are not
+    linear, or not a rotation and translation (a volume grid cannot carry shear or
+    scaling without resampling)."""
+    import vtk
+
+    parent = node.GetParentTransformNode()
+    if parent is None or is_result_of(parent, node):
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(f"{what} is under the non-linear transform '{parent.GetName()}': harden it "
+                         "(Data module: right-click the volume, Harden transform) or remove it, then register")
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    a = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    if not np.allclose(a[:3, :3] @ a[:3, :3].T, np.eye(3), atol=1e-6) or np.linalg.det(a[:3, :3]) <= 0:
+        raise InputError(f"{what} is under the transform '{parent.GetName()}', which scales, shears or mirrors it: "
+                         "harden it (Data module: right-click the volume, Harden transform), then register")
+    return a
+
+
+def grid_of_volume_node(node, world: bool = False, what: str | None = None) -> Grid:
+    """The LPS :class:`Grid` of a volume node: its own geometry, or with ``world`` its
+    geometry in world coordinates (through its rigid parent transforms; InputError, naming
+    the volume as ``what``, for any other parent)."""
+    dims = node.GetImageData().GetDimensions()
+    m = _ijk_to_ras(node)
+    if world:
+        m = _to_world_ras(node, what or f"volume '{node.GetName()}'") @ m
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    direction_lps = LPS_TO_RAS @ (m[:3, :3] / spacing)
+    origin_lps = LPS_TO_RAS @ m[:3, 3]
+    return Grid(tuple(int(d) for d in dims), tuple(float(s) for s in spacing), tuple(float(v) for v in origin_lps),
+                tuple(float(v) for v in direction_lps.ravel()))
+
+
+def image_from_volume_node(node, what: str) -> sitk.Image:
+    """A SimpleITK image (LPS, world coordinates) of a scalar volume node, checked for sanity."""
+    import slicer.util
+
+    if node is None or node.GetImageData() is None:
+        raise InputError(f"{what}: no volume (or a volume without image data)")
+    arr = slicer.util.arrayFromVolume(node)
+    if arr.ndim != 3:
+        raise InputError(f"{what}: expected a 3D scalar volume, got an array of shape {arr.shape}")
+    grid = grid_of_volume_node(node, world=True, what=what)  # refuses a non-rigid parent before any copy
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    grid.apply_to(image)
+    check_volume(image, what)
+    return image
+
+
+def markups_lps(node) -> tuple[np.ndarray, list[str]]:
+    """(n, 3) LPS positions (world coordinates, as the volumes) and labels of a point list."""
+    import slicer.util
+
+    ras = np.asarray(slicer.util.arrayFromMarkupsControlPoints(node, world=True), dtype=np.float64).reshape(-1, 3)
+    labels = [node.GetNthControlPointLabel(i) or str(i + 1) for i in range(len(ras))]
+    return ras @ LPS_TO_RAS, labels
+
+
+def _vtk_matrix(a: np.ndarray):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+# --- output nodes --------------------------------------------------------------------------------
+
+def set_grid_transform(node, displacement: sitk.Image) -> None:
+    """Store an ITK displacement field (LPS, resampling direction) as the node's FromParent
+    ``vtkOrientedGridTransform`` (RAS displacements on the same grid)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    grid = Grid.from_image(displacement)
+    disp_lps = sitk.GetArrayFromImage(displacement).astype(np.float64)  # [k, j, i, 3]
+    disp_ras = disp_lps * np.array([-1.0, -1.0, 1.0])
+    image = vtk.vtkImageData()
+    image.SetDimensions(*grid.size)
+    image.SetSpacing(*grid.spacing_mm)
+    image.SetOrigin(*(LPS_TO_RAS @ np.asarray(grid.origin_lps)))
+    scalars = numpy_support.numpy_to_vtk(disp_ras.reshape(-1, 3), deep=True, array_type=vtk.VTK_DOUBLE)
+    scalars.SetNumberOfComponents(3)
+    image.GetPointData().SetScalars(scalars)
+    direction = np.eye(4)
+    direction[:3, :3] = LPS_TO_RAS @ grid.direction_matrix
+    transform = slicer.vtkOrientedGridTransform()
+    transform.SetDisplacementGridData(image)
+    transform.SetGridDirectionMatrix(_vtk_matrix(direction))
+    # Cubic: what Slicer makes of a displacement-field file when a saved scene is loaded
+    # again (vtkMRMLTransformStorageNode; Testing/test_mrml.py checks it), so the transform
+    # is the same before and after saving. Between grid points it differs from ITK's linear
+    # interpolation of the same field by far less than a voxel (also tested).
+    transform.SetInterpolationModeToCubic()
+    node.SetAndObserveTransformFromParent(transform)
+
+
+def set_volume_from_image(node, image: sitk.Image) -> None:
+    import slicer.util
+
+    grid = Grid.from_image(image)
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ grid.direction_matrix @ np.diag(grid.spacing_mm)
+    m[:3, 3] = LPS_TO_RAS @ np.asarray(grid.origin_lps)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    node.SetIJKToRASMatrix(_vtk_matrix(m))
+
+
+TRE_COLUMNS = ("TRE before (mm)", "TRE network (mm)", "TRE after (mm)")
+
+
+def set_tre_table(node, labels: list[str], before: np.ndarray, network: np.ndarray, after: np.ndarray) -> None:
+    """One row per landmark (label; TRE before, after the network alone, after refinement,
+    in mm), then 'mean' and 'sd' rows. Without refinement the last two columns agree."""
+    import vtk
+
+    table = node.GetTable()
+    table.Initialize()
+    names = vtk.vtkStringArray()
+    names.SetName("label")
+    values = np.stack([np.asarray(before, float), np.asarray(network, float), np.asarray(after, float)], 1)
+    rows = [*zip(labels, values), ("mean", values.mean(0)), ("sd", values.std(0))]
+    cols = []
+    for title in TRE_COLUMNS:
+        col = vtk.vtkDoubleArray()
+        col.SetName(title)
+        cols.append(col)
+    for label, row in rows:
+        names.InsertNextValue(str(label))
+        for col, v in zip(cols, row):
+            col.InsertNextValue(float(v))
+    table.AddColumn(names)
+    for col in cols:
+        table.AddColumn(col)
+    node.Modified()
+
+
+JACOBIAN_COLORS = "ProgressiveRegistration Jacobian"
+
+
+def jacobian_color_node(scene):
+    """A colour table for det J over [0, 2]: magenta at det <= 0 (folding), blue where the
+    tissue compresses, white at 1, red where it expands. Made once per scene."""
+    node = scene.GetFirstNodeByName(JACOBIAN_COLORS)
+    if node is not None:
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", JACOBIAN_COLORS)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    node.SetNamesInitialised(True)
+    for i in range(256):
+        v = 2.0 * i / 255.0
+        if i == 0:
+            rgb = (1.0, 0.0, 1.0)  # det <= 0: folding
+        elif v < 1.0:
+            rgb = (v, v, 1.0)
+        else:
+            rgb = (1.0, 2.0 - v, 2.0 - v)
+        node.SetColor(i, f"{v:.3f}", *rgb, 1.0)
+    node.SetAttribute("Category", "ProgressiveRegistration")
+    return node
+
+
+def _style_jacobian(node) -> None:
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetAndObserveColorNodeID(jacobian_color_node(node.GetScene()).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 2.0)
+
+
+@dataclass
+class RegistrationNodes:
+    """What a registration put in the scene, and its numbers."""
+
+    transform: object
+    jacobian: object
+    table: object | None
+    summary: dict
+    seconds: float = 0.0
+    tre_before_mm: dict | None = None
+    tre_after_mm: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    tre_network_mm: dict | None = None
+
+    @property
+    def folding_percent(self) -> float:
+        return self.summary["folding_percent"]
+
+    def describe(self) -> str:
+        text = f"Folding: {self.folding_percent:.3f} % of body voxels."
+        if self.tre_before_mm:
+            b, n, a = self.tre_before_mm, self.tre_network_mm, self.tre_after_mm
+            refined = f"network alone {n['mean']:.2f} ± {n['sd']:.2f} mm, " if self.summary.get("refinement") else ""
+            text = (f"TRE before {b['mean']:.2f} ± {b['sd']:.2f} mm, {refined}after {a['mean']:.2f} ± {a['sd']:.2f} mm "
+                    f"(n = {a['n']}). ") + text
+        return " ".join([text, *self.warnings])
+
+
+def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
+             tre_rows: tuple | None, transform=None, jacobian_node=None, table=None,
+             apply_to_moving: bool = True) -> RegistrationNodes:
+    base = moving.GetName() or "moving"
+    if transform is None:
+        transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", scene.GenerateUniqueName(f"{base} registered"))
+    set_grid_transform(transform, displacement)
+    # The roles Slicer's registration modules use (vtkMRMLTransformNode.h).
+    transform.SetNodeReferenceID(transform.GetFixedNodeReferenceRole(), fixed.GetID())
+    transform.SetNodeReferenceID(transform.GetMovingNodeReferenceRole(), moving.GetID())
+    transform.SetAttribute(RESULT_ATTRIBUTE, str(summary.get("model", "")))
+    notes = list(summary.get("warnings", []))
+    parent = moving.GetParentTransformNode()
+    if apply_to_moving and parent is not None and parent is not transform and not is_result_of(parent, moving):
+        # Replacing it would lose the user's transform; the result maps world to world, so
+        # it belongs above that transform, which only the user may rearrange.
+        notes.append(f"The moving volume already has the parent transform '{parent.GetName()}', which was kept: "
+                     f"to see the result, make '{transform.GetName()}' the parent of '{parent.GetName()}'.")
+    elif apply_to_moving:
+        moving.SetAndObserveTransformNodeID(transform.GetID())
+
+    # The Jacobian on the fixed volume's world geometry (the engine computes it on the
+    # transform's grid, in world coordinates); the new volume has no parent transform.
+    fixed_grid = grid_of_volume_node(fixed, world=True)
+    jac_on_fixed = sitk.Resample(jacobian, fixed_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, 1.0,
+                                 sitk.sitkFloat32)
+    if jacobian_node is None:
+        jacobian_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} Jacobian"))
+    set_volume_from_image(jacobian_node, jac_on_fixed)
+    jacobian_node.SetAttribute("ProgressiveRegistration.foldingPercent", f"{summary['folding_percent']:.6f}")
+    _style_jacobian(jacobian_node)
+
+    if tre_rows is not None:
+        if table is None:
+            table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} TRE"))
+        set_tre_table(table, *tre_rows)
+    else:
+        table = None
+    seconds = float(sum(v for v in summary.get("seconds", {}).values()))
+    return RegistrationNodes(transform, jacobian_node, table, summary, seconds, summary.get("tre_before_mm"),
+                             summary.get("tre_after_mm"), notes, summary.get("tre_network_mm"))
+
+
+def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
+    if fixed is None or moving is None:
+        raise InputError("select a fixed and a moving volume")
+    if fixed is moving or fixed.GetID() == moving.GetID():
+        raise InputError("fixed and moving volumes must be different nodes")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("give both landmark lists, or neither")
+    fixed_image = image_from_volume_node(fixed, f"fixed volume '{fixed.GetName()}'")
+    moving_image = image_from_volume_node(moving, f"moving volume '{moving.GetName()}'")
+    points = None
+    if fixed_landmarks is not None:
+        f, labels = markups_lps(fixed_landmarks)
+        m, _ = markups_lps(moving_landmarks)
+        if len(f) != len(m):
+            raise InputError(f"landmarks: {len(f)} fixed but {len(m)} moving points; they must pair up")
+        if len(f) == 0:
+            raise InputError("landmarks: the point lists are empty")
+        points = (f, m, labels)
+    return fixed_image, moving_image, points
+
+
+def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None,
+                          device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
+                          progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT) -> RegistrationNodes:
+    """Register two volume nodes in-process and put the results in ``scene``.
+
+    The scripting API for Slicer's Python console::
+
+        import ProgressiveRegistrationLib as prl
+        r = prl.register_volume_nodes(slicer.mrmlScene, fixedNode, movingNode)
+        r.transform, r.jacobian, r.table   # output nodes (table is None without landmarks)
+
+    ``model``: a model file path (default: the bundled model) or a loaded ``Model``;
+    ``refinement``: None for the network's one-pass field. Inputs are never modified, except
+    that the moving volume gets the result as its parent transform when ``apply_to_moving``
+    and it has none. Bad input raises InputError before any node is made.
+    """
+    fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
+    model = model if isinstance(model, Model) else load_model(model, device)
+    f_pts, m_pts = (points[0], points[1]) if points else (None, None)
+    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=False,
+                             refinement=refinement)
+    summary = summary_of(result, model, device)
+    jac = jacobian_image(result)
+    lm = result.landmarks
+    rows = (points[2], lm["before_mm"], lm["network_mm"], lm["after_mm"]) if points else None
+    return _outputs(scene, fixed, moving, result.displacement, jac, summary, rows, transform, jacobian, table,
+                    apply_to_moving)
+
+
+# --- the background-process path of the module ---------------------------------------------------
+
+@dataclass
+class Job:
+    fixed_id: str
+    moving_id: str
+    fixed_path: str
+    moving_path: str
+    out_dir: str
+    fixed_landmarks_path: str | None = None
+    moving_landmarks_path: str | None = None
+
+    def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True) -> list[str]:
+        """The ``progreg register`` command line of this job, run by ``python`` (PythonSlicer in
+        Slicer): progress as JSON lines, no warped image or overview figure (Slicer shows the
+        transform itself)."""
+        args = [python, "-m", "ProgressiveRegistrationLib", "register", self.fixed_path, self.moving_path,
+                "--out", self.out_dir, "--device", device, "--progress-json", "--no-warped", "--no-overview"]
+        if self.fixed_landmarks_path:
+            args += ["--fixed-landmarks", self.fixed_landmarks_path, "--moving-landmarks", self.moving_landmarks_path]
+        if model:
+            args += ["--model", str(model)]
+        if not refine:
+            args.append("--no-refine")
+        return args
+
+
+def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None) -> Job:
+    """Write the inputs of a background ``progreg register`` run into ``work_dir``."""
+    fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
+    work = Path(work_dir)
+    job = Job(fixed.GetID(), moving.GetID(), str(work / "fixed.nrrd"), str(work / "moving.nrrd"), str(work / "out"))
+    sitk.WriteImage(fixed_image, job.fixed_path, True)
+    sitk.WriteImage(moving_image, job.moving_path, True)
+    if points:
+        job.fixed_landmarks_path = str(work / "fixed.mrk.json")
+        job.moving_landmarks_path = str(work / "moving.mrk.json")
+        write_markups_json(job.fixed_landmarks_path, points[0], points[2])
+        write_markups_json(job.moving_landmarks_path, points[1])
+    return job
+
+
+def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True
+                 ) -> RegistrationNodes:
+    """Turn a finished ``progreg register`` output folder into output nodes."""
+    out = Path(job.out_dir)
+    fixed, moving = scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id)
+    if fixed is None or moving is None:
+        raise InputError("the fixed or moving volume was removed from the scene during the registration")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    transform_file = next(out / f for f in summary["files"] if f.startswith("transform."))
+    displacement = read_displacement_field(transform_file)
+    rows = read_tre_csv(out / "tre.csv") if (out / "tre.csv").exists() else None
+    return _outputs(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, rows,
+                    transform, jacobian, table, apply_to_moving)
+
+
+# --- sample data -----------------------------------------------------------------------------------
+
+def add_volume_node(scene, image: sitk.Image, name: str):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    set_volume_from_image(node, image)
+    return node
+
+
+def add_points_node(scene, points_lps: np.ndarray, name: str):
+    import slicer.util
+
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(name))
+    slicer.util.updateMarkupsControlPointsFromArray(node, np.asarray(points_lps) @ LPS_TO_RAS)
+    return node
+
+
+def sample_pair_nodes(scene, seed: int = 0):
+    """Bundled CT (inhale, fixed) and a simulated exhale (moving) with landmark lists."""
+    pair = simulate(read_image(BUNDLED_SAMPLE), seed=seed)
+    return (add_volume_node(scene, pair.inhale, "inhale"), add_volume_node(scene, pair.exhale, "exhale"),
+            add_points_node(scene, pair.fixed_points_lps, "F"), add_points_node(scene, pair.moving_points_lps, "M"))

@@ -1,0 +1,144 @@
+"""The module's background process: process trees, cancel, errors, and the export/run/load path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import MODULE_DIR
+
+from ProgressiveRegistrationLib.slicer import jobs
+
+
+def _wait(job: jobs.BackgroundJob, timeout_s: float = 600.0) -> list:
+    """Poll like the module's timer until the job has finished; returns every poll."""
+    polls, t0 = [], time.monotonic()
+    while not job.finished:
+        polls.append(job.poll())
+        assert time.monotonic() - t0 < timeout_s, "the job did not finish"
+        time.sleep(0.05)
+    polls.append(job.poll())
+    return polls
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (ended, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+LAUNCHER = textwrap.dedent("""
+    # Like PythonSlicer: a launcher whose child does the work (and writes into the work folder).
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time, pathlib, sys\\n"
+                              "p = pathlib.Path(sys.argv[1])\\n"
+                              "while True:\\n"
+                              "    p.write_text(str(time.time())); time.sleep(0.05)", sys.argv[1]])
+    print(child.pid, flush=True)
+    print('{"fraction": 0.5, "message": "halfway"}', flush=True)
+    child.wait()
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process handling")
+def test_cancel_kills_the_whole_process_tree_then_removes_the_work_folder(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    job = jobs.BackgroundJob([sys.executable, "-c", LAUNCHER, str(work / "alive.txt")], work_dir=work)
+    t0 = time.monotonic()
+    lines, progress = [], []
+    while not (lines and progress) and time.monotonic() - t0 < 30:
+        found = job.poll()
+        lines += found.log
+        progress += found.progress
+        time.sleep(0.05)
+    child = int(lines[0])
+    assert progress == [(0.5, "halfway")]
+    assert _alive(job.process.pid) and _alive(child)
+    job.cancel()
+    assert not _alive(job.process.pid)
+    assert not _alive(child), "the launcher's child survived the cancel"
+    assert not work.exists()
+    assert job.cancelled and job.error() == "cancelled"
+
+
+def test_a_failing_process_reports_its_error_line_and_keeps_all_of_stderr(tmp_path):
+    code = ("import sys\n"
+            "for i in range(50): print(f'detail {i}', file=sys.stderr)\n"
+            "print('progreg register: error: the fixed image is empty', file=sys.stderr)\n"
+            "print('after the error', file=sys.stderr)\n"
+            "sys.exit(2)")
+    job = jobs.BackgroundJob([sys.executable, "-c", code], work_dir=tmp_path / "w")
+    _wait(job, 60)
+    assert job.returncode == 2
+    assert job.error() == "progreg register: error: the fixed image is empty"
+    assert len(job.stderr_lines) == 52 and job.stderr_lines[0] == "detail 0"
+
+
+def test_a_crash_without_an_error_line_says_how_it_ended():
+    job = jobs.BackgroundJob([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    _wait(job, 60)
+    assert "killed by signal 9" in job.error()
+    job = jobs.BackgroundJob([sys.executable, "-c", "import sys; print('Segmentation fault', file=sys.stderr); sys.exit(139)"])
+    _wait(job, 60)
+    assert job.error() == "the registration process failed (exit code 139): Segmentation fault"
+
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
+
+
+def test_export_run_poll_and_load_like_the_module(tmp_path, tiny_model):
+    from ProgressiveRegistrationLib.slicer import mrml
+
+    scene = slicer.vtkMRMLScene()
+    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    work = tmp_path / "work"
+    work.mkdir()
+    export = mrml.export_job(scene, fixed, moving, work, fpts, mpts)
+    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR)}
+    job = jobs.BackgroundJob(export.command(sys.executable, tiny_model), env=env, work_dir=work)
+    polls = _wait(job)
+    assert job.error() is None, job.stderr_lines
+    fractions = [f for p in polls for f, _ in p.progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("refining" in m for p in polls for _, m in p.progress)  # refinement is on by default
+    # The module shows the transform itself: no warped image, no overview figure.
+    written = {p.name for p in (work / "out").iterdir()}
+    assert written == {"transform.nrrd", "jacobian.nrrd", "summary.json", "tre.csv"}
+    result = mrml.load_results(scene, export)
+    job.cleanup()
+    assert not work.exists()
+    assert moving.GetParentTransformNode() is result.transform
+    assert result.tre_after_mm["mean"] < result.tre_network_mm["mean"]
+    summary = json.loads(json.dumps(result.summary))
+    assert summary["refinement"]["levels"]
+
+
+def test_results_are_not_attached_to_removed_nodes(tmp_path, tiny_model):
+    from ProgressiveRegistrationLib.core.errors import InputError
+    from ProgressiveRegistrationLib.slicer import mrml
+
+    scene = slicer.vtkMRMLScene()
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    export = mrml.export_job(scene, fixed, moving, tmp_path)
+    r = subprocess.run([*export.command(sys.executable, tiny_model, refine=False)], cwd=MODULE_DIR,
+                       capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 0, r.stderr
+    scene.RemoveNode(moving)
+    n = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="removed from the scene"):
+        mrml.load_results(scene, export)
+    assert scene.GetNumberOfNodes() == n

@@ -1,0 +1,226 @@
+"""The module's logic on real MRML nodes (the slicer-core wheel: Slicer's MRML without Qt)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import MODULE_DIR
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
+
+from ProgressiveRegistrationLib.core.errors import InputError  # noqa: E402
+from ProgressiveRegistrationLib.core.transforms import transform_points  # noqa: E402
+from ProgressiveRegistrationLib.model.modelfile import load_model  # noqa: E402
+from ProgressiveRegistrationLib.registration.engine import register_images  # noqa: E402
+from ProgressiveRegistrationLib.slicer import mrml  # noqa: E402
+
+RAS = np.array([-1.0, -1.0, 1.0])
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+def test_outputs_match_the_engine(scene, tiny_model, tmp_path):
+    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    n_before = scene.GetNumberOfNodes()
+    r = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, model=tiny_model, refinement=None)
+    assert r.transform.IsA("vtkMRMLGridTransformNode") and r.table is not None
+    assert scene.GetNumberOfNodes() > n_before
+    # The registration roles of vtkMRMLTransformNode.h, as Slicer's own registration modules set them.
+    assert r.transform.GetNodeReference("spatialRegistrationFixed") is fixed
+    assert r.transform.GetNodeReference("spatialRegistrationMoving") is moving
+    assert moving.GetParentTransformNode() is r.transform
+    assert fixed.GetParentTransformNode() is None
+
+    # The engine on the same images gives φ; FromParent must map fixed RAS points to φ in RAS.
+    f_img = mrml.image_from_volume_node(fixed, "f")
+    m_img = mrml.image_from_volume_node(moving, "m")
+    f_lps, labels = mrml.markups_lps(fpts)
+    m_lps, _ = mrml.markups_lps(mpts)
+    engine = register_images(f_img, m_img, load_model(tiny_model), fixed_points_lps=f_lps, moving_points_lps=m_lps,
+                             warp_moving=False)
+    phi_lps = transform_points(engine.transform(), f_lps)
+    from_parent = r.transform.GetTransformFromParent()
+    assert from_parent.GetInterpolationModeAsString() == "Cubic"
+    # At the grid's nodes the node holds φ exactly; between them Slicer interpolates cubically
+    # where ITK interpolates linearly: less than a tenth of a millimetre apart here.
+    field = engine.displacement
+    nodes_lps = np.array([field.TransformIndexToPhysicalPoint([int(v) for v in ijk])
+                          for ijk in np.random.default_rng(0).integers(0, np.asarray(field.GetSize()) - 1, (50, 3))])
+    got_nodes = np.array([from_parent.TransformPoint(*(p * RAS)) for p in nodes_lps]) * RAS
+    np.testing.assert_allclose(got_nodes, transform_points(engine.transform(), nodes_lps), atol=1e-3)
+    got_ras = np.array([from_parent.TransformPoint(*(p * RAS)) for p in f_lps])
+    np.testing.assert_allclose(got_ras * RAS, phi_lps, atol=0.1)
+    assert np.abs(phi_lps - f_lps).max() > 0.1  # the transform is not the identity
+
+    # Markups under the transform are shown at φ⁻¹: hardening them and applying φ gives them back.
+    probe = mrml.add_points_node(scene, phi_lps, "probe")
+    probe.SetAndObserveTransformNodeID(r.transform.GetID())
+    logic = slicer.vtkSlicerTransformLogic()
+    logic.hardenTransform(probe)
+    hardened_lps, _ = mrml.markups_lps(probe)
+    np.testing.assert_allclose(hardened_lps, f_lps, atol=0.1)
+
+    # Jacobian volume on the fixed geometry.
+    assert r.jacobian.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
+    np.testing.assert_allclose(mrml._ijk_to_ras(r.jacobian), mrml._ijk_to_ras(fixed), atol=1e-6)
+    jac = slicer.util.arrayFromVolume(r.jacobian)
+    assert np.isfinite(jac).all() and 0.2 < np.median(jac) < 5
+    display = r.jacobian.GetDisplayNode()
+    colors = scene.GetNodeByID(display.GetColorNodeID())
+    assert colors.GetName() == mrml.JACOBIAN_COLORS and display.GetWindowLevelMin() == 0.0
+    rgba = [0.0] * 4
+    colors.GetColor(0, rgba)
+    assert rgba[:3] == [1.0, 0.0, 1.0]  # folding stands out
+
+    # Table: one row per landmark plus mean and sd, equal to the engine's TRE.
+    table = r.table.GetTable()
+    assert table.GetNumberOfRows() == len(labels) + 2
+    assert [table.GetColumnName(c) for c in range(1, 4)] == list(mrml.TRE_COLUMNS)
+    for column, key in ((1, "before_mm"), (2, "network_mm"), (3, "after_mm")):
+        values = np.array([table.GetValue(i, column).ToDouble() for i in range(len(labels))])
+        np.testing.assert_allclose(values, engine.landmarks[key], atol=1e-6)
+
+    # Saved through Slicer's storage node and read back by SimpleITK: the same points.
+    for suffix in ("h5", "nrrd"):
+        storage = slicer.vtkMRMLTransformStorageNode()
+        scene.AddNode(storage)
+        path = str(tmp_path / f"saved.{suffix}")
+        storage.SetFileName(path)
+        assert storage.WriteData(r.transform), suffix
+        if suffix == "h5":
+            tx = sitk.ReadTransform(path)
+        else:
+            tx = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(path), sitk.sitkVectorFloat64))
+        np.testing.assert_allclose(transform_points(tx, f_lps), phi_lps, atol=1e-3, err_msg=suffix)
+        # ... and loaded again by Slicer: the same transform as the one in the scene.
+        reloaded = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+        assert storage.ReadData(reloaded), suffix
+        again = reloaded.GetTransformFromParent()
+        probe_ras = np.array([p * RAS for p in f_lps]) + np.random.default_rng(1).uniform(-3, 3, f_lps.shape)
+        np.testing.assert_allclose([again.TransformPoint(*p) for p in probe_ras],
+                                   [from_parent.TransformPoint(*p) for p in probe_ras], atol=1e-4, err_msg=suffix)
+
+
+def test_table_equals_cli_tre_csv(scene, tiny_model, tmp_path):
+    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    job = mrml.export_job(scene, fixed, moving, tmp_path, fpts, mpts)
+    r = subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", "register", job.fixed_path, job.moving_path,
+                        "--out", job.out_dir, "--fixed-landmarks", job.fixed_landmarks_path, "--moving-landmarks",
+                        job.moving_landmarks_path, "--model", tiny_model, "--progress-json"],
+                       cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 0, r.stderr
+    assert '"fraction": 1.0' in r.stdout
+    loaded = mrml.load_results(scene, job)
+    direct = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts,
+                                        model=tiny_model, apply_to_moving=False)
+    labels, *columns = mrml.read_tre_csv(f"{job.out_dir}/tre.csv")
+    for res in (loaded, direct):
+        t = res.table.GetTable()
+        assert [t.GetValue(i, 0).ToString() for i in range(len(labels))] == labels
+        for c, expected in enumerate(columns, start=1):
+            np.testing.assert_allclose([t.GetValue(i, c).ToDouble() for i in range(len(labels))], expected, atol=1e-3)
+    assert loaded.summary["refinement"] and direct.summary["refinement"]  # both refined, by default
+    assert loaded.folding_percent == pytest.approx(direct.folding_percent)
+
+
+def test_bad_input_leaves_no_nodes(scene, tiny_model):
+    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    flat = mrml.add_volume_node(scene, sitk.GetImageFromArray(np.random.rand(1, 20, 20).astype(np.float32)), "flat")
+    short = mrml.add_points_node(scene, mrml.markups_lps(fpts)[0][:-1], "short")
+    moving_before = slicer.util.arrayFromVolume(moving).copy()
+    count = scene.GetNumberOfNodes()
+    for args, match in (((fixed, fixed), "different nodes"), ((flat, moving), "at least 2 voxels"),
+                        ((fixed, moving, fpts, short), "pair up"), ((fixed, moving, fpts, None), "both")):
+        with pytest.raises(InputError, match=match):
+            mrml.register_volume_nodes(scene, *args, model=tiny_model)
+        assert scene.GetNumberOfNodes() == count
+    assert moving.GetParentTransformNode() is None
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(moving), moving_before)
+
+
+def test_public_scripting_api(scene, tiny_model):
+    import ProgressiveRegistrationLib
+
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    r = ProgressiveRegistrationLib.register_volume_nodes(scene, fixed, moving, model=tiny_model)
+    assert r.table is None and r.transform is not None and r.jacobian is not None
+    assert "Folding" in r.describe()
+
+
+def _linear_transform(scene, matrix_ras: np.ndarray, name: str):
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(mrml._vtk_matrix(matrix_ras))
+    return node
+
+
+def _rigid(angle_deg: float, shift_ras) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    m = np.eye(4)
+    m[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    m[:3, 3] = shift_ras
+    return m
+
+
+def test_volumes_under_rigid_transforms_are_registered_in_world_coordinates(scene, tiny_model):
+    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    t_fixed = _linear_transform(scene, _rigid(8.0, (5.0, -3.0, 2.0)), "user fixed")
+    t_moving = _linear_transform(scene, _rigid(-5.0, (-4.0, 6.0, 1.0)), "user moving")
+    fixed.SetAndObserveTransformNodeID(t_fixed.GetID())
+    moving.SetAndObserveTransformNodeID(t_moving.GetID())
+    # What Slicer's own "Harden transform" makes of them: the reference geometry.
+    logic = slicer.vtkSlicerTransformLogic()
+    hardened = []
+    for node in (fixed, moving):
+        copy = mrml.add_volume_node(scene, mrml.image_from_volume_node(node, "copy"), "copy")
+        copy.SetIJKToRASMatrix(mrml._vtk_matrix(mrml._ijk_to_ras(node)))  # the node's own geometry ...
+        copy.SetAndObserveTransformNodeID(node.GetParentTransformNode().GetID())
+        logic.hardenTransform(copy)  # ... then hardened
+        hardened.append(copy)
+    for node, copy in zip((fixed, moving), hardened):
+        ours, theirs = mrml.image_from_volume_node(node, "ours"), mrml.image_from_volume_node(copy, "theirs")
+        np.testing.assert_allclose(ours.GetOrigin(), theirs.GetOrigin(), atol=1e-6)
+        np.testing.assert_allclose(ours.GetDirection(), theirs.GetDirection(), atol=1e-9)
+        np.testing.assert_allclose(ours.GetSpacing(), theirs.GetSpacing(), atol=1e-9)
+    r = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, model=tiny_model, refinement=None)
+    ref = mrml.register_volume_nodes(scene, *hardened, fpts, mpts, model=tiny_model, refinement=None,
+                                     apply_to_moving=False)
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(r.transform),
+                               slicer.util.arrayFromGridTransform(ref.transform), atol=1e-4)
+    # The user's transforms are untouched; the result is not forced onto the moving volume.
+    assert fixed.GetParentTransformNode() is t_fixed and moving.GetParentTransformNode() is t_moving
+    assert t_moving.GetParentTransformNode() is None
+    assert any("user moving" in w and "was kept" in w for w in r.warnings)
+    # The Jacobian lies on the fixed volume's world geometry.
+    np.testing.assert_allclose(mrml._ijk_to_ras(r.jacobian), mrml._ijk_to_ras(hardened[0]), atol=1e-6)
+
+
+def test_non_rigid_parent_transforms_are_refused_with_nothing_made(scene, tiny_model):
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    scaled = _linear_transform(scene, np.diag([1.2, 1.0, 1.0, 1.0]), "scaled")
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+    mrml.set_grid_transform(grid, sitk.Image([4, 4, 4], sitk.sitkVectorFloat64, 3))
+    for parent, match in ((scaled, "scales, shears or mirrors"), (grid, "non-linear transform 'warp'")):
+        moving.SetAndObserveTransformNodeID(parent.GetID())
+        count = scene.GetNumberOfNodes()
+        with pytest.raises(InputError, match=match):
+            mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None)
+        assert scene.GetNumberOfNodes() == count
+        assert moving.GetParentTransformNode() is parent
+
+
+def test_registering_again_replaces_the_earlier_result(scene, tiny_model):
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    first = mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None)
+    assert moving.GetParentTransformNode() is first.transform
+    second = mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None)
+    assert moving.GetParentTransformNode() is second.transform and not second.warnings
+    # The second run saw the moving volume in its own coordinates, as the first did.
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(second.transform),
+                               slicer.util.arrayFromGridTransform(first.transform), atol=1e-5)
