@@ -127,3 +127,64 @@ def read_log(out):
     """The rows of a run's ``log.csv``."""
     with open(out / "log.csv", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+# --- world-identical copies stored another way ---------------------------------------------
+
+def flipped(image, axis: int):
+    """``image`` stored with index axis ``axis`` reversed: every voxel at the same world position."""
+    arr = sitk.GetArrayFromImage(image)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(np.flip(arr, 2 - axis)))
+    direction = np.asarray(image.GetDirection()).reshape(3, 3).copy()
+    last = [0, 0, 0]
+    last[axis] = image.GetSize()[axis] - 1
+    out.SetOrigin(image.TransformIndexToPhysicalPoint(last))
+    direction[:, axis] *= -1
+    out.SetDirection(tuple(direction.ravel()))
+    out.SetSpacing(image.GetSpacing())
+    return out
+
+
+def permuted(image, order: tuple[int, int, int]):
+    """``image`` with new index axis a = old axis ``order[a]`` (e.g. sagittal storage of an axial CT)."""
+    arr = sitk.GetArrayFromImage(image)  # [k, j, i]
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose([2 - order[2], 2 - order[1], 2 - order[0]])))
+    out.SetDirection(tuple(np.asarray(image.GetDirection()).reshape(3, 3)[:, list(order)].ravel()))
+    out.SetSpacing([image.GetSpacing()[a] for a in order])
+    out.SetOrigin(image.GetOrigin())
+    return out
+
+
+def rotated(image, degrees: float, axis: int):
+    """``image`` resampled (B-spline) onto a grid rotated by ``degrees`` about LPS axis ``axis``
+    that covers the whole image: the same world content, stored along oblique axes."""
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    a, b = [v for v in range(3) if v != axis]
+    rot = np.eye(3)
+    rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
+    direction = rot @ np.asarray(image.GetDirection()).reshape(3, 3)
+    size = image.GetSize()
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])
+                        for x in (0, size[0] - 1) for y in (0, size[1] - 1) for z in (0, size[2] - 1)])
+    local = corners @ direction  # coordinates along the new axes
+    spacing = np.asarray(image.GetSpacing())
+    ref = sitk.Image([int(n) for n in np.ceil((local.max(0) - local.min(0)) / spacing) + 1], image.GetPixelID())
+    ref.SetSpacing(tuple(spacing))
+    ref.SetDirection(tuple(direction.ravel()))
+    ref.SetOrigin(tuple(direction @ local.min(0)))
+    return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkBSpline, -1024.0, image.GetPixelID())
+
+
+#: Storage variants with every voxel where the original has it (flips, permutations: exactly).
+EXACT_RESTORINGS = {
+    "flip i": lambda im: flipped(im, 0),
+    "flip j": lambda im: flipped(im, 1),
+    "flip k": lambda im: flipped(im, 2),
+    "NIfTI-like diag(-1,-1,1)": lambda im: flipped(flipped(im, 0), 1),
+    "sagittal storage": lambda im: permuted(im, (1, 2, 0)),
+}
+#: Oblique storage: the same world content through a B-spline resample.
+ROTATED_RESTORINGS = {
+    "rotated 10° about L": lambda im: rotated(im, 10.0, 0),
+    "rotated 30° about S": lambda im: rotated(im, 30.0, 2),
+}

@@ -68,7 +68,7 @@ def test_every_module_is_in_the_graph_and_low_layers_stay_low():
     graph, _ = import_graph.edges()
     layer = import_graph.layers(graph)
     assert set(graph) == set(import_graph.modules())
-    for leaf in ("core.errors", "core.atomic", "core.jit", "model.schedule", "io.resources", "core.grid",
+    for leaf in ("core.errors", "core.jit", "model.schedule", "io.resources", "core.grid",
                  "slicer.requirements", "slicer.jobs"):
         assert layer[leaf] == 0, leaf
     # Data and I/O never reach up into the engine or the trainer.

@@ -58,3 +58,160 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
     assert_bad_input(progreg("tre", tmp_path / "a.txt", tmp_path / "nope.txt", "--spacing", 1, 1, 1))
     assert_bad_input(progreg("tre", tmp_path / "a.txt", tmp_path / "a.txt"))  # voxel files need --spacing
     assert_bad_input(progreg("dirlab", tmp_path / "nowhere"))
+
+
+# --- answers that must not be given silently, and folders on real file systems -------------
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    """The bundled CT and its simulated exhale as files, 30 landmark pairs."""
+    from conftest import SAMPLE
+
+    from ProgressiveRegistrationLib.simulation.breathing import simulate
+
+    d = tmp_path_factory.mktemp("pair")
+    p = simulate(sitk.ReadImage(str(SAMPLE)), seed=2, n_landmarks=30)
+    sitk.WriteImage(p.inhale, str(d / "fixed.nrrd"))
+    sitk.WriteImage(p.exhale, str(d / "moving.nrrd"))
+    landmarks.write_markups_json(d / "fixed.mrk.json", p.fixed_points_lps)
+    landmarks.write_markups_json(d / "moving.mrk.json", p.moving_points_lps)
+    return d, p
+
+
+def _register(d, out, *extra):
+    return progreg("register", d / "fixed.nrrd", d / "moving.nrrd", "--out", out, *extra)
+
+
+def _tiny_state(tiny_model):
+    import torch
+
+    return torch.load(tiny_model, weights_only=True)
+
+
+def test_a_model_with_nan_weights_is_refused(small_pair, tiny_model, tmp_path):
+    import torch
+
+    state = _tiny_state(tiny_model)
+    key = next(k for k, v in state["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    state["state_dict"][key][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    r = _register(small_pair[0], tmp_path / "out", "--model", tmp_path / "nan.pt", "--no-refine")
+    assert_bad_input(r, tmp_path / "out")
+    assert "NaN" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_non_finite_fields_are_refused_not_reported_as_fine(small_pair, tiny_model):
+    """A network that gives NaN (weights fine, output not: an overflow) is one clear error."""
+    from ProgressiveRegistrationLib.core.errors import InputError
+    from ProgressiveRegistrationLib.model.modelfile import load_model
+    from ProgressiveRegistrationLib.registration.engine import register_images
+
+    model = load_model(tiny_model)
+    model.net.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    with pytest.raises(InputError, match="non-finite"):
+        register_images(small_pair[1].inhale, small_pair[1].exhale, model, refinement=None)
+
+
+def test_foreign_and_mismatched_model_files_are_one_plain_line(small_pair, tiny_model, tmp_path):
+    import torch
+
+    (tmp_path / "text.pt").write_text("not a model\n")
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    state = _tiny_state(tiny_model)
+    key = next(k for k, v in state["state_dict"].items() if v.dim() == 5)
+    state["state_dict"][key] = state["state_dict"][key][:1]
+    torch.save(state, tmp_path / "shape.pt")
+    for name, says in (("text.pt", "not a progreg model file"), ("random.pt", "not a progreg model file"),
+                       ("shape.pt", "do not fit")):
+        r = _register(small_pair[0], tmp_path / "out", "--model", tmp_path / name)
+        assert_bad_input(r, tmp_path / "out")
+        assert says in r.stderr and "weights_only" not in r.stderr and "\x1b[" not in r.stderr, r.stderr
+
+
+def test_landmarks_outside_the_images_are_named_and_left_out(small_pair, tiny_model, tmp_path):
+    d, p = small_pair
+    fixed, moving = p.fixed_points_lps.copy(), p.moving_points_lps.copy()
+    far = [3, 7, 11, 19, 23]
+    fixed[far] += 5000.0
+    moving[far] += 5000.0
+    landmarks.write_markups_json(tmp_path / "f.mrk.json", fixed)
+    landmarks.write_markups_json(tmp_path / "m.mrk.json", moving)
+    out = tmp_path / "out"
+    r = _register(d, out, "--fixed-landmarks", tmp_path / "f.mrk.json", "--moving-landmarks", tmp_path / "m.mrk.json",
+                  "--model", tiny_model, "--no-refine", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["tre_before_mm"]["n"] == 25 and s["landmarks"] == {"pairs": 30, "used": 25,
+                                                                "outside_images": [i + 1 for i in far]}
+    assert "5 of 30 pairs lie outside" in r.stderr and "4, 8, 12, 20, 24" in r.stderr
+    inside = np.setdiff1d(np.arange(30), far)
+    assert s["tre_before_mm"]["mean"] == pytest.approx(np.linalg.norm(fixed - moving, axis=1)[inside].mean(), abs=1e-3)
+    import csv
+
+    with open(out / "tre.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(row["in_statistics"]) for row in rows] == [0 if i in far else 1 for i in range(30)]
+
+
+def test_output_folder_problems_are_found_before_any_work(small_pair, tiny_model, tmp_path):
+    d = small_pair[0]
+    (tmp_path / "a_file").write_text("mine")
+    for out, says in (("", "empty path"), (tmp_path / "a_file", "is a file"),
+                      (tmp_path / "a_file" / "sub", "cannot write there")):
+        r = _register(d, out, "--model", tiny_model)
+        assert_bad_input(r)
+        assert says in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "a_file").read_text() == "mine"
+    from ProgressiveRegistrationLib.core.atomic import OutputFolder
+
+    with OutputFolder(tmp_path / "busy"):  # another run holds the folder
+        r = _register(d, tmp_path / "busy", "--model", tiny_model, "--no-refine")
+    assert_bad_input(r)
+    assert "another progreg run" in r.stderr
+
+
+def test_a_reused_folder_keeps_only_the_new_runs_outputs(small_pair, tiny_model, tmp_path):
+    d, out = small_pair[0], tmp_path / "out"
+    assert _register(d, out, "--model", tiny_model, "--no-refine", "--fixed-landmarks", d / "fixed.mrk.json",
+                     "--moving-landmarks", d / "moving.mrk.json").returncode == 0
+    (out / "my_notes.txt").write_text("mine")
+    r = _register(d, out, "--model", tiny_model, "--no-refine", "--format", "nii.gz", "--no-warped", "--no-overview",
+                  "--json")
+    assert r.returncode == 0, r.stderr
+    files = json.loads(r.stdout)["files"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted([*files, "my_notes.txt"])
+    assert not (out / "tre.csv").exists() and not (out / "transform.nrrd").exists()
+
+
+def test_sigterm_leaves_no_staging_and_no_partial_output(small_pair, tiny_model, tmp_path):
+    """SIGTERM (Slicer's Cancel, a scheduler) is handled like Ctrl-C: the run stops, exit 143,
+    nothing half-written, no hidden staging folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import MODULE_DIR
+
+    d, out = small_pair[0], tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ProgressiveRegistrationLib", "register", d / "fixed.nrrd",
+                             d / "moving.nrrd", "--out", out, "--model", tiny_model, "--progress-json"],
+                            cwd=MODULE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until the refinement runs: well inside the work
+        if "refining" in line or time.monotonic() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_train_settings_and_folders_are_checked(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    assert_bad_input(progreg("train", "--smoke", "--out", tmp_path / "a_file"))
+    r = progreg("train", "--smoke", "--out", tmp_path / "run", "--set", "train.device=quantum")
+    assert_bad_input(r, tmp_path / "run")
+    assert "train.device" in r.stderr

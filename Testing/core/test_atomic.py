@@ -7,7 +7,16 @@ import stat
 
 import pytest
 
-from ProgressiveRegistrationLib.core.atomic import write_all, write_file, write_text
+from ProgressiveRegistrationLib.core.atomic import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    STAGING_PREFIX,
+    OutputFolder,
+    write_all,
+    write_file,
+    write_text,
+)
+from ProgressiveRegistrationLib.core.errors import InputError
 
 
 def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -45,3 +54,77 @@ def test_write_all_is_all_or_nothing(tmp_path):
     write_all(out, {"a.txt": lambda p: p.write_text("a"), "sub/b.txt": lambda p: p.write_text("b")})
     assert (out / "a.txt").read_text() == "a" and (out / "sub" / "b.txt").read_text() == "b"
     assert sorted(os.listdir(tmp_path)) == ["results"]
+
+
+# --- output folders ------------------------------------------------------------------------
+
+def _writers(*names, content="new"):
+    return {n: (lambda p, n=n: p.write_text(f"{content} {n}")) for n in names}
+
+
+def test_an_output_folder_is_checked_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    for bad, says in (("", "empty path"), (tmp_path / "a_file", "is a file"),
+                      (tmp_path / "a_file" / "sub", "cannot write there")):
+        with pytest.raises(InputError, match=says):
+            OutputFolder(bad).__enter__()
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_outputs_are_staged_inside_the_folder_itself(tmp_path):
+    """Staged on the folder's own file system (a mount point or a symlink to another disk
+    works: the final renames never cross devices), and no staging folder stays."""
+    seen = []
+    out = tmp_path / "out"
+    write_all(out, {"a.txt": lambda p: (seen.append(p.parent.parent), p.write_text("a"))})
+    assert seen == [out] and sorted(os.listdir(out)) == [MANIFEST_NAME, "a.txt"]
+
+
+def test_a_reused_folder_holds_only_the_new_runs_outputs(tmp_path):
+    out = tmp_path / "out"
+    write_all(out, _writers("transform.nrrd", "tre.csv", "phase_0/summary.json", content="old"))
+    (out / "notes.txt").write_text("the user's own")
+    write_all(out, _writers("transform.nii.gz", "summary.json"))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == \
+        sorted([MANIFEST_NAME, "notes.txt", "summary.json", "transform.nii.gz"])
+    assert (out / "notes.txt").read_text() == "the user's own"
+
+
+def test_a_failed_run_changes_nothing_and_creates_no_folder(tmp_path):
+    out = tmp_path / "deep" / "out"
+
+    def fail(p):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_all(out, {"a.txt": lambda p: p.write_text("a"), "b.txt": fail})
+    assert not (tmp_path / "deep").exists()
+    write_all(tmp_path / "kept", _writers("a.txt", content="old"))
+    with pytest.raises(OSError):
+        write_all(tmp_path / "kept", {"a.txt": lambda p: p.write_text("new"), "b.txt": fail})
+    assert (tmp_path / "kept" / "a.txt").read_text() == "old a.txt"
+
+
+def test_a_locked_folder_refuses_a_second_run(tmp_path):
+    out = tmp_path / "out"
+    with OutputFolder(out):
+        with pytest.raises(InputError, match="another progreg run"):
+            OutputFolder(out).__enter__()
+    with OutputFolder(out) as folder:  # free again
+        folder.write(_writers("a.txt"))
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_stale_staging_folders_are_swept(tmp_path):
+    out = tmp_path / "out"
+    (out / f"{STAGING_PREFIX}killed" / "phase_0").mkdir(parents=True)
+    (out / f"{STAGING_PREFIX}killed" / "phase_0" / "transform.nrrd").write_text("partial")
+    write_all(out, _writers("a.txt"))
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_loose_files_into_a_users_folder_touch_nothing_else(tmp_path):
+    (tmp_path / "mine.nrrd").write_text("mine")
+    write_all(tmp_path, _writers("phantom.nrrd"), exclusive=False)
+    write_all(tmp_path, _writers("other.nrrd"), exclusive=False)
+    assert sorted(os.listdir(tmp_path)) == ["mine.nrrd", "other.nrrd", "phantom.nrrd"]

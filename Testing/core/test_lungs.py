@@ -5,20 +5,39 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ProgressiveRegistrationLib.core.grid import Grid, crop_grid
-from ProgressiveRegistrationLib.core.lungs import lung_box
+from ProgressiveRegistrationLib.core.grid import Grid, box_grid_lps
+from ProgressiveRegistrationLib.core.lungs import lung_bounds_lps, thorax_masks
 
 
 def test_lung_crop_of_real_ct(chest_ct):
     image = sitk.ReadImage(str(chest_ct))
-    box = lung_box(image)
-    assert box is not None
-    assert all(s > 10 for s in box.size)
-    assert all(0 <= a and a + s <= n for a, s, n in zip(box.start, box.size, image.GetSize()))
-    crop = crop_grid(Grid.from_image(image), box, 32)
-    lo, hi = crop.bounding_box_lps()
-    ilo, ihi = Grid.from_image(image).bounding_box_lps()
-    assert np.all(lo >= ilo - 1e-3) and np.all(hi <= ihi + 1e-3)
+    bounds = lung_bounds_lps(image)
+    assert bounds is not None
+    lo, hi = bounds
+    ilo, ihi = Grid.from_image(image).extent_lps()
+    assert np.all(hi - lo > 10 * np.asarray(image.GetSpacing()))
+    assert np.all(lo >= ilo - 1e-6) and np.all(hi <= ihi + 1e-6)
+    crop = box_grid_lps(lo, hi, 32)
+    np.testing.assert_allclose(crop.extent_lps(), (lo, hi), atol=1e-9)
+
+
+def test_the_lung_bounds_are_the_voxel_hull_plus_whole_voxels_of_margin():
+    """An axis-aligned image: the bounds are the lung cells' hull widened by ceil(margin / spacing) voxels."""
+    from conftest import SAMPLE
+
+    image = sitk.ReadImage(str(SAMPLE))
+    masks = thorax_masks(image)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(masks.lungs)
+    bb = np.asarray(stats.GetBoundingBox(1))
+    f, spacing = np.asarray(masks.shrink), np.asarray(image.GetSpacing())
+    margin = np.ceil(8.0 / spacing)
+    start = np.clip(bb[:3] * f - margin, 0, None)
+    stop = np.minimum(bb[:3] * f + bb[3:] * f + margin, image.GetSize())
+    grid = Grid.from_image(image)
+    lo, hi = lung_bounds_lps(image, 8.0, masks)
+    np.testing.assert_allclose(lo, grid.points_to_lps((start - 0.5)[None])[0], atol=1e-9)
+    np.testing.assert_allclose(hi, grid.points_to_lps((stop - 0.5)[None])[0], atol=1e-9)
 
 
 def test_fill_holes_per_slice_matches_slice_loop():

@@ -45,7 +45,7 @@ def test_a_model_file_cannot_run_code(tmp_path, tiny_model):
     marker = tmp_path / "ran"
     state["extra"] = _Payload(marker)
     torch.save(state, tmp_path / "evil.pt")
-    with pytest.raises(InputError, match="not a readable model file"):
+    with pytest.raises(InputError, match="not a progreg model file"):
         load_model(tmp_path / "evil.pt")
     assert not marker.exists()
     assert load_model(tiny_model).size == 32  # a plain model file still loads

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..core.errors import EXIT_BAD_INPUT, InputError
@@ -34,15 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slicer's Cancel, a cluster scheduler, ``kill``), handled like Ctrl-C: every
+    ``finally`` runs, so no staging folder or partial output stays behind."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = configure_logging(args.command, args.verbose)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except InputError as err:
         print(f"progreg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print(f"progreg {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"progreg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -200,6 +200,6 @@ def cmd_phantom(args) -> int:
         writers[ex.name] = lambda p: sitk.WriteImage(pair.exhale, str(p), True)
         writers[f"{out.name.split('.')[0]}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.fixed_points_lps)
         writers[f"{stem}_landmarks.mrk.json"] = lambda p: write_markups_json(p, pair.moving_points_lps)
-    write_all(out.parent, writers)
+    write_all(out.parent, writers, exclusive=False)
     print(f"wrote {', '.join(writers)} ({len(ph.bifurcations_lps)} vessel bifurcations in the lungs)")
     return 0

@@ -76,6 +76,10 @@ def cmd_train(args) -> int:
     elif args.smoke and not args.config:
         overrides.append("train.images=" + json.dumps([str(BUNDLED_SAMPLE)]))
     out = Path(args.out)
+    if str(args.out).strip() == "":
+        raise InputError("--out: give a run folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder")
     if args.export:
         for path in export_checkpoint(out):
             print(path)

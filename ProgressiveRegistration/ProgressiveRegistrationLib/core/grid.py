@@ -8,6 +8,9 @@ Conventions (docs/CONVENTIONS.md):
   slice) to LPS: ``x = origin + D @ (spacing * ijk)``.
 * numpy/torch arrays of a grid are indexed ``[k, j, i]`` (shape ``(nz, ny, nx)``);
   vectors (indices, displacements) are always ordered ``(x, y, z) = (i, j, k)``.
+* The network's crops have the LPS axes (:data:`LPS_AXES`) whatever the storage of the
+  images they are cut from: a flipped, permuted or rotated copy of an image gives the
+  network the same crop (docs/CONVENTIONS.md, "Orientation").
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+#: The direction of a grid whose axes i, j, k point to patient left, posterior, superior.
+LPS_AXES = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,16 @@ class Grid:
         pts = self.points_to_lps(corners)
         return pts.min(0), pts.max(0)
 
+    def extent_lps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned LPS bounds (min, max) of the voxels themselves (centres ± half a voxel), mm."""
+        lo, hi = self.bounding_box_lps()
+        half = self.half_voxel_lps()
+        return lo - half, hi + half
+
+    def half_voxel_lps(self) -> np.ndarray:
+        """Half the LPS extent of one voxel along L, P and S (mm): its bounding box's half-widths."""
+        return 0.5 * np.abs(self.direction_matrix) @ np.asarray(self.spacing_mm)
+
     def subsampled(self, stride: tuple[int, int, int]) -> Grid:
         """A coarser grid with the same origin that still reaches the last voxel centre.
 
@@ -129,6 +145,23 @@ def crop_grid(grid: Grid, box: Box, n: int) -> Grid:
     first_index = np.asarray(box.start, dtype=np.float64) - 0.5 + 0.5 * scale
     origin = grid.points_to_lps(first_index[None])[0]
     return Grid((n, n, n), tuple(float(v) for v in spacing), tuple(float(v) for v in origin), grid.direction)
+
+
+def box_grid_lps(lo_lps: np.ndarray, hi_lps: np.ndarray, n: int) -> Grid:
+    """The N³ grid with the LPS axes whose voxels tile the LPS box [lo, hi] (mm) exactly:
+    spacing ``(hi - lo) / n``, first voxel centre half a voxel inside ``lo``."""
+    lo, hi = np.asarray(lo_lps, dtype=np.float64), np.asarray(hi_lps, dtype=np.float64)
+    spacing = (hi - lo) / n
+    return Grid((n, n, n), tuple(float(v) for v in spacing), tuple(float(v) for v in lo + 0.5 * spacing), LPS_AXES)
+
+
+def stored_near_lps(image: sitk.Image) -> sitk.Image:
+    """``image`` with its voxels permuted and flipped (no resampling) so that its axes are the
+    ones nearest to L, P and S; ``image`` itself when they already are. World positions and
+    values are unchanged: only the storage order is."""
+    if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) == "LPS":
+        return image
+    return sitk.DICOMOrient(image, "LPS")
 
 
 def resample(image: sitk.Image, grid: Grid, default_value: float = -1024.0, linear: bool = True) -> sitk.Image:

@@ -1,7 +1,10 @@
 """Lung field and body of a thorax CT (thresholds and connected components, no learning).
 
 Used to crop each image around its lungs before the network, and for the masks of the
-refinement's similarity, the folding statistic and the ventilation maps.
+refinement's similarity, the folding statistic and the ventilation maps. The masks are made
+on the image stored along the axes nearest to LPS (:func:`grid.stored_near_lps`), so that
+"axial slice" means the same thing for every storage order, and the lung box is given in
+LPS mm: a flipped or permuted copy of an image has the same masks and the same box.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .grid import Box, Grid
+from .grid import Grid, stored_near_lps
 
 
 @dataclass
@@ -34,6 +37,7 @@ def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float 
     air outside the body at -1000, and crops that cut through the chest enclose nothing.
     Components smaller than ``min_fraction`` of the image are dropped (bowel gas, noise).
     """
+    image = stored_near_lps(image)
     spacing = np.asarray(image.GetSpacing())
     shrink = tuple(max(1, int(round(working_mm / s))) for s in spacing)
     small = sitk.Cast(image, sitk.sitkFloat32)
@@ -80,19 +84,28 @@ def lung_mask(image: sitk.Image, **kwargs) -> sitk.Image:
     return sitk.Resample(lungs, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def lung_box(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMasks | None = None) -> Box | None:
-    """Bounding box (in ``image``'s voxels) of the lung field plus a margin, or None."""
+def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMasks | None = None
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """LPS bounds (min, max; mm) of the lung field's voxels plus a margin, within the image's
+    own extent; None without lungs.
+
+    The margin is ``margin_mm`` rounded up to whole voxels of ``image`` along each LPS axis.
+    """
     masks = masks or thorax_masks(image)
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(masks.lungs)
-    if not stats.GetLabels():
+    lungs = sitk.GetArrayViewFromImage(masks.lungs)
+    cells_kji = np.argwhere(lungs)
+    if not len(cells_kji):
         return None
-    bb = np.asarray(stats.GetBoundingBox(1))
-    f = np.asarray(masks.shrink)
-    margin = np.ceil(margin_mm / np.asarray(image.GetSpacing())).astype(int)
-    start = bb[:3] * f - margin
-    size = bb[3:] * f + 2 * margin
-    return Box(tuple(int(v) for v in start), tuple(int(v) for v in size)).clipped_to(image.GetSize())
+    coarse = Grid.from_image(masks.lungs)
+    centres = coarse.points_to_lps(cells_kji[:, ::-1].astype(np.float64))
+    half = coarse.half_voxel_lps()
+    fine = Grid.from_image(image)
+    voxel_lps = 2.0 * fine.half_voxel_lps()
+    margin = np.ceil(margin_mm / voxel_lps - 1e-9) * voxel_lps
+    lo_image, hi_image = fine.extent_lps()
+    lo = np.maximum(centres.min(0) - half - margin, lo_image)
+    hi = np.minimum(centres.max(0) + half + margin, hi_image)
+    return lo, hi
 
 
 def mask_on(mask: sitk.Image, grid: Grid) -> np.ndarray:

@@ -185,6 +185,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     check_network_size(cfg.synthesis.size, cfg.network.levels, "config: synthesis.size")
     if cfg.train.mode not in ("progressive", "baseline", "both"):
         raise InputError(f"config: train.mode must be progressive, baseline or both, not {cfg.train.mode!r}")
+    device = str(cfg.train.device)
+    if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise InputError(f"config: train.device must be cpu, cuda or cuda:N, not {device!r}")
     for key, least in (("iterations", 1), ("snapshot_every", 1), ("batch_size", 1), ("keep_snapshots", 0)):
         value = getattr(cfg.train, key)
         if not isinstance(value, int) or value < least:

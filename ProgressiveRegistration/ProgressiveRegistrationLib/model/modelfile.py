@@ -103,20 +103,28 @@ def load_model(path: str | Path | None = None, device: str = "cpu", fold_bn: boo
         with warnings.catch_warnings():  # torch's own warnings about a foreign file are not the user's concern
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise InputError(f"{path}: not a readable model file ({type(err).__name__}: {first})") from None
+    except Exception:  # noqa: BLE001 - any unpickling failure means a bad file
+        # torch's own message suggests weights_only=False: unsafe advice for a file of unknown origin.
+        raise InputError(f"{path}: not a progreg model file (it cannot be read as one)") from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise InputError(f"{path}: not a ProgressiveRegistration model file")
+        raise InputError(f"{path}: not a progreg model file")
     if state.get("version") != MODEL_VERSION:
         raise InputError(f"{path}: model file version {state.get('version')} is not supported "
                          f"(this version reads {MODEL_VERSION})")
     try:
         net = UNet(NetworkConfig(**state["network"]))
-        net.load_state_dict(state["state_dict"])
         syn = SynthesisConfig(**{k: v for k, v in state["input"].items() if k in SynthesisConfig.__dataclass_fields__})
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise InputError(f"{path}: model file is damaged or incomplete ({err})") from None
+        weights = state["state_dict"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: model file is damaged or incomplete (missing or bad entry: {err})") from None
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError):
+        # torch lists every mismatched tensor on its own line; one line says what is wrong.
+        raise InputError(f"{path}: model file is damaged: its weights do not fit the network it describes") from None
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(f"{path}: model file is damaged: {len(bad)} weight tensors hold NaN or Inf (first: {bad[0]})")
     net = fold_batchnorm(net) if fold_bn else net.eval().requires_grad_(False)
     # channels_last_3d: oneDNN's fastest convolution layout on the CPU (benchmarks/results/forward.md).
     net = net.to(device, memory_format=torch.channels_last_3d)

@@ -1,8 +1,9 @@
 """What happens to a CT before the network, the same in training and at inference.
 
-Each image is cropped around its own lung field (a margin around the lung mask's bounding
-box; the whole image if no lungs are found), resampled linearly to the network's N³ grid
-(:func:`grid.crop_grid`, cell-centred), and turned into the network's input: the Gaussian
+Each image is cropped around its own lung field (a margin around the lung mask's LPS
+bounding box; the whole image if no lungs are found), resampled linearly to the network's
+N³ grid with the LPS axes (:func:`grid.box_grid_lps`: whatever the images' storage, the
+network sees both in one orientation), and turned into the network's input: the Gaussian
 gradient magnitude of HU / ``intensity_scale_hu``. Training also needs the paper's
 scanner-bore disc on that grid (the loss mask).
 """
@@ -14,8 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from ..core import fields
-from ..core.grid import Grid, crop_grid, resample, whole_box
-from ..core.lungs import ThoraxMasks, lung_box
+from ..core.grid import Grid, box_grid_lps, resample
+from ..core.lungs import ThoraxMasks, lung_bounds_lps
 from .config import SynthesisConfig
 
 #: Radius of the scanner-bore disc in a 512x512 slice, in pixels (paper Sec. II-F).
@@ -29,8 +30,8 @@ def lung_crop(image: sitk.Image, cfg: SynthesisConfig, masks: ThoraxMasks | None
     ``masks``: the image's :func:`lungs.thorax_masks`, when the caller has them already.
     Without ``cfg.crop_to_lungs`` (or without lungs) the crop is the whole image.
     """
-    box = lung_box(image, cfg.lung_margin_mm, masks) if cfg.crop_to_lungs else None
-    return crop_grid(Grid.from_image(image), box or whole_box(image), cfg.size), box is not None
+    bounds = lung_bounds_lps(image, cfg.lung_margin_mm, masks) if cfg.crop_to_lungs else None
+    return box_grid_lps(*(bounds or Grid.from_image(image).extent_lps()), cfg.size), bounds is not None
 
 
 def crop_hu(image: sitk.Image, grid: Grid) -> torch.Tensor:

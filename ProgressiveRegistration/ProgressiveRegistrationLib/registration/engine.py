@@ -76,6 +76,16 @@ class Result:
         return field_transform(self.displacement)
 
 
+def inside_images(fixed_lps: np.ndarray, moving_lps: np.ndarray, fixed: Grid, moving: Grid) -> np.ndarray:
+    """Which pairs have their fixed point within the fixed image's extent and their moving
+    point within the moving image's (bool per pair): a TRE outside them measures nothing."""
+    def inside(points, grid):
+        idx = grid.points_to_index(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+        return np.all((idx >= -0.5) & (idx <= np.asarray(grid.size) - 0.5), axis=1)
+
+    return inside(fixed_lps, fixed) & inside(moving_lps, moving)
+
+
 def _crop(image: sitk.Image, model: Model, what: str, notes: list[str], masks: ThoraxMasks
           ) -> tuple[Grid, torch.Tensor]:
     grid, found = lung_crop(image, model.synthesis, masks)
@@ -141,6 +151,9 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
         x_in = x.to(device).contiguous(memory_format=torch.channels_last_3d)
         u_vox = model.net(x_in).float().cpu()[0].contiguous()
+    if not torch.isfinite(u_vox).all():
+        raise InputError(f"the network gave non-finite displacements (NaN or Inf) with {model.path}: "
+                         "is the model file damaged?")
     done("network")
 
     refined = None
@@ -159,6 +172,8 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     if refined is not None:
         disp_network = disp
         disp = disp_network + refined.sample_on(out)
+    if not np.isfinite(disp).all():
+        raise InputError("the registration gave non-finite displacements (NaN or Inf); nothing is written")
     disp_image = displacement_image(disp, out)
     done("transform")
 
@@ -186,11 +201,20 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         network = after
         if disp_network is not None:
             network = tre_mm(fixed_points_lps + field_at_points(disp_network, out, fixed_points_lps), moving_points_lps)
+        used = inside_images(fixed_points_lps, moving_points_lps, fixed_grid, Grid.from_image(moving))
+        if not used.all():
+            outside = np.flatnonzero(~used) + 1
+            notes.append(f"landmarks: {len(outside)} of {len(used)} pairs lie outside the fixed or the moving image "
+                         f"and are left out of the TRE statistics (pairs {', '.join(map(str, outside[:20]))}"
+                         f"{', …' if len(outside) > 20 else ''}); {int(used.sum())} pairs are used")
+            log.warning(notes[-1])
         result.landmarks = {"fixed_lps": np.asarray(fixed_points_lps), "moving_lps": np.asarray(moving_points_lps),
-                            "predicted_lps": predicted, "before_mm": before, "network_mm": network, "after_mm": after}
+                            "predicted_lps": predicted, "before_mm": before, "network_mm": network, "after_mm": after,
+                            "used": used}
         done("landmarks")
     for note in notes:
-        log.warning(note)
+        if not note.startswith("landmarks:"):  # logged when found
+            log.warning(note)
     report(1.0, "done")
     return result
 
@@ -204,7 +228,9 @@ def summary_of(result: Result, model: Model, device: str) -> dict:
                       "max": float(result.jacobian[result.body_mask].max()) if result.body_mask.any() else None}}
     s["refinement"] = {"levels": result.refinement} if result.refinement is not None else None
     if result.landmarks is not None:
-        s["tre_before_mm"] = summary(result.landmarks["before_mm"])
-        s["tre_network_mm"] = summary(result.landmarks["network_mm"])
-        s["tre_after_mm"] = summary(result.landmarks["after_mm"])
+        used = result.landmarks["used"]
+        for key in ("before", "network", "after"):
+            s[f"tre_{key}_mm"] = summary(result.landmarks[f"{key}_mm"][used])
+        s["landmarks"] = {"pairs": int(used.size), "used": int(used.sum()),
+                          "outside_images": [int(i) + 1 for i in np.flatnonzero(~used)]}
     return s

@@ -28,7 +28,8 @@ from .fourd import FourD
 TRANSFORM_FORMATS = ("nrrd", "nii.gz", "h5")
 
 TRE_COLUMNS = ["label", "fixed_l", "fixed_p", "fixed_s", "moving_l", "moving_p", "moving_s",
-               "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_network_mm", "tre_after_mm"]
+               "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_network_mm", "tre_after_mm",
+               "in_statistics"]
 
 
 def grid_image(array: np.ndarray, grid: Grid) -> sitk.Image:
@@ -45,12 +46,15 @@ def jacobian_image(result: Result) -> sitk.Image:
 
 def write_tre_csv(path, landmarks: dict, labels: list[str]) -> None:
     """``tre.csv``: per landmark its fixed, moving and predicted LPS positions (mm) and the TRE
-    before, after the network alone and after refinement (mm)."""
+    before, after the network alone and after refinement (mm); ``in_statistics`` is 0 for a pair
+    outside the images, which the summary leaves out."""
     rows = []
+    used = landmarks.get("used", np.ones(len(labels), dtype=bool))
     for i, label in enumerate(labels):
         values = [*np.round(landmarks["fixed_lps"][i], 4), *np.round(landmarks["moving_lps"][i], 4),
                   *np.round(landmarks["predicted_lps"][i], 4),
-                  *(round(float(landmarks[k][i]), 4) for k in ("before_mm", "network_mm", "after_mm"))]
+                  *(round(float(landmarks[k][i]), 4) for k in ("before_mm", "network_mm", "after_mm")),
+                  int(bool(used[i]))]
         rows.append(dict(zip(TRE_COLUMNS, [label, *values])))
     write_csv(path, rows)
 

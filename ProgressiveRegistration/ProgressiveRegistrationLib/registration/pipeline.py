@@ -2,7 +2,8 @@
 
 ``progreg register`` and the Slicer module's background process are this module's
 :func:`register_files`, ``progreg register-4d`` is :func:`register_4d_files`; nothing is
-left in the output folder if anything fails.
+left in the output folder if anything fails. The output folder is checked (and locked)
+before any work: :class:`atomic.OutputFolder`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..core.atomic import write_all
+from ..core.atomic import OutputFolder
 from ..core.checks import check_labels
 from ..core.device import pick_device
 from ..core.errors import InputError
@@ -41,6 +42,13 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
     the transform itself, such as Slicer, needs neither). ``moving_segmentation``: a label map
     on the moving image's grid, written on the fixed grid as ``moving_segmentation.nrrd``.
     """
+    with OutputFolder(out) as folder:
+        return _register_files(fixed, moving, folder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
+                               series, progress, refinement, write_warped, write_overview, moving_segmentation)
+
+
+def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
+                    series, progress, refinement, write_warped, write_overview, moving_segmentation) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -69,7 +77,7 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
         extra["moving_segmentation.nrrd"] = lambda p: write_image(on_fixed, p)
     writers = registration_writers(result, summary, fixed_img, moving_img, point_labels, fmt, write_warped,
                                    write_overview, extra)
-    write_all(out, writers)
+    folder.write(writers)
     return summary
 
 
@@ -108,6 +116,13 @@ def register_4d_files(phases: list, out: str | Path, reference: int = 0, points=
     """``progreg register-4d`` as a function: every phase registered to ``phases[reference]``
     (:mod:`fourd`), every output written into ``out`` (nothing, if anything fails).
     ``names``: the phases' names in the outputs (default: file names or series descriptions)."""
+    with OutputFolder(out) as folder:
+        return _register_4d_files(phases, folder, reference, points, segmentation, segmentation_phase, model, device,
+                                  refinement, fmt, progress, names)
+
+
+def _register_4d_files(phases, folder: OutputFolder, reference, points, segmentation, segmentation_phase, model,
+                       device, refinement, fmt, progress, names) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     images, found_names, order = read_phases(phases)
@@ -141,5 +156,5 @@ def register_4d_files(phases: list, out: str | Path, reference: int = 0, points=
                "segmentation_phase": None if labels is None else (reference if segmentation_phase is None
                                                                   else segmentation_phase),
                "seconds": {"register": round(time.perf_counter() - t0, 3)}}
-    write_all(out, fourd_writers(result, summary, images[reference], point_labels, fmt))
+    folder.write(fourd_writers(result, summary, images[reference], point_labels, fmt))
     return summary
