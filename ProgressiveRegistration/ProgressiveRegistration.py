@@ -7,11 +7,13 @@ scene, and the module's self-test. No algorithm lives here.
 Written for the Python of Slicer 5.6-5.8 (3.9): no ``X | Y`` annotations at run time.
 """
 
+import importlib
 import logging
 import os
 import pathlib
 import shutil
 import sys
+import time
 from typing import Annotated
 
 import qt
@@ -27,7 +29,7 @@ from slicer import (
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, GuiConnector, Minimum, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -59,10 +61,20 @@ class ProgressiveRegistration(ScriptedLoadableModule):
             "deformable image registration, IEEE TMI 2019.")
 
 
+#: Where "Keep result files" puts each run's files: a folder of its own in here.
+RESULTS_FOLDER_NAME = "ProgressiveRegistration results"
+#: Where each run's quality report is kept when its result files are not (in Slicer's temporary folder).
+REPORTS_FOLDER_NAME = "ProgressiveRegistration reports"
+#: Raw parameter-node attribute set once the device has had its default (cuda where torch sees a GPU).
+DEVICE_DEFAULTED_ATTRIBUTE = "ProgressiveRegistration.deviceDefaulted"
+
+
 # Every field is bound to the widget of the same SlicerParameterName in the .ui file, through
 # the connectors of Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py:
-# qMRMLNodeComboBox <-> node, QCheckBox <-> bool, ctkPathLineEdit <-> pathlib.Path (only),
-# QComboBox <-> a type annotated with Choice (only). Testing/test_extension_layout.py checks it.
+# qMRMLNodeComboBox <-> node, QCheckBox <-> bool, QSpinBox <-> int (without a Minimum or a
+# WithinRange its range is set to the whole int range), ctkPathLineEdit <-> pathlib.Path
+# (only; modelPath has a connector of its own, _ModelPathConnector), QComboBox <-> a type
+# annotated with Choice (only). Testing/test_extension_layout.py checks it.
 @parameterNodeWrapper
 class ProgressiveRegistrationParameterNode:
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -70,19 +82,66 @@ class ProgressiveRegistrationParameterNode:
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
     outputTransform: vtkMRMLGridTransformNode
+    outputVolume: vtkMRMLScalarVolumeNode
     outputJacobian: vtkMRMLScalarVolumeNode
     outputTable: vtkMRMLTableNode
+    # The quality checks (AAPM TG-132: a table with PASS / WARN / FAIL) and the doubt map.
+    outputQualityTable: vtkMRMLTableNode
+    outputQualityMap: vtkMRMLScalarVolumeNode
     applyToMoving: bool = True
+    keepFiles: bool = False
     refine: bool = True
-    modelPath: pathlib.Path
+    modelPath: pathlib.Path  # "." (pathlib's empty path): the bundled model
     device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
-    # All phases of a 4DCT:
+    # All phases of a 4DCT (phase numbers are positions in the Sequence, from 0):
     phases: vtkMRMLSequenceNode
-    referencePhase: int = 0
+    referencePhase: Annotated[int, Minimum(0)] = 0
     phasePoints: vtkMRMLMarkupsFiducialNode
     phaseSegmentation: vtkMRMLSegmentationNode
-    segmentationPhase: int = 0
-    targetPhase: int = 0
+    segmentationPhase: Annotated[int, Minimum(0)] = 0
+    targetPhase: Annotated[int, Minimum(0)] = 0
+
+
+class _ModelPathConnector(GuiConnector):
+    """ctkPathLineEdit <-> ``modelPath`` that shows the bundled model's path where the
+    parameter is the empty path (``pathlib.Path()``, stored as ``"."``), and reads an empty
+    field or the bundled model's path back as that empty path.
+
+    Slicer's own ctkPathLineEditToPathConnector (guiConnectors.py, v5.6.2 to v5.10.0) writes
+    ``str(value)`` into the field, which is ``"."`` for the empty path, and reads the field
+    back as ``Path(text)``. The parameter keeps "empty" for the bundled model, so that a
+    saved scene opens with the bundled model of whatever installation loads it."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return False  # used explicitly (connectParametersToGui), never picked by type
+
+    @staticmethod
+    def create(widget, datatype):
+        return None
+
+    def __init__(self, widget, bundled: str):
+        super().__init__()
+        self._widget = widget
+        self._bundled = bundled
+
+    def _connect(self):
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self):
+        text = self._widget.currentPath
+        return pathlib.Path() if text in ("", ".") or os.path.normpath(text) == os.path.normpath(self._bundled) \
+            else pathlib.Path(text)
+
+    def write(self, value) -> None:
+        text = "" if value is None else str(value)
+        self._widget.currentPath = self._bundled if text in ("", ".") else text
 
 
 class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -92,16 +151,23 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._uiWidget = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._observedInputs = []
+        self._starting = False
+        self._updating = False
         self._logHandler = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProgressiveRegistration.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProgressiveRegistration.ui"))
+        self.layout.addWidget(self._uiWidget)
+        self.ui = slicer.util.childWidgetVariables(self._uiWidget)
+        # qMRMLWidget::setMRMLScene only emits mrmlSceneChanged (Libs/MRML/Widgets/qMRMLWidget.cxx,
+        # v5.6.2 to v5.10.0); each qMRML widget gets the scene through its connection to that
+        # signal in the .ui file (Testing/test_extension_layout.py checks that each has one).
+        self._uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ProgressiveRegistrationLogic()
 
         # The module's log (the background process's whole stderr among it) in the log area.
@@ -113,7 +179,9 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.applyPhasesButton.connect("clicked(bool)", self.onApplyPhasesButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.openResultsButton.connect("clicked(bool)", self.onOpenResultsButton)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReportButton)
+        self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedCollapsed)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -122,16 +190,14 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         if self._logHandler:
             log.removeHandler(self._logHandler)
             self._logHandler = None
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         # A running job would attach its results to nodes of a scene that is gone.
@@ -153,49 +219,178 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
                 self._parameterNode.fixedVolume = first
 
     def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+        """Connect the GUI to ``inputParameterNode`` (None: disconnect), once per parameter node.
 
-    def _checkCanApply(self, caller=None, event=None):
-        problem = self.logic.inputProblem(self._parameterNode) if self._parameterNode else _("No parameters")
-        running = self.logic.isRunning()
-        self.ui.applyButton.enabled = problem is None and not running
-        self.ui.applyButton.toolTip = problem or _("Register the moving volume to the fixed volume.")
-        problem = self.logic.phasesProblem(self._parameterNode) if self._parameterNode else _("No parameters")
-        self.ui.applyPhasesButton.enabled = problem is None and not running
-        self.ui.applyPhasesButton.toolTip = problem or _("Register every phase to the reference phase.")
-        self.ui.cancelButton.enabled = running
+        ``connectParametersToGui`` returns the tag that ``disconnectGui`` needs on every
+        Slicer version; ``connectGui`` returned None up to Slicer 5.8
+        (Base/Python/slicer/parameterNodeWrapper/wrapper.py, v5.6.2 and v5.8.1; fixed by
+        commit b5a65a49a0, in v5.10.0), so that every enter, setup and scene close added
+        another set of connectors, stale ones among them writing to the parameters."""
+        if inputParameterNode is not None and self._parameterNode is not None \
+                and self._parameterNodeGuiTag is not None \
+                and inputParameterNode.parameterNode is self._parameterNode.parameterNode:
+            return  # already connected to this node
+        if self._parameterNode is not None:
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+                self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode is not None:
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._guiMapping())
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._updateDeviceChoices()
+        self._onParameterNodeModified()
+
+    def _guiMapping(self):
+        """SlicerParameterName -> widget (what connectGui collects, wrapper.py ``_connectGui``),
+        with the model path's own connector."""
+        mapping = {}
+        for widget in self._uiWidget.findChildren(qt.QWidget):
+            name = widget.property("SlicerParameterName")
+            if name:
+                mapping[name] = widget
+        mapping["modelPath"] = _ModelPathConnector(mapping["modelPath"], self.logic.bundledModelPath())
+        return mapping
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            self._observeInputs()
+            self._updatePhaseControls()
+            self._updateButtons()
+        finally:
+            self._updating = False
+
+    def _observeInputs(self):
+        """Observe the selected landmark lists and Sequence: the Apply buttons depend on their
+        content (numbers of points and phases), and the parameter node only references them
+        (NodeSerializer: SetNodeReferenceID, not SetAndObserveNodeReferenceID;
+        parameterNodeWrapper/serializers.py, v5.6.2 to v5.10.0): their edits do not modify it."""
+        wanted = []
+        p = self._parameterNode
+        if p is not None:
+            for node in (p.fixedLandmarks, p.movingLandmarks, p.phasePoints):
+                if node is not None:
+                    wanted += [(node, slicer.vtkMRMLMarkupsNode.PointAddedEvent),
+                               (node, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)]
+            if p.phases is not None:
+                wanted.append((p.phases, vtk.vtkCommand.ModifiedEvent))
+        for node, event in self._observedInputs:
+            if not any(node is n and event == e for n, e in wanted):
+                self.removeObserver(node, event, self._onInputModified)
+        for node, event in wanted:
+            if not self.hasObserver(node, event, self._onInputModified):
+                self.addObserver(node, event, self._onInputModified)
+        self._observedInputs = wanted
+
+    def _onInputModified(self, caller=None, event=None):
+        self._onParameterNodeModified()
+
+    def _updatePhaseControls(self):
+        """Bound the phase spin boxes to the selected Sequence (positions 0 to n - 1) and name
+        the chosen phase beside its position, as the Sequence names it."""
+        p = self._parameterNode
+        sequence = p.phases if p is not None else None
+        labels = self.logic.phaseLabels(sequence)
+        for spinBox in (self.ui.referencePhaseSpinBox, self.ui.segmentationPhaseSpinBox, self.ui.targetPhaseSpinBox):
+            spinBox.minimum = 0
+            spinBox.maximum = max(len(labels) - 1, 0)
+            spinBox.suffix = f"  ({labels[spinBox.value]})" if spinBox.value < len(labels) else ""
+            spinBox.enabled = len(labels) > 0
+
+    def _updateButtons(self):
+        """Apply says what is missing and turns into Cancel while its run goes on (as
+        SlicerElastix's panel does); nothing can be started while a run starts."""
+        p = self._parameterNode
+        running = self.logic.runningKind()
+        for button, kind, problemOf, label, tip in (
+                (self.ui.applyButton, "pair", self.logic.inputProblem, _("Apply"),
+                 _("Register the moving volume to the fixed volume.")),
+                (self.ui.applyPhasesButton, "phases", self.logic.phasesProblem, _("Register all phases"),
+                 _("Register every phase to the reference phase."))):
+            if self._starting:
+                button.enabled, button.text, button.toolTip = False, _("Starting..."), _("Preparing the registration.")
+            elif running:
+                mine = running == kind
+                button.enabled = mine
+                button.text = _("Cancel") if mine else label
+                button.toolTip = _("Stop the registration and everything it started.") if mine else \
+                    _("A registration is running.")
+            else:
+                problem = problemOf(p) if p is not None else _("No parameters")
+                button.enabled = problem is None
+                button.text = label if problem is None else problem
+                button.toolTip = problem or tip
+        self.ui.openResultsButton.enabled = self.logic.lastResultsFolder is not None
+        self.ui.openResultsButton.toolTip = self.logic.lastResultsFolder or _("No result files kept yet.")
+        self.ui.openReportButton.enabled = self.logic.lastReport is not None
+        self.ui.openReportButton.toolTip = self.logic.lastReport or _("No quality report yet.")
+
+    def _updateDeviceChoices(self, probe=False):
+        """List cuda only where torch sees a GPU (and make it the default there, once per
+        parameter node: ProgressiveRegistrationLogic.defaultDevice). Unknown until torch is
+        imported: it is probed when the Advanced section is opened, and by every run."""
+        cuda = self.logic.cudaAvailable(probe=probe)
+        if cuda is None or self._parameterNode is None:
+            return
+        self.logic.defaultDevice(self._parameterNode, cuda)
+        combo = self.ui.deviceComboBox
+        index = combo.findText("cuda")
+        if not cuda and index >= 0:
+            combo.removeItem(index)  # the connector (Choice ["cpu", "cuda"]) still reads index 0 as "cpu"
+
+    def onAdvancedCollapsed(self, collapsed):
+        if not collapsed:
+            with slicer.util.tryWithErrorDisplay(_("Failed to look for a GPU."), waitCursor=True):
+                self._updateDeviceChoices(probe=True)
 
     def onApplyButton(self):
-        self._startWith(self.logic.start)
+        if self.logic.runningKind() == "pair":
+            self.onCancel()
+        else:
+            self._startWith(self.logic.start)
 
     def onApplyPhasesButton(self):
-        self._startWith(self.logic.startPhases)
+        if self.logic.runningKind() == "phases":
+            self.onCancel()
+        else:
+            self._startWith(self.logic.startPhases)
 
     def _startWith(self, start):
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
-            self.ui.resultsLabel.text = ""
-            self.ui.logTextEdit.clear()
-            self.ui.progressBar.visible = True
-            self.ui.progressBar.value = 0
-            try:
+        # Both buttons are disabled before the dependency step: pip_install processes events
+        # while it runs (slicer.util.logProcessOutput, Base/Python/slicer/util.py, v5.6.2 to v5.10.0).
+        self._starting = True
+        self._updateButtons()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
+                self.ui.resultsLabel.text = ""
+                self.ui.logTextEdit.clear()
+                self.ui.progressBar.visible = True
+                self.ui.progressBar.value = 0
                 start(self._parameterNode, self.onProgress, self.onFinished)
-            finally:
-                self.ui.progressBar.visible = self.logic.isRunning()
-                self._checkCanApply()
+        finally:
+            self._starting = False
+            self.ui.progressBar.visible = self.logic.isRunning()
+            self._updateDeviceChoices()
+            self._updateButtons()
 
-    def onCancelButton(self):
+    def onCancel(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to cancel the registration."), waitCursor=True):
             self.logic.cancel()
             self.ui.statusLabel.text = _("Cancelled.")
             self.ui.progressBar.visible = False
-            self._checkCanApply()
+            self._updateButtons()
+
+    def onOpenReportButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the quality report."), waitCursor=False):
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self.logic.lastReport))
+
+    def onOpenResultsButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the result folder."), waitCursor=False):
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self.logic.lastResultsFolder))
 
     def onProgress(self, fraction, message):
         self.ui.progressBar.value = int(100 * fraction)
@@ -203,7 +398,7 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
 
     def onFinished(self, result, error):
         self.ui.progressBar.visible = False
-        self._checkCanApply()
+        self._updateButtons()
         if error:
             self.ui.statusLabel.text = _("Registration failed.")
             slicer.util.errorDisplay(_("Registration failed:\n{error}").format(error=error),
@@ -211,6 +406,8 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
             return
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=result.seconds)
         self.ui.resultsLabel.text = result.describe()
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the results."), waitCursor=True):
+            self.logic.showResult(result)
 
 
 class _TextEditLogHandler(logging.Handler):
@@ -238,15 +435,22 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     """
 
     POLL_MS = 300
+    _cuda = None  # whether torch sees a GPU, once known (one answer per Slicer session)
+    _optionalOffered = False  # optional packages are offered (and tried) once per session
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._job = None
+        self._kind = None
         self._load = None
+        self._keep = None
         self._timer = None
         self._callbacks = None
         self._sceneObserver = None
         self.lastLog = []
+        self.lastResultsFolder = None
+        #: the last run's report.html (kept with the result files, or in Slicer's temporary folder)
+        self.lastReport = None
 
     def getParameterNode(self):
         return ProgressiveRegistrationParameterNode(super().getParameterNode())
@@ -256,19 +460,38 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     def libraryPath():
         return os.path.dirname(os.path.abspath(__file__))
 
+    @classmethod
+    def _lib(cls, name):
+        """A light module of the library (``jobs``, ``requirements``: standard library only)."""
+        if cls.libraryPath() not in sys.path:
+            sys.path.insert(0, cls.libraryPath())
+        return importlib.import_module(f"ProgressiveRegistrationLib.slicer.{name}")
+
+    @classmethod
+    def bundledModelPath(cls):
+        """The bundled model file (what an empty model path means)."""
+        if cls.libraryPath() not in sys.path:
+            sys.path.insert(0, cls.libraryPath())
+        from ProgressiveRegistrationLib.io.resources import BUNDLED_MODEL
+
+        return str(BUNDLED_MODEL)
+
     def ensureDependencies(self, askUser=True, install=True):
         """Make every package the library needs importable, each checked on its own.
 
         Torch through the PyTorch extension (``PyTorchUtils``, which picks the CPU or CUDA
         build) with a minimum version, as MONAIAuto3DSeg does; the others by pip; nothing
-        Slicer bundles (numpy, SimpleITK). ``install=False`` (scripts, tests) only reports.
+        Slicer bundles (numpy, SimpleITK), except numpy below 2 on Intel macOS (see
+        ``requirements.numpy_requirement``). numba is optional: a failed install is a
+        warning. Versions are read from the package metadata, so a torch that is too old is
+        never imported (an imported torch cannot be upgraded without a restart).
+        ``install=False`` (scripts) only reports.
         """
-        if self.libraryPath() not in sys.path:
-            sys.path.insert(0, self.libraryPath())
-        from ProgressiveRegistrationLib.slicer import requirements
+        requirements = self._lib("requirements")
 
+        self._ensureNumpy(requirements, askUser, install)
         problem = requirements.torch_problem()
-        if problem:
+        if requirements.installed_version("torch") is None:
             if not install:
                 raise RuntimeError(problem + _(": open the module and press Apply once to install it."))
             try:
@@ -280,32 +503,104 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             torch = torchLogic.installTorch(askConfirmation=askUser,
                                             torchVersionRequirement=f">={requirements.TORCH_MINIMUM}")
-            if torch is None or requirements.torch_problem():
-                raise RuntimeError(_("PyTorch is required and was not installed."))
+            problem = requirements.torch_problem() if torch is not None else _("PyTorch was not installed")
+        if problem:
+            # Too old (or not installed): as TotalSegmentator and MONAIAuto3DSeg do, the user
+            # upgrades in PyTorch Utils and restarts Slicer.
+            raise RuntimeError(problem)
+        problem = requirements.torch_import_problem()
+        if problem:
+            raise RuntimeError(problem)
+
         missing = requirements.missing_pip_packages()
-        if missing:
+        optional = requirements.missing_pip_packages(optional=True)
+        if optional and ProgressiveRegistrationLogic._optionalOffered:
+            log.warning("optional Python packages not installed (the registration is slower without them): %s",
+                        ", ".join(optional))
+            optional = []  # offered once per session
+        if missing or optional:
             if not install:
-                raise RuntimeError(_("Missing Python packages: {packages}").format(packages=", ".join(missing)))
+                if missing:
+                    raise RuntimeError(_("Missing Python packages: {packages}").format(packages=", ".join(missing)))
+                log.warning("optional Python packages not installed (the registration is slower without them): %s",
+                            ", ".join(optional))
+                return True
+            ProgressiveRegistrationLogic._optionalOffered = ProgressiveRegistrationLogic._optionalOffered or bool(optional)
             if askUser and not slicer.util.confirmOkCancelDisplay(
                     _("This module needs these Python packages, which are not installed: {packages}. "
-                      "Install them now?").format(packages=", ".join(missing))):
-                raise RuntimeError(_("Required Python packages were not installed."))
-            # A string: pip_install splits it on spaces (Base/Python/slicer/util.py), a list it cannot take.
-            slicer.util.pip_install(" ".join(missing))
+                      "Install them now?").format(packages=", ".join(missing + optional))):
+                if missing:
+                    raise RuntimeError(_("Required Python packages were not installed."))
+                return True
+            # pip_install takes a string (split as a shell would) or a list of arguments
+            # (Base/Python/slicer/util.py, v5.6.2 to v5.10.0): a list, one requirement each.
+            if missing:
+                slicer.util.pip_install(list(missing))
+            for requirement in optional:
+                try:
+                    slicer.util.pip_install([requirement])
+                except Exception as err:  # noqa: BLE001 - optional: the library runs without it
+                    log.warning("could not install %s (%s): the registration runs without it, slower", requirement, err)
             still = requirements.missing_pip_packages()
             if still:
                 raise RuntimeError(_("Could not install: {packages}").format(packages=", ".join(still)))
         return True
 
     @staticmethod
-    def cudaAvailable():
-        """Whether torch sees a GPU (imports torch: call it on demand, not in setup)."""
-        try:
+    def _ensureNumpy(requirements, askUser, install):
+        """Intel macOS: numpy below 2 before torch is imported, then a restart (as SlicerTotalSegmentator does)."""
+        needed = requirements.numpy_requirement()
+        loaded = sys.modules.get("numpy")
+        if needed is None and loaded is not None and \
+                requirements.numpy_requirement(numpy_version=getattr(loaded, "__version__", "0")):
+            raise RuntimeError(_("numpy 1 is installed, but Slicer still runs numpy {version}: restart Slicer.")
+                               .format(version=loaded.__version__))
+        if needed is None:
+            return
+        message = _("On Intel macOS the newest PyTorch (2.2) needs numpy below 2, and this Slicer has numpy {version}.")\
+            .format(version=requirements.installed_version("numpy"))
+        if not install or (askUser and not slicer.util.confirmOkCancelDisplay(
+                message + " " + _("Install numpy below 2 now (Slicer then restarts)?"))):
+            raise RuntimeError(message + " " + _("Install '{requirement}' (pip) and restart Slicer.")
+                               .format(requirement=needed))
+        slicer.util.pip_install([needed])
+        if askUser and slicer.util.confirmOkCancelDisplay(_("numpy was installed: Slicer must restart. Restart now?")):
+            slicer.util.restart()
+        raise RuntimeError(_("Restart Slicer to use the numpy just installed."))
+
+    @classmethod
+    def cudaAvailable(cls, probe=False):
+        """Whether torch sees a GPU: True or False once known, None while torch has not been
+        imported and ``probe`` is False (importing torch takes seconds, and a torch that is
+        too old is never imported: it could not be upgraded in this session)."""
+        if cls._cuda is None and (probe or "torch" in sys.modules):
+            requirements = cls._lib("requirements")
+            if requirements.torch_problem() or requirements.torch_import_problem():
+                return False  # (not remembered: torch may be installed later in this session)
             import torch
 
-            return bool(torch.cuda.is_available())
-        except Exception:  # noqa: BLE001 - missing or broken torch: no GPU for us
-            return False
+            cls._cuda = bool(torch.cuda.is_available())
+        return cls._cuda
+
+    @staticmethod
+    def defaultDevice(p, cuda):
+        """Give ``p.device`` its default once per parameter node: cuda where torch sees a GPU.
+        Where it sees none, a saved cuda becomes cpu (the combo box offers cuda no more)."""
+        node = p.parameterNode
+        if cuda and node.GetAttribute(DEVICE_DEFAULTED_ATTRIBUTE) is None:
+            node.SetAttribute(DEVICE_DEFAULTED_ATTRIBUTE, "cuda")
+            p.device = "cuda"
+        elif not cuda and p.device == "cuda":
+            p.device = "cpu"
+
+    @classmethod
+    def phaseLabels(cls, sequence):
+        """Each phase's name, as the Sequence names it (``jobs.phase_label``); [] without one."""
+        if sequence is None:
+            return []
+        jobs = cls._lib("jobs")
+        return [jobs.phase_label(sequence.GetNthIndexValue(k), sequence.GetIndexUnit() or "",
+                                 sequence.GetIndexName() or "") for k in range(sequence.GetNumberOfDataNodes())]
 
     # --- validation --------------------------------------------------------------------
     @staticmethod
@@ -316,38 +611,45 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def inputProblem(cls, p):
-        """None if the inputs can be registered, else a reason for the Apply tooltip."""
+        """None if the inputs can be registered, else what is missing (the Apply button's text)."""
         if not p.fixedVolume or not p.movingVolume:
-            return _("Select a fixed and a moving volume.")
+            return _("Select the fixed and moving volumes")
         if p.fixedVolume == p.movingVolume:
-            return _("Fixed and moving volumes must be different nodes.")
+            return _("Fixed and moving volumes must differ")
         if bool(p.fixedLandmarks) != bool(p.movingLandmarks):
-            return _("Select both landmark lists, or neither.")
+            return _("Select both landmark lists, or neither")
         if p.fixedLandmarks and (p.fixedLandmarks.GetNumberOfControlPoints()
                                  != p.movingLandmarks.GetNumberOfControlPoints()):
-            return _("The landmark lists have different numbers of points.")
+            return _("The landmark lists have different numbers of points")
         model = cls.modelFile(p)
         if model and not os.path.isfile(model):
-            return _("The model file {path} does not exist.").format(path=model)
+            return _("The model file does not exist")
+        return None
+
+    @classmethod
+    def phasesProblem(cls, p):
+        """None if all phases can be registered, else what is missing (the button's text)."""
+        if not p.phases:
+            return _("Select a Sequence of volumes (one per phase)")
+        n = p.phases.GetNumberOfDataNodes()
+        if n < 2:
+            return _("The Sequence needs at least two phases")
+        if not 0 <= p.referencePhase < n:
+            return _("Choose a reference phase of the Sequence")
+        if p.phaseSegmentation and not (0 <= p.segmentationPhase < n and 0 <= p.targetPhase < n):
+            return _("Choose the segmentation's phases in the Sequence")
+        model = cls.modelFile(p)
+        if model and not os.path.isfile(model):
+            return _("The model file does not exist")
         return None
 
     # --- background run ----------------------------------------------------------------
     def isRunning(self):
         return self._job is not None
 
-    @staticmethod
-    def phasesProblem(p):
-        """None if all phases can be registered, else a reason for the button's tooltip."""
-        if not p.phases:
-            return _("Select a Sequence of volumes (one per phase).")
-        n = p.phases.GetNumberOfDataNodes()
-        if n < 2:
-            return _("The sequence holds {n} volume; at least two phases are needed.").format(n=n)
-        if not 0 <= p.referencePhase < n:
-            return _("Reference phase {k}: the sequence has phases 0 to {last}.").format(k=p.referencePhase, last=n - 1)
-        if p.phaseSegmentation and not (0 <= p.segmentationPhase < n and 0 <= p.targetPhase < n):
-            return _("The segmentation phases must be between 0 and {last}.").format(last=n - 1)
-        return None
+    def runningKind(self):
+        """The kind of the running registration ("pair" or "phases"); None while none runs."""
+        return self._kind if self._job is not None else None
 
     def start(self, p, onProgress, onFinished):
         """Export the inputs, start ``progreg register`` in PythonSlicer, poll it with a timer."""
@@ -364,17 +666,24 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             def load():
                 result = mrml.load_results(slicer.mrmlScene, job, transform=p.outputTransform,
                                            jacobian=p.outputJacobian, table=p.outputTable,
-                                           apply_to_moving=p.applyToMoving)
+                                           apply_to_moving=p.applyToMoving, volume=p.outputVolume,
+                                           quality_table=p.outputQualityTable, quality_map=p.outputQualityMap)
                 p.outputTransform, p.outputJacobian = result.transform, result.jacobian
                 if result.table:
                     p.outputTable = result.table
+                if result.quality_table:
+                    p.outputQualityTable = result.quality_table
+                if result.quality_map:
+                    p.outputQualityMap = result.quality_map
                 for note in result.warnings:
                     log.warning(note)
                 return result
 
-            return job, load
+            command = job.command(self._python(), self.modelFile(p), p.device, p.refine,
+                                  warped=p.outputVolume is not None, overview=p.keepFiles)
+            return job, command, load, p.movingVolume.GetName()
 
-        self._launch(p, export, onProgress, onFinished)
+        self._launch(p, "pair", export, onProgress, onFinished)
 
     def startPhases(self, p, onProgress, onFinished):
         """Export every phase, start ``progreg register-4d`` in PythonSlicer, poll it with a timer."""
@@ -389,30 +698,39 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             job = mrml4d.export_4d_job(slicer.mrmlScene, p.phases, p.referencePhase, workDir, p.phasePoints,
                                        segmentation, p.segmentationPhase if segmentation else None,
                                        p.targetPhase if segmentation else None)
-            return job, lambda: mrml4d.load_4d_results(slicer.mrmlScene, job)
+            command = job.command(self._python(), self.modelFile(p), p.device, p.refine)
+            return job, command, lambda: mrml4d.load_4d_results(slicer.mrmlScene, job), p.phases.GetName()
 
-        self._launch(p, export, onProgress, onFinished)
+        self._launch(p, "phases", export, onProgress, onFinished)
 
-    def _launch(self, p, export, onProgress, onFinished):
-        """``export(workDir)`` writes the inputs and gives (job, load); the job's command runs in
-        the background, ``load()`` turns its output folder into nodes when it has finished."""
+    @staticmethod
+    def _python():
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def _launch(self, p, kind, export, onProgress, onFinished):
+        """``export(workDir)`` writes the inputs and gives (job, command, load, name); the command
+        runs in the background, ``load()`` turns the job's output folder into nodes when it has
+        finished (and with ``p.keepFiles`` the folder is kept, named after ``name``)."""
         if self.isRunning():
             raise RuntimeError(_("A registration is already running."))
         self.ensureDependencies()
-        from ProgressiveRegistrationLib.slicer import jobs
+        self.defaultDevice(p, self.cudaAvailable(probe=True))
+        jobs = self._lib("jobs")
 
         workDir = slicer.util.tempDirectory("ProgressiveRegistration-")  # a new folder in Slicer's temporary path
         try:
-            job, self._load = export(workDir)
+            job, command, self._load, name = export(workDir)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        python = shutil.which("PythonSlicer") or sys.executable
+        self._keep = (job.out_dir, name) if p.keepFiles else None
+        self._outDir, self._reportName = job.out_dir, name
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([self.libraryPath(), env.get("PYTHONPATH", "")])
         self.lastLog = []
-        self._job = jobs.BackgroundJob(job.command(python, self.modelFile(p), p.device, p.refine), env=env,
-                                       work_dir=workDir)
+        # A process that cannot start removes its work folder (BackgroundJob) and raises here.
+        self._job = jobs.BackgroundJob(command, env=env, work_dir=workDir)
+        self._kind = kind
         self._callbacks = (onProgress, onFinished)
         # Closing the scene while running: cancel (results would go to nodes that are gone).
         self._sceneObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent,
@@ -438,6 +756,18 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         try:
             if error is None:
                 result = self._load()
+                if self._keep is not None:
+                    outDir, name = self._keep
+                    root = os.path.join(slicer.app.defaultScenePath, RESULTS_FOLDER_NAME)
+                    self.lastResultsFolder = str(self._lib("jobs").keep_results(outDir, root, name))
+                    log.info("result files kept in %s", self.lastResultsFolder)
+                    report = os.path.join(self.lastResultsFolder, "report.html")
+                    self.lastReport = report if os.path.isfile(report) else None
+                elif os.path.isfile(os.path.join(self._outDir, "report.html")):
+                    # The report outlives the work folder: the person who signs it opens it later.
+                    reports = os.path.join(slicer.app.temporaryPath, REPORTS_FOLDER_NAME)
+                    self.lastReport = self._lib("jobs").keep_report(self._outDir, reports, self._reportName)
+                    log.info("quality report: %s", self.lastReport)
             else:
                 log.error("registration failed: %s", error)
         except Exception as err:  # noqa: BLE001 - reported to the user in the GUI
@@ -463,9 +793,30 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             job.cancel()
             log.info("registration cancelled")
 
+    # --- results in the views ----------------------------------------------------------
+    @staticmethod
+    def showResult(result):
+        """After a 4DCT run: the browser's toolbar, the current phase with its ventilation map
+        over it (colour map, as the foreground layer) and the phase table in the layout."""
+        browser = getattr(result, "browser", None)
+        if browser is None:
+            return
+        # qSlicerSequencesModule::showSequenceBrowser (Modules/Loadable/Sequences/qSlicerSequencesModule.h, v5.6.2 to v5.10.0)
+        slicer.modules.sequences.showSequenceBrowser(browser)
+        phase = browser.GetProxyNode(result.source) if result.source is not None else None
+        ventilation = browser.GetProxyNode(result.ventilation)
+        slicer.util.setSliceViewerLayers(background=phase if phase is not None else "keep-current",
+                                         foreground=ventilation, foregroundOpacity=0.5)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(result.table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+
     # --- synchronous, for scripts and tests ---------------------------------------------
     def process(self, fixedVolume, movingVolume, fixedLandmarks=None, movingLandmarks=None, model=None,
-                device="cpu", applyToMoving=True, refine=True):
+                device="cpu", applyToMoving=True, refine=True, outputVolume=None):
         """Register in-process (blocks); returns the Lib's result with the output nodes."""
         self.ensureDependencies(install=False)
         import ProgressiveRegistrationLib
@@ -474,23 +825,22 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         return ProgressiveRegistrationLib.register_volume_nodes(
             slicer.mrmlScene, fixedVolume, movingVolume, fixed_landmarks=fixedLandmarks,
             moving_landmarks=movingLandmarks, model=model, device=device, apply_to_moving=applyToMoving,
-            refinement=RefineConfig() if refine else None)
+            refinement=RefineConfig() if refine else None, volume=outputVolume)
 
 
 class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: the widget path (parameter node -> Apply -> background process ->
-    loaded results) and the scripting path, on the bundled sample."""
+    """Runs inside Slicer: the widget path (panel -> parameter node -> Apply -> background
+    process -> loaded results) and the scripting path, on the bundled sample. Missing
+    dependencies are installed first (a test that skipped without them would test nothing);
+    if they cannot be, the test fails with the reason."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        logic = ProgressiveRegistrationLogic()
-        try:
-            logic.ensureDependencies(install=False)
-        except RuntimeError as err:
-            self.delayDisplay(f"Skipped: {err}")
-            return
+        ProgressiveRegistrationLogic().ensureDependencies(askUser=False, install=True)
+        self.setUp()
+        self.test_PanelIsConnected()
         self.setUp()
         self.test_WidgetPath()
         self.setUp()
@@ -500,13 +850,17 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_PhasesWidgetPath()
 
+    def _widget(self):
+        slicer.util.selectModule("ProgressiveRegistration")
+        return slicer.modules.progressiveregistration.widgetRepresentation().self()
+
     def _waitFor(self, logic, minutes):
-        """Let the GUI's event loop run (the logic's timer polls the job) until it has finished."""
-        timer = qt.QElapsedTimer()
-        timer.start()
-        while logic.isRunning() and timer.elapsed() < minutes * 60000:
+        """Let the GUI's event loop run (the logic's timer polls the job) until it has finished.
+        time.sleep: Slicer 5.6's PythonQt does not wrap QThread.msleep (a protected static)."""
+        deadline = time.monotonic() + 60 * minutes
+        while logic.isRunning() and time.monotonic() < deadline:
             slicer.app.processEvents()
-            qt.QThread.msleep(50)
+            time.sleep(0.05)
         self.assertFalse(logic.isRunning(), f"the registration did not finish in {minutes} minutes")
 
     def _sampleVolumes(self):
@@ -514,19 +868,61 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
 
         return mrml.sample_pair_nodes(slicer.mrmlScene)
 
+    def test_PanelIsConnected(self):
+        """Every qMRML widget of the panel has the scene (each needs its own mrmlSceneChanged
+        connection in the .ui), and entering the module again adds no second set of connectors."""
+        widget = self._widget()
+        bound = [child for child in widget._uiWidget.findChildren(qt.QWidget)
+                 if child.className().startswith("qMRML") and hasattr(child, "mrmlScene")]
+        self.assertIn(widget.ui.phasesSelector, bound)
+        for child in bound:
+            self.assertIs(child.mrmlScene(), slicer.mrmlScene, child.objectName)
+        phases = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "probe phases")
+        widget.ui.phasesSelector.setCurrentNode(phases)
+        p = widget.logic.getParameterNode()
+        self.assertIs(p.phases, phases)
+        tag = widget._parameterNodeGuiTag
+        self.assertIsNotNone(tag)
+        widget.exit()
+        widget.enter()
+        widget.enter()
+        self.assertIsNotNone(widget._parameterNodeGuiTag)
+        self.assertEqual(len(widget._parameterNode._parameterGUIs), 1)
+        # A device choice survives the combo box being rebuilt (a stale connector used to set cpu back),
+        # and cuda is offered only where torch sees a GPU.
+        combo = widget.ui.deviceComboBox
+        offered = [combo.itemText(i) for i in range(combo.count)]
+        self.assertEqual("cuda" in offered, bool(widget.logic.cudaAvailable(probe=True)), offered)
+        p.device = offered[-1]
+        widget.exit()
+        widget.enter()
+        self.assertEqual(p.device, offered[-1])
+        self.assertEqual(combo.currentText, offered[-1])
+        # The phase spin boxes are bounded by the Sequence.
+        self.assertEqual(widget.ui.referencePhaseSpinBox.maximum, 0)
+        self.assertEqual(widget.ui.referencePhaseSpinBox.minimum, 0)
+
     def test_WidgetPath(self):
         self.delayDisplay("Apply through the module panel (background process)")
         fixed, moving, fixedPoints, movingPoints = self._sampleVolumes()
-        slicer.util.selectModule("ProgressiveRegistration")
-        widget = slicer.modules.progressiveregistration.widgetRepresentation().self()
+        widget = self._widget()
         p = widget.logic.getParameterNode()
-        p.fixedVolume, p.movingVolume = fixed, moving
-        p.fixedLandmarks, p.movingLandmarks = fixedPoints, movingPoints
+        widget.ui.fixedVolumeSelector.setCurrentNode(fixed)
+        widget.ui.movingVolumeSelector.setCurrentNode(moving)
+        widget.ui.fixedLandmarksSelector.setCurrentNode(fixedPoints)
+        self.assertFalse(widget.ui.applyButton.enabled)  # one landmark list only: Apply says so
+        widget.ui.movingLandmarksSelector.setCurrentNode(movingPoints)
+        self.assertIs(p.movingLandmarks, movingPoints)
+        self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.text)
+        movingPoints.AddControlPoint(0.0, 0.0, 0.0)  # an edit of the list, not of the parameter node
+        self.assertFalse(widget.ui.applyButton.enabled, "Apply did not follow the landmark list")
+        movingPoints.RemoveNthControlPoint(movingPoints.GetNumberOfControlPoints() - 1)
+        self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.text)
         p.refine = True
-        self.assertTrue(widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip)
         widget.onApplyButton()
         self.assertTrue(widget.logic.isRunning())
-        self.assertTrue(widget.ui.cancelButton.enabled)
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        self.assertFalse(widget.ui.applyPhasesButton.enabled)
         self._waitFor(widget.logic, minutes=10)
         self.assertIsNotNone(p.outputTransform, widget.ui.statusLabel.text)
         self.assertEqual(moving.GetParentTransformNode(), p.outputTransform)
@@ -559,11 +955,14 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         from ProgressiveRegistrationLib.slicer import mrml4d
 
         phases = mrml4d.sample_phase_sequence(slicer.mrmlScene)
-        slicer.util.selectModule("ProgressiveRegistration")
-        widget = slicer.modules.progressiveregistration.widgetRepresentation().self()
+        widget = self._widget()
         p = widget.logic.getParameterNode()
-        p.phases, p.referencePhase = phases, 0
-        self.assertTrue(widget.ui.applyPhasesButton.enabled, widget.ui.applyPhasesButton.toolTip)
+        widget.ui.phasesSelector.setCurrentNode(phases)  # through the panel: the selector must have the scene
+        self.assertIs(p.phases, phases)
+        self.assertEqual(widget.ui.referencePhaseSpinBox.maximum, phases.GetNumberOfDataNodes() - 1)
+        widget.ui.referencePhaseSpinBox.value = 0
+        self.assertIn("phase 0", widget.ui.referencePhaseSpinBox.suffix)
+        self.assertTrue(widget.ui.applyPhasesButton.enabled, widget.ui.applyPhasesButton.text)
         before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSequenceNode")
         widget.onApplyPhasesButton()
         self._waitFor(widget.logic, minutes=15)
@@ -573,4 +972,9 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), 4)
         change = table.GetColumnByName("volume_change_percent")
         self.assertLess(change.GetValue(3), change.GetValue(1))
+        # A second run refills the first run's nodes.
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        widget.onApplyPhasesButton()
+        self._waitFor(widget.logic, minutes=15)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.delayDisplay("Phases widget path passed")

@@ -28,7 +28,7 @@ PACKAGE_LAYERS = {
     "io": 1, "simulation": 1,
     "model": 2,
     "registration": 3,
-    "training": 4, "slicer": 4,
+    "training": 4, "slicer": 4, "batch": 4,
     "cli": 5,
     "__main__": 6,
 }

@@ -110,7 +110,7 @@ GUI_CONNECTORS = {
     "QCheckBox": ({"bool"}, set()),  # QCheckBoxToBoolConnector
     "QPushButton": ({"bool"}, set()),  # QCheckablePushButtonToBoolConnector
     "QSlider": ({"int"}, {"WithinRange"}),  # QSliderOrSpinBoxToIntConnector: a slider must be bounded
-    "QSpinBox": ({"int"}, set()),
+    "QSpinBox": ({"int"}, set()),  # (unbounded it gets the whole int range: see BOUNDED_WIDGETS)
     "QDoubleSpinBox": ({"float"}, set()),  # QDoubleSpinBoxCtkSliderWidgetToFloatConnector
     "ctkSliderWidget": ({"float"}, {"WithinRange"}),
     "QComboBox": ({"int", "float", "str", "bool"}, {"Choice"}),  # QComboBoxToStringableConnector (or an Enum)
@@ -120,6 +120,13 @@ GUI_CONNECTORS = {
     "ctkDirectoryButton": ({"pathlib.Path", "Path"}, set()),  # ctkDirectoryButtonToPathConnector
     "qMRMLNodeComboBox": ({"<node>"}, set()),  # qMRMLNodeComboBoxToNodeConnector
 }
+
+
+# Widgets that Slicer's connector makes accept any value unless the field is bounded: the
+# QSliderOrSpinBoxToIntConnector sets the whole int range without a WithinRange, Minimum or
+# Maximum annotation (guiConnectors.py, v5.6.2 to v5.10.0), overriding the .ui's range. This
+# module's rule: every such field has a lower bound at least (upper ones come from the data).
+BOUNDED_WIDGETS = {"QSpinBox": ({"WithinRange"}, {"Minimum"})}
 
 
 def _parameter_fields() -> dict[str, tuple[str, set[str]]]:
@@ -159,6 +166,8 @@ def _binding_problems(fields: dict[str, tuple[str, set[str]]], widget_of: dict[s
             problems.append(f"{name}: a {widget} binds {sorted(types)}, not {datatype}")
         elif not required <= annotations:
             problems.append(f"{name}: a {widget} needs the {sorted(required)} annotation")
+        elif widget in BOUNDED_WIDGETS and not any(a <= annotations for a in BOUNDED_WIDGETS[widget]):
+            problems.append(f"{name}: a {widget} bound without WithinRange or Minimum accepts any int")
     return problems
 
 
@@ -172,8 +181,10 @@ def _ui_bindings() -> dict[str, str]:
 def test_every_parameter_binds_to_its_widget_as_slicer_would():
     tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProgressiveRegistration.ui")
     names = {w.get("name") for w in tree.iter("widget")}
-    assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "logTextEdit", "fixedVolumeSelector",
-            "movingVolumeSelector", "outputTransformSelector", "refineCheckBox"} <= names
+    assert {"applyButton", "applyPhasesButton", "openResultsButton", "progressBar", "statusLabel", "logTextEdit",
+            "fixedVolumeSelector", "movingVolumeSelector", "outputTransformSelector", "outputVolumeSelector",
+            "keepFilesCheckBox", "refineCheckBox", "advancedCollapsibleButton"} <= names
+    assert "cancelButton" not in names  # Apply turns into Cancel while it runs
     assert _binding_problems(_parameter_fields(), _ui_bindings()) == []
 
 
@@ -184,6 +195,222 @@ def test_the_check_catches_the_bindings_that_broke_setup():
     problems = _binding_problems(fields, _ui_bindings())
     assert len(problems) == 2 and any(p.startswith("modelPath: a ctkPathLineEdit") for p in problems)
     assert any(p.startswith("device: a QComboBox needs the ['Choice']") for p in problems)
+
+
+def test_the_check_catches_an_unbounded_phase_spin_box():
+    """`referencePhase: int` on a QSpinBox let the panel take negative and huge phases."""
+    fields = {**_parameter_fields(), "referencePhase": ("int", set())}
+    assert _binding_problems(fields, _ui_bindings()) == [
+        "referencePhase: a QSpinBox bound without WithinRange or Minimum accepts any int"]
+
+
+def _scene_problems(tree: ET.ElementTree) -> list[str]:
+    """qMRML widgets of a .ui that never get the scene. qMRMLWidget::setMRMLScene only emits
+    mrmlSceneChanged (Libs/MRML/Widgets/qMRMLWidget.cxx, v5.6.2 to v5.10.0), and the parameter
+    node's qMRMLNodeComboBox connector sets nodeTypes only (guiConnectors.py): each qMRML
+    widget needs its own connection from the top-level widget's mrmlSceneChanged(vtkMRMLScene*)
+    to its setMRMLScene(vtkMRMLScene*), else its list stays empty."""
+    root = tree.getroot().find("widget")
+    top = root.get("name")
+    connected = {c.findtext("receiver") for c in tree.iter("connection")
+                 if c.findtext("sender") == top and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    widgets = {w.get("name"): w.get("class") for w in root.iter("widget") if w is not root}
+    problems = [f"{name} ({cls}) never gets the scene" for name, cls in sorted(widgets.items())
+                if cls.startswith("qMRML") and name not in connected]
+    problems += [f"a scene connection to {name}, which is not a qMRML widget of this panel"
+                 for name in sorted(connected) if not widgets.get(name, "").startswith("qMRML")]
+    return problems
+
+
+def test_every_qmrml_widget_gets_the_scene():
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProgressiveRegistration.ui")
+    assert _scene_problems(tree) == []
+    bound = {name for name, cls in _ui_bindings().items() if cls.startswith("qMRML")}
+    assert {"phases", "phasePoints", "phaseSegmentation", "outputVolume"} <= bound
+
+
+def test_the_scene_check_catches_the_selectors_that_had_no_scene():
+    """The three 4DCT selectors had no scene connection: the check must name exactly them."""
+    tree = ET.parse(MODULE_DIR / "Resources" / "UI" / "ProgressiveRegistration.ui")
+    connections = tree.getroot().find("connections")
+    for c in list(connections):
+        if c.findtext("receiver") in ("phasesSelector", "phasePointsSelector", "phaseSegmentationSelector"):
+            connections.remove(c)
+    assert _scene_problems(tree) == [f"{n} (qMRMLNodeComboBox) never gets the scene"
+                                     for n in ("phasePointsSelector", "phaseSegmentationSelector", "phasesSelector")]
+
+
+def _gui_connection_problems(source: str) -> list[str]:
+    """How the module connects its parameter node to the GUI, read from its source.
+
+    ``connectGui`` returns None up to Slicer 5.8 (Base/Python/slicer/parameterNodeWrapper/
+    wrapper.py, v5.6.2 and v5.8.1; commit b5a65a49a0 returns the tag from v5.10.0), so its
+    connectors can never be disconnected there: only ``connectParametersToGui``, whose tag is
+    kept in ``self._parameterNodeGuiTag``, which every ``disconnectGui`` gets and then clears."""
+    import ast
+
+    tree = ast.parse(source)
+    problems = []
+    tag = "self._parameterNodeGuiTag"
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        where = f"line {node.lineno}"
+        if node.func.attr == "connectGui":
+            problems.append(f"{where}: connectGui (its tag is None before Slicer 5.10)")
+        elif node.func.attr == "connectParametersToGui":
+            parent = parents.get(node)
+            if not (isinstance(parent, ast.Assign) and [ast.unparse(t) for t in parent.targets] == [tag]):
+                problems.append(f"{where}: the tag of connectParametersToGui is not kept in {tag}")
+        elif node.func.attr == "disconnectGui":
+            if [ast.unparse(a) for a in node.args] != [tag]:
+                problems.append(f"{where}: disconnectGui is not given {tag}")
+            statement = parents[node]
+            block = parents[statement]
+            body = next(b for b in (getattr(block, "body", []), getattr(block, "orelse", [])) if statement in b)
+            rest = body[body.index(statement) + 1:]
+            if not any(isinstance(s, ast.Assign) and [ast.unparse(t) for t in s.targets] == [tag]
+                       and ast.unparse(s.value) == "None" for s in rest):
+                problems.append(f"{where}: {tag} is not cleared after disconnectGui")
+    connects = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "connectParametersToGui"]
+    if len(connects) != 1:
+        problems.append(f"{len(connects)} places connect the GUI (one, in setParameterNode, connects once)")
+    return problems
+
+
+def test_the_gui_is_connected_once_and_disconnected_by_its_tag():
+    source = (MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8")
+    assert _gui_connection_problems(source) == []
+
+
+def test_the_connection_check_catches_connect_gui_and_a_lost_tag():
+    """The pattern that piled up connectors on Slicer 5.6 and 5.8."""
+    old = ("class W:\n"
+           "    def exit(self):\n"
+           "        self._parameterNode.disconnectGui(self._parameterNodeGuiTag)\n"
+           "    def setParameterNode(self, node):\n"
+           "        self._parameterNodeGuiTag = node.connectGui(self.ui)\n")
+    problems = _gui_connection_problems(old)
+    assert any("connectGui (its tag is None" in p for p in problems)
+    assert any("is not cleared after disconnectGui" in p for p in problems)
+    assert any("0 places connect the GUI" in p for p in problems)
+
+
+def test_path_parameters_have_a_connector_that_never_writes_a_dot():
+    """Slicer's ctkPathLineEdit connector shows an empty pathlib.Path as "." (it writes
+    str(Path()), guiConnectors.py v5.6.2 to v5.10.0): every Path field gets the module's own."""
+    import ast
+
+    source = (MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    replaced = {ast.unparse(t.slice).strip("'\"") for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                for t in n.targets if isinstance(t, ast.Subscript) and ast.unparse(t.value) == "mapping"
+                and isinstance(n.value, ast.Call) and ast.unparse(n.value.func) == "_ModelPathConnector"}
+    paths = {name for name, (datatype, _) in _parameter_fields().items() if datatype in ("pathlib.Path", "Path")}
+    assert paths and paths <= replaced, paths - replaced
+
+
+def test_the_self_test_waits_and_fails_as_it_must():
+    """QThread.msleep is not wrapped by Slicer 5.6's PythonQt, and a self-test that returns
+    early without torch tests nothing: runTest installs what is missing, or fails."""
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8"))
+    assert "msleep" not in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    test = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ProgressiveRegistrationTest")
+    run = next(f for f in test.body if isinstance(f, ast.FunctionDef) and f.name == "runTest")
+    assert not any(isinstance(n, (ast.Try, ast.Return)) for n in ast.walk(run)), "runTest must not swallow a failure"
+    calls = [ast.unparse(n) for n in ast.walk(run) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "ensureDependencies"]
+    assert calls and all("install=True" in c for c in calls), calls
+
+
+def test_every_process_is_started_without_a_console_window():
+    """On Windows a process started from Slicer's GUI opens a console unless it is started
+    hidden (slicer.util.launchConsoleProcess, Base/Python/slicer/util.py, v5.6.2 to v5.10.0)."""
+    import ast
+
+    for path in sorted(LIB.rglob("slicer/*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("subprocess.Popen", "subprocess.run",
+                                                                        "subprocess.call", "subprocess.check_call",
+                                                                        "subprocess.check_output"):
+                hidden = [k for k in node.keywords if k.arg is None and ast.unparse(k.value) == "hidden_window_options()"]
+                assert hidden, f"{path.name}:{node.lineno} starts a process that may open a console window"
+
+
+def test_set_names_initialised_only_where_the_api_needs_it():
+    """SetNamesInitialised logs a VTK error from Slicer 5.10 (vtkMRMLColorNode.h, v5.10.0):
+    every call sits under `if needs_names_initialised(...)`."""
+    import ast
+
+    files = [MODULE_DIR / "ProgressiveRegistration.py", *sorted(LIB.rglob("*.py"))]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        guarded = {id(n) for g in ast.walk(tree) if isinstance(g, ast.If) and "needs_names_initialised" in ast.unparse(g.test)
+                   for n in ast.walk(g)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("SetNamesInitialised", "NamesInitialisedOn"):
+                assert id(node) in guarded, f"{path.name}:{node.lineno}"
+
+
+def _module_function(name: str):
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8"))
+    return next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_apply_follows_the_content_of_the_nodes_it_checks():
+    """The parameter node only references its nodes (serializers.py: SetNodeReferenceID), so
+    adding a landmark or a phase does not modify it: every parameter whose node content
+    the Apply checks read (p.X.GetNumberOf...()) must be observed by the widget."""
+    import ast
+
+    read = set()
+    for name in ("inputProblem", "phasesProblem"):
+        for node in ast.walk(_module_function(name)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr.startswith("GetNumberOf") and isinstance(node.func.value, ast.Attribute) \
+                    and ast.unparse(node.func.value.value) == "p":
+                read.add(node.func.value.attr)
+    observed = {n.attr for n in ast.walk(_module_function("_observeInputs"))
+                if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "p"}
+    assert read and read <= observed, read - observed
+
+
+def test_nothing_can_be_started_while_a_run_starts():
+    """pip_install processes events (slicer.util.logProcessOutput): both Apply buttons are
+    disabled before start(), which installs what is missing, is called."""
+    import ast
+
+    body = _module_function("_startWith")
+    lines = [(ast.unparse(n), n.lineno) for n in ast.walk(body) if isinstance(n, (ast.Assign, ast.Call))]
+    starting = min(v for k, v in lines if k.startswith("self._starting = True"))
+    update = min(v for k, v in lines if k == "self._updateButtons()")
+    start = min(v for k, v in lines if k.startswith("start(self._parameterNode"))
+    assert starting < update < start
+    buttons = ast.unparse(_module_function("_updateButtons"))
+    assert "if self._starting:" in buttons and "button.enabled, button.text, button.toolTip = (False" in buttons
+
+
+def test_tests_and_experiments_read_model_files_weights_only():
+    """torch.load(weights_only=False) runs whatever a file pickles: read model files and
+    checkpoints with the library's readers (load_model, read_checkpoint)."""
+    import ast
+
+    found = []
+    for folder in ("Testing", "experiments", "benchmarks", "ProgressiveRegistration"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("load") and any(
+                        k.arg == "weights_only" and ast.unparse(k.value) == "False" for k in node.keywords):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
 
 
 def test_module_code_is_python39():

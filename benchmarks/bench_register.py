@@ -15,7 +15,13 @@ Other pairs (network alone against network + refinement, in-process): the demo p
 a simulated exhale in which the lungs are also denser (lung HU moved 5 % toward soft
 tissue), so that the metric is not tuned to identical intensities.
 
-    python benchmarks/bench_register.py [--skip-elastix] [--skip-pairs] [--threads 2]
+Clinical-size pairs without patient data (in-process, default refinement, per refinement
+level its grid, seconds and ns per voxel and iteration): a phantom (simulation/phantom.py,
+both lungs) at 512×512×130 of 0.98×0.98×2 mm and its simulated exhale; the same anatomy
+resampled to 1.37×1.37×2.5 mm (366×366×104) and its exhale.
+
+    python benchmarks/bench_register.py [--skip-elastix] [--skip-pairs] [--skip-clinical] [--threads 2]
+    python benchmarks/bench_register.py --clinical-only [--clinical-case 0.98|1.37]   # prints, writes nothing
 
 Writes benchmarks/results/register.md.
 """
@@ -126,19 +132,24 @@ def paper_size_model(path: Path) -> Path:
 
 
 def run_ours(paths, out: Path, threads: int, model: Path | None = None, compiled: bool = True,
-             refine: bool = True) -> tuple[dict, float, float]:
+             refine: bool = True, device: str = "cpu") -> tuple[dict, float, float]:
     """`register_files` in a new process (as `progreg register` runs); ``compiled=False``:
     PROGREG_NUMBA=0, every stage on its reference path (torch / ITK), the "before";
-    ``refine=False``: the network's field alone."""
+    ``refine=False``: the network's field alone; ``device``: the torch device (with CUDA the
+    summary gets ``peak_gpu_gib``, ``torch.cuda.max_memory_allocated`` of the process)."""
     code = (
         "import json, resource, sys, time\n"
         "t0 = time.perf_counter()\n"
+        "import torch\n"
         "from ProgressiveRegistrationLib.registration.pipeline import register_files\n"
         "from ProgressiveRegistrationLib.registration.refine import RefineConfig\n"
         f"s = register_files({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, {str(paths[2])!r}, {str(paths[3])!r},"
-        f" model={str(model) if model else None!r}, refinement={'RefineConfig()' if refine else 'None'})\n"
+        f" model={str(model) if model else None!r}, device={device!r},"
+        f" refinement={'RefineConfig()' if refine else 'None'})\n"
         "s['wall'] = time.perf_counter() - t0\n"
         "s['peak_rss_gib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20\n"
+        "if torch.cuda.is_available():\n"
+        "    s['peak_gpu_gib'] = torch.cuda.max_memory_allocated() / 2**30\n"
         "print(json.dumps(s))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
@@ -198,6 +209,98 @@ def denser_exhale(seed: int = 0, percent: float = 5.0):
     return pair, denser
 
 
+#: The clinical-size phantom: its seed, and the grids ((nx, ny, nz), spacing mm) of its two copies.
+CLINICAL_SEED = 300
+CLINICAL_GRIDS = {"0.98": ((512, 512, 130), (0.98, 0.98, 2.0)), "1.37": ((366, 366, 104), (1.37, 1.37, 2.5))}
+
+
+def clinical_pairs(which: tuple[str, ...] = tuple(CLINICAL_GRIDS)) -> list[dict]:
+    """Clinical-size breathing pairs of one phantom (both lungs, vessel bifurcations as
+    landmarks): generated at 512×512×130 of 0.98×0.98×2 mm; the 1.37×1.37×2.5 mm copy is that
+    image resampled (linear) onto a grid over the same extent, so that the anatomy is the
+    same. Each gets its own simulated exhale (15 mm diaphragm motion) with exact landmarks.
+    Dicts with name, fixed, moving, fixed_lps, moving_lps (LPS mm)."""
+    from ProgressiveRegistrationLib.simulation.phantom import generate
+
+    size, spacing = CLINICAL_GRIDS["0.98"]
+    ph = generate(CLINICAL_SEED, size, spacing)
+    image = sitk.Cast(ph.image, sitk.sitkInt16)
+    rng = np.random.default_rng(CLINICAL_SEED)
+    points = ph.bifurcations_lps[rng.choice(len(ph.bifurcations_lps), min(100, len(ph.bifurcations_lps)),
+                                            replace=False)]
+    out = []
+    for key in which:
+        size, spacing = CLINICAL_GRIDS[key]
+        if (size, spacing) == CLINICAL_GRIDS["0.98"]:
+            fixed = image
+        else:
+            ref = sitk.Image(size, sitk.sitkInt16)
+            ref.SetSpacing(spacing)
+            centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+            ref.SetOrigin((centre - (np.asarray(size) - 1) / 2 * np.asarray(spacing)).tolist())
+            fixed = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16)
+        pair = simulate(fixed, seed=CLINICAL_SEED, amplitude_si_mm=15.0, amplitude_ap_mm=5.0,
+                        fixed_landmarks_lps=points)
+        out.append({"name": f"phantom {'×'.join(map(str, size))} at {'×'.join(f'{s:g}' for s in spacing)} mm",
+                    "fixed": pair.inhale, "moving": pair.exhale, "fixed_lps": pair.fixed_points_lps,
+                    "moving_lps": pair.moving_points_lps})
+    return out
+
+
+def clinical_rows(which: tuple[str, ...]) -> list[dict]:
+    """The clinical-size pairs registered in-process (bundled model, default refinement, the
+    CPU): TRE, seconds and the refinement's per-level record."""
+    import torch
+
+    from ProgressiveRegistrationLib.model.modelfile import load_model
+    from ProgressiveRegistrationLib.registration.engine import register_images
+    from ProgressiveRegistrationLib.registration.refine import RefineConfig
+
+    model = load_model()
+    rows = []
+    for p in clinical_pairs(which):
+        t0 = time.perf_counter()
+        r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"], warp_moving=False,
+                            refinement=RefineConfig())
+        rows.append({"name": p["name"], "before": float(r.landmarks["before_mm"].mean()),
+                     "network": float(r.landmarks["network_mm"].mean()), "refined": float(r.landmarks["after_mm"].mean()),
+                     "n": len(p["fixed_lps"]), "folding": r.folding_percent, "seconds": r.seconds,
+                     "s": time.perf_counter() - t0, "levels": r.refinement, "threads": torch.get_num_threads()})
+        print(f"{p['name']}: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
+def clinical_table(rows: list[dict]) -> list[str]:
+    """Markdown: per pair its TRE and seconds, then per refinement level grid, seconds, ns/(voxel·iteration)."""
+    lines = [
+        "## Clinical-size pairs without patient data (in-process, the bundled model, default refinement)",
+        "",
+        "A phantom (simulation/phantom.py, both lungs; seed "
+        f"{CLINICAL_SEED}) and its simulated exhale (15 mm diaphragm motion), landmarks at its vessel bifurcations.",
+        "",
+        "| pair | landmarks | TRE before (mm) | network alone (mm) | refined (mm) | folding (%) | network, s | "
+        "refinement, s | registration, s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['name']} | {r['n']} | {r['before']:.2f} | {r['network']:.2f} | {r['refined']:.2f} | "
+              f"{r['folding']:.3f} | {r['seconds']['network']:.2f} | {r['seconds']['refine']:.2f} | {r['s']:.2f} |"
+              for r in rows]
+    lines += ["", "| pair | level | spacing (mm) | grid | iterations | seconds (incl. setup) | setup, s | "
+                  "ns / (voxel · iteration) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for k, lv in enumerate(r["levels"]):
+            if not lv.get("iterations"):
+                lines.append(f"| {r['name']} | {k + 1} | skipped: {lv.get('skipped', 'no iterations')} | | | | | |")
+                continue
+            voxels = int(np.prod(lv["size"]))
+            per = 1e9 * (lv["seconds"] - lv["setup_seconds"]) / (voxels * lv["iterations"])
+            lines.append(f"| {r['name']} | {k + 1} | {'×'.join(f'{s:g}' for s in lv['spacing_mm'])} | "
+                         f"{'×'.join(map(str, lv['size']))} | {lv['iterations']} | {lv['seconds']:.2f} | "
+                         f"{lv['setup_seconds']:.2f} | {per:.0f} |")
+    lines += ["", "ns / (voxel · iteration): the level's seconds less its setup, per grid voxel and Adam iteration."]
+    return lines
+
+
 def other_pairs() -> list[dict]:
     """Network alone and network + refinement, in one call per pair (the refined run reports both)."""
     import torch
@@ -235,10 +338,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-elastix", action="store_true")
     ap.add_argument("--skip-pairs", action="store_true", help="only the large pair")
+    ap.add_argument("--skip-clinical", action="store_true", help="without the clinical-size phantom pairs")
+    ap.add_argument("--clinical-only", action="store_true",
+                    help="only the clinical-size phantom pairs: print their table, write nothing")
+    ap.add_argument("--clinical-case", choices=list(CLINICAL_GRIDS), action="append",
+                    help="one clinical-size case (repeatable; default both)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    which = tuple(args.clinical_case or CLINICAL_GRIDS)
+    if args.clinical_only:
+        print("\n".join(clinical_table(clinical_rows(which))))
+        return 0
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         paths = make_pair(d)
@@ -250,6 +362,7 @@ def main() -> int:
         s128, _, peak128 = run_ours(paths, d / "paper", args.threads, paper, refine=False)
         el = None if args.skip_elastix else run_elastix(paths, args.threads)
     pairs = None if args.skip_pairs else other_pairs()
+    clinical = None if args.skip_clinical else clinical_rows(which)
 
     def total(stages: dict) -> float:
         """Seconds of all stages but writing: the registration itself."""
@@ -325,7 +438,11 @@ def main() -> int:
                           f"{np.mean([p['refined'] for p in phantoms]):.2f} mm; refined / network per pair "
                           f"{ratios.min():.2f}–{ratios.max():.2f} (target ≤ 0.5 on every pair); "
                           f"largest folding {max(p['folding'] for p in phantoms):.3f} %."]
-    flags = "".join(f" {f}" for f, on in (("--skip-elastix", args.skip_elastix), ("--skip-pairs", args.skip_pairs)) if on)
+    if clinical:
+        lines += ["", *clinical_table(clinical)]
+    flags = "".join(f" {f}" for f, on in (("--skip-elastix", args.skip_elastix), ("--skip-pairs", args.skip_pairs),
+                                          ("--skip-clinical", args.skip_clinical)) if on)
+    flags += "".join(f" --clinical-case {c}" for c in args.clinical_case or ())
     lines += ["", f"Command: `python benchmarks/bench_register.py --threads {args.threads}{flags}`"]
     publish(lines, "register.md")
     return 0

@@ -69,7 +69,8 @@ def _tre(summary: dict | None) -> str:
 def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str, str], list[str]]:
     """(evaluation image, 'training' or 'validation') -> the models whose config lists it,
     by content (the bundled sample is the elastix lung image under another name)."""
-    import torch
+    from ProgressiveRegistrationLib.core.errors import InputError
+    from ProgressiveRegistrationLib.training.checkpoint import read_checkpoint
 
     evaluated = {file_sha256(REAL_CT / rel): Path(rel).name for rel in HELD_OUT_REAL} | {None: None}
     digests: dict[str, str | None] = {}  # a config lists an image many times; models share images
@@ -84,8 +85,9 @@ def _seen_in_training(results: dict, models: dict[str, Path]) -> dict[tuple[str,
     seen: dict[tuple[str, str], list[str]] = {}
     for name, path in models.items():
         try:
-            train = torch.load(path, map_location="cpu", weights_only=False).get("config", {}).get("train", {})
-        except (OSError, RuntimeError):
+            # Weights only (read_checkpoint): a model file holds plain containers and tensors.
+            train = read_checkpoint(path).get("config", {}).get("train", {})
+        except (InputError, OSError):
             continue
         for role, key in (("training", "images"), ("validation", "validation_images")):
             for entry in train.get(key, []):

@@ -215,3 +215,37 @@ def test_train_settings_and_folders_are_checked(tmp_path):
     r = progreg("train", "--smoke", "--out", tmp_path / "run", "--set", "train.device=quantum")
     assert_bad_input(r, tmp_path / "run")
     assert "train.device" in r.stderr
+
+
+# --- the device -----------------------------------------------------------------------------
+
+def test_device_defaults_to_auto_for_every_registering_command():
+    from ProgressiveRegistrationLib.cli import build_parser
+
+    for command in (["register", "f.nrrd", "m.nrrd", "--out", "o"], ["register-4d", "a.nrrd", "--out", "o"],
+                    ["demo"], ["dirlab", "d"]):
+        assert build_parser().parse_args(command).device == "auto", command
+
+
+def test_cuda_without_a_gpu_is_one_notice_and_the_cpu_result(small_pair, tiny_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda runs there")
+    d = small_pair[0]
+    fast = ("--model", tiny_model, "--refine-levels", "8,4", "--refine-iterations", "15", "--json", "--no-warped",
+            "--no-overview", "--fixed-landmarks", d / "fixed.mrk.json",
+            "--moving-landmarks", d / "moving.mrk.json")
+    runs = {device: _register(d, tmp_path / device, "--device", device, *fast) for device in ("cpu", "cuda", "auto")}
+    for device, r in runs.items():
+        assert r.returncode == 0, (device, r.stderr)
+    assert runs["cuda"].stderr.count("CUDA is not available") == 1, runs["cuda"].stderr
+    assert "CUDA" not in runs["cpu"].stderr and "CUDA" not in runs["auto"].stderr  # auto: no notice
+    summaries = {device: json.loads(r.stdout) for device, r in runs.items()}
+    assert {s["device"] for s in summaries.values()} == {"cpu"}
+    assert summaries["cpu"]["refinement"] is not None
+    cpu = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cpu" / "transform.nrrd")))
+    for device in ("cuda", "auto"):
+        other = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / device / "transform.nrrd")))
+        assert np.array_equal(cpu, other), device
+        assert summaries[device]["tre_after_mm"] == summaries["cpu"]["tre_after_mm"]

@@ -15,6 +15,7 @@ from conftest import EXACT_RESTORINGS, ROTATED_RESTORINGS, SAMPLE, assert_bad_in
 from ProgressiveRegistrationLib.core.atomic import MANIFEST_NAME
 from ProgressiveRegistrationLib.io.landmarks import write_markups_json
 from ProgressiveRegistrationLib.simulation.breathing import simulate
+from ProgressiveRegistrationLib.training.checkpoint import read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_bad_input(pair, tmp_path, tiny_model):
     empty.CopyInformation(fixed)
     sitk.WriteImage(empty, str(tmp_path / "empty.nrrd"))
     (tmp_path / "corrupt.pt").write_bytes(b"\x80\x04not a model")
-    state = torch.load(tiny_model, weights_only=False)
+    state = read_checkpoint(tiny_model)  # weights only: a model file holds plain containers and tensors
     state["version"] = 99
     torch.save(state, tmp_path / "future.pt")
     write_markups_json(tmp_path / "short.mrk.json", np.zeros((3, 3)))

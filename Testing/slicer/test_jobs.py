@@ -8,8 +8,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import MODULE_DIR
 
 from ProgressiveRegistrationLib.slicer import jobs
@@ -97,6 +100,67 @@ def test_a_crash_without_an_error_line_says_how_it_ended():
     assert job.error() == "the registration process failed (exit code 139): Segmentation fault"
 
 
+def test_a_process_that_cannot_start_removes_its_work_folder(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fixed.nrrd").write_bytes(b"inputs already exported")
+    with pytest.raises(OSError):
+        jobs.BackgroundJob([str(tmp_path / "no such program")], work_dir=work)
+    assert not work.exists()
+
+
+class _StartupInfo:
+    """What subprocess.STARTUPINFO holds on Windows (this test runs anywhere)."""
+
+    def __init__(self):
+        self.dwFlags = 0
+        self.wShowWindow = 1  # SW_SHOWNORMAL
+
+
+def _as_windows(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(subprocess, "STARTUPINFO", _StartupInfo, raising=False)
+    monkeypatch.setattr(subprocess, "STARTF_USESHOWWINDOW", 1, raising=False)
+    monkeypatch.setattr(subprocess, "SW_HIDE", 0, raising=False)
+
+
+def test_no_console_window_on_windows(monkeypatch):
+    """The flags of Slicer's launchConsoleProcess (Base/Python/slicer/util.py): STARTF_USESHOWWINDOW, SW_HIDE;
+    for the background process and for taskkill alike."""
+    assert jobs.hidden_window_options() == {} or sys.platform == "win32"
+    _as_windows(monkeypatch)
+    info = jobs.hidden_window_options()["startupinfo"]
+    assert info.dwFlags & 1 and info.wShowWindow == 0
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append((args, kw)))
+    jobs.kill_process_tree(12345)
+    (args, kw), = calls
+    assert args[0] == "taskkill" and kw["startupinfo"].wShowWindow == 0
+    started = []
+
+    class Popen:
+        def __init__(self, args, **kw):
+            started.append(kw)
+            raise FileNotFoundError(args[0])
+
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+    with pytest.raises(FileNotFoundError):
+        jobs.BackgroundJob(["PythonSlicer.exe", "-m", "ProgressiveRegistrationLib"])
+    assert started[0]["startupinfo"].wShowWindow == 0
+
+
+def test_kept_result_files_move_to_a_folder_of_their_own(tmp_path):
+    out = tmp_path / "work" / "out"
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text("{}", encoding="utf-8")
+    first = jobs.keep_results(out, tmp_path / "kept", "exhale: 50/50")
+    assert first.parent == tmp_path / "kept" and (first / "summary.json").is_file() and not out.exists()
+    assert "/" not in first.name and ":" not in first.name and first.name.startswith("exhale_ 50_50 ")
+    out.mkdir()
+    second = jobs.keep_results(out, tmp_path / "kept", "exhale: 50/50")
+    assert second != first and second.is_dir() and first.is_dir()
+
+
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 
@@ -117,10 +181,26 @@ def test_export_run_poll_and_load_like_the_module(tmp_path, tiny_model):
     assert any("refining" in m for p in polls for _, m in p.progress)  # refinement is on by default
     # The module shows the transform itself: no warped image, no overview figure.
     written = {p.name for p in (work / "out").iterdir() if p.name != ".progreg-outputs.json"}
-    assert written == {"transform.nrrd", "jacobian.nrrd", "summary.json", "tre.csv"}
+    assert written == {"transform.nrrd", "jacobian.nrrd", "summary.json", "tre.csv", "report.html", "quality.nrrd",
+                       "inverse_consistency.nrrd"}
     result = mrml.load_results(scene, export)
+    # The quality checks as a table node (PASS / WARN / FAIL as summary.json has them), the doubt
+    # map with its colour table, and the report kept before the work folder goes.
+    checks = result.summary["quality"]["checks"]
+    table = result.quality_table.GetTable()
+    assert table.GetNumberOfRows() == len(checks) + 1
+    assert [table.GetValue(i, 3).ToString() for i in range(len(checks))] == [c["verdict"] for c in checks]
+    assert table.GetValue(len(checks), 3).ToString() == result.summary["quality"]["overall"]
+    display = result.quality_map.GetDisplayNode()
+    assert display.GetColorNode().GetName() == mrml.QUALITY_COLORS and display.GetWindowLevelMax() == 1.0
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(result.quality_map),
+                               sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out" / "quality.nrrd"))))
+    kept = jobs.keep_report(export.out_dir, tmp_path / "reports", "exhale: 1/2")
+    assert kept.endswith(".html") and "exhale_ 1_2 " in kept and Path(kept).read_bytes() == \
+        Path(result.report_path).read_bytes()
+    assert jobs.keep_report(export.out_dir, tmp_path / "reports", "exhale: 1/2") != kept  # never overwritten
     job.cleanup()
-    assert not work.exists()
+    assert not work.exists() and Path(kept).is_file()
     assert moving.GetParentTransformNode() is result.transform
     assert result.tre_after_mm["mean"] < result.tre_network_mm["mean"]
     summary = json.loads(json.dumps(result.summary))

@@ -16,9 +16,30 @@ from ProgressiveRegistrationLib.core.errors import InputError  # noqa: E402
 from ProgressiveRegistrationLib.core.transforms import transform_points  # noqa: E402
 from ProgressiveRegistrationLib.model.modelfile import load_model  # noqa: E402
 from ProgressiveRegistrationLib.registration.engine import register_images  # noqa: E402
+from ProgressiveRegistrationLib.registration.outputs import read_tre_csv  # noqa: E402
 from ProgressiveRegistrationLib.slicer import mrml  # noqa: E402
 
 RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def _tre_through_node(transform_node, fixed_node, moving_node) -> np.ndarray:
+    """Per landmark |T(f) - m| (mm), T the node's FromParent transform as Slicer evaluates it."""
+    t = transform_node.GetTransformFromParent()
+    f = slicer.util.arrayFromMarkupsControlPoints(fixed_node, world=True)
+    m = slicer.util.arrayFromMarkupsControlPoints(moving_node, world=True)
+    return np.linalg.norm(np.array([t.TransformPoint(*p) for p in f]) - m, axis=1)
+
+
+@pytest.fixture
+def vtk_errors():
+    """What VTK reports while the test runs (errors and warnings), as text."""
+    import vtk
+
+    previous = vtk.vtkOutputWindow.GetInstance()
+    window = vtk.vtkStringOutputWindow()
+    vtk.vtkOutputWindow.SetInstance(window)
+    yield window.GetOutput
+    vtk.vtkOutputWindow.SetInstance(previous)
 
 
 @pytest.fixture
@@ -79,13 +100,20 @@ def test_outputs_match_the_engine(scene, tiny_model, tmp_path):
     colors.GetColor(0, rgba)
     assert rgba[:3] == [1.0, 0.0, 1.0]  # folding stands out
 
-    # Table: one row per landmark plus mean and sd, equal to the engine's TRE.
+    # Table: one row per landmark plus mean and sd; before and network alone are the engine's,
+    # after is measured through the transform node (Slicer's cubic interpolation), as the header says.
     table = r.table.GetTable()
     assert table.GetNumberOfRows() == len(labels) + 2
     assert [table.GetColumnName(c) for c in range(1, 4)] == list(mrml.TRE_COLUMNS)
-    for column, key in ((1, "before_mm"), (2, "network_mm"), (3, "after_mm")):
+    assert "transform node" in table.GetColumnName(3) and "engine" in table.GetColumnName(2)
+    for column, key in ((1, "before_mm"), (2, "network_mm")):
         values = np.array([table.GetValue(i, column).ToDouble() for i in range(len(labels))])
         np.testing.assert_allclose(values, engine.landmarks[key], atol=1e-6)
+    after = np.array([table.GetValue(i, 3).ToDouble() for i in range(len(labels))])
+    np.testing.assert_allclose(after, _tre_through_node(r.transform, fpts, mpts), atol=1e-6)
+    np.testing.assert_allclose(after, engine.landmarks["after_mm"], atol=0.1)  # cubic vs linear: close, not equal
+    assert r.tre_after_mm["mean"] == pytest.approx(after.mean())
+    assert r.tre_after_engine_mm["mean"] == pytest.approx(engine.landmarks["after_mm"].mean())
 
     # Saved through Slicer's storage node and read back by SimpleITK: the same points.
     for suffix in ("h5", "nrrd"):
@@ -120,12 +148,16 @@ def test_table_equals_cli_tre_csv(scene, tiny_model, tmp_path):
     loaded = mrml.load_results(scene, job)
     direct = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts,
                                         model=tiny_model, apply_to_moving=False)
-    labels, *columns = mrml.read_tre_csv(f"{job.out_dir}/tre.csv")
+    labels, *columns = read_tre_csv(f"{job.out_dir}/tre.csv")
     for res in (loaded, direct):
         t = res.table.GetTable()
         assert [t.GetValue(i, 0).ToString() for i in range(len(labels))] == labels
-        for c, expected in enumerate(columns, start=1):
+        for c, expected in enumerate(columns[:2], start=1):
             np.testing.assert_allclose([t.GetValue(i, c).ToDouble() for i in range(len(labels))], expected, atol=1e-3)
+        # The TRE column is the TRE of the transform the user has, through its node, to 0.01 mm.
+        after = np.array([t.GetValue(i, 3).ToDouble() for i in range(len(labels))])
+        np.testing.assert_allclose(after, _tre_through_node(res.transform, fpts, mpts), atol=0.01)
+        assert abs(res.tre_after_mm["mean"] - after.mean()) < 0.01
     assert loaded.summary["refinement"] and direct.summary["refinement"]  # both refined, by default
     assert loaded.folding_percent == pytest.approx(direct.folding_percent)
 
@@ -251,3 +283,56 @@ def test_a_moving_volume_stored_another_way_gives_the_same_tre(scene):
     for (_how, refined), value in tre.items():
         assert abs(value - tre["as stored", refined]) < (0.1 if refined else 0.01), tre
     assert tre["as stored", True] < 1.0 < tre["as stored", False]
+
+
+def test_the_jacobian_colours_keep_their_names_without_a_vtk_error(scene, vtk_errors):
+    """SetNamesInitialised is needed up to Slicer 5.8 and logs an error from 5.10 on."""
+    colors = mrml.jacobian_color_node(scene)
+    assert colors.GetColorName(0) == "0.000" and colors.GetColorName(255) == "2.000"
+    assert vtk_errors() == ""
+    assert mrml.needs_names_initialised(colors) == (not hasattr(colors, "SetColorDefined"))
+    if not mrml.needs_names_initialised(colors):  # this Slicer: the call the guard avoids is an error
+        colors.SetNamesInitialised(True)
+        assert "deprecated" in vtk_errors()
+
+
+def test_a_resampled_moving_volume_on_request(scene, tiny_model, tmp_path):
+    """In-process and through the background command: the moving volume on the fixed geometry."""
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
+    r = mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None, volume=volume,
+                                   apply_to_moving=False)
+    assert r.volume is volume
+    np.testing.assert_allclose(mrml._ijk_to_ras(volume), mrml._ijk_to_ras(fixed), atol=1e-6)
+    engine = register_images(mrml.image_from_volume_node(fixed, "f"), mrml.image_from_volume_node(moving, "m"),
+                             load_model(tiny_model), refinement=None)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(volume), sitk.GetArrayFromImage(engine.warped), atol=1e-3)
+    job = mrml.export_job(scene, fixed, moving, tmp_path)
+    command = job.command(sys.executable, tiny_model, refine=False, warped=True)
+    assert "--no-warped" not in command and "--no-overview" in command
+    run = subprocess.run(command, cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    loaded = mrml.load_results(scene, job, apply_to_moving=False)
+    assert loaded.volume is not None and loaded.volume is not volume
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(loaded.volume), slicer.util.arrayFromVolume(volume),
+                               atol=1e-3)
+    # Without the request, no volume and no warped file.
+    assert mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None,
+                                      apply_to_moving=False).volume is None
+    assert "--no-warped" in job.command(sys.executable) and "--no-overview" not in job.command(sys.executable,
+                                                                                              overview=True)
+
+
+def test_the_quality_checks_and_the_doubt_map_come_with_the_in_process_result(scene, tiny_model):
+    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    r = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, model=tiny_model, refinement=None)
+    quality = r.summary["quality"]
+    table = r.quality_table.GetTable()
+    rows = {table.GetValue(i, 0).ToString(): table.GetValue(i, 3).ToString() for i in range(table.GetNumberOfRows())}
+    assert rows == {**{c["label"]: c["verdict"] for c in quality["checks"]}, "overall": quality["overall"]}
+    assert r.quality_table.GetAttribute("ProgressiveRegistration.overall") == quality["overall"]
+    doubt = slicer.util.arrayFromVolume(r.quality_map)
+    assert doubt.min() >= 0.0 and doubt.max() <= 2.0 and doubt.max() > 0.0
+    again = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, model=tiny_model, refinement=None,
+                                       quality=False)
+    assert again.quality_table is None and again.quality_map is None and "quality" not in again.summary

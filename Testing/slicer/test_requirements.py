@@ -1,12 +1,16 @@
-"""The module's dependency check, package by package."""
+"""The module's dependency check, package by package, without importing what it checks."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import types
 
+import pytest
 from conftest import MODULE_DIR
+
+from ProgressiveRegistrationLib.slicer import requirements
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
@@ -20,7 +24,10 @@ BLOCKER = textwrap.dedent("""
             del sys.modules[name]
     sys.meta_path.insert(0, Block())
     from ProgressiveRegistrationLib.slicer import requirements
-    print(repr((requirements.torch_problem(), requirements.missing_pip_packages())))
+    problem = requirements.torch_problem()
+    imported = "torch" in sys.modules
+    print(repr((problem, imported, requirements.torch_import_problem(), requirements.missing_pip_packages(),
+                requirements.missing_pip_packages(optional=True))))
 """)
 
 
@@ -35,12 +42,36 @@ def _check_with_blocked(*blocked: str):
 
 def test_dependencies_are_checked_one_by_one():
     """With torch present (the PyTorch extension's usual case) a missing matplotlib is still
-    found; with everything present nothing is missing; a missing torch is reported."""
-    assert _check_with_blocked() == (None, [])
-    torch_problem, missing = _check_with_blocked("matplotlib")
-    assert torch_problem is None and missing == ["matplotlib>=3.7"]
-    torch_problem, missing = _check_with_blocked("torch", "yaml", "numba")
-    assert torch_problem == "PyTorch is not installed" and missing == ["PyYAML>=6", "numba>=0.59"]
+    found; with everything present nothing is missing; numba is optional."""
+    assert _check_with_blocked() == (None, False, None, [], [])
+    _, _, _, missing, optional = _check_with_blocked("matplotlib")
+    assert missing == ["matplotlib>=3.7"] and optional == []
+    _, _, _, missing, optional = _check_with_blocked("yaml", "numba")
+    assert missing == ["PyYAML>=6"] and optional == ["numba>=0.59"]
+
+
+def test_the_torch_version_is_read_without_importing_torch():
+    """An imported torch stays loaded: a check that imported it could never see an upgrade."""
+    problem, imported, import_problem, _, _ = _check_with_blocked("torch")
+    assert problem is None and not imported  # the metadata says installed and new enough
+    assert import_problem.startswith("PyTorch is installed but cannot be imported (ModuleNotFoundError")
+
+
+def test_a_loaded_torch_does_not_decide_the_version(monkeypatch):
+    old = types.ModuleType("torch")
+    old.__version__ = "1.13.1"
+    monkeypatch.setitem(sys.modules, "torch", old)
+    assert requirements.torch_problem() is None  # the installed distribution's metadata decides
+    monkeypatch.setattr(requirements, "installed_version", lambda name: "2.1.2" if name == "torch" else None)
+    assert "2.1.2 is older than the 2.2" in requirements.torch_problem()
+    monkeypatch.setattr(requirements, "installed_version", lambda name: None)
+    assert requirements.torch_problem() == "PyTorch is not installed"
+
+
+def test_too_old_says_to_upgrade_in_pytorch_utils_and_restart():
+    problem = requirements.torch_problem(version="2.0.1")
+    assert "PyTorch Utils" in problem and "'>=2.2'" in problem and "restart Slicer" in problem
+    assert requirements.torch_problem(version="2.2.2") is None and requirements.torch_problem(version="2.13.0+cpu") is None
 
 
 def test_torch_version_comparison():
@@ -49,3 +80,23 @@ def test_torch_version_comparison():
     assert _version_tuple("2.13.0+cpu") > _version_tuple("2.2") > _version_tuple("2.1.2")
     assert _version_tuple("2.2.0a0") >= _version_tuple("2.2")
     assert all(_version_tuple(v) < (2, 2) for v in ("1.13.1", "2.0.0"))
+
+
+@pytest.mark.parametrize("system, machine, numpy, wanted", [
+    ("darwin", "x86_64", "2.0.2", "numpy<2"),  # Intel macOS (and Slicer under Rosetta 2), Slicer 5.10
+    ("darwin", "x86_64", "1.26.4", None),      # Slicer 5.6, 5.8, or numpy already brought below 2
+    ("darwin", "arm64", "2.2.6", None),        # a native arm64 Python has newer torch wheels
+    ("linux", "x86_64", "2.2.6", None),
+    ("win32", "AMD64", "2.2.6", None),
+])
+def test_numpy_below_2_only_on_intel_macos(system, machine, numpy, wanted):
+    """PyTorch 2.2, the last for macOS x86_64, was built against numpy 1 (as SlicerTotalSegmentator handles it)."""
+    assert requirements.numpy_requirement(system, machine, numpy) == wanted
+
+
+def test_the_requirements_module_imports_nothing_it_checks():
+    code = ("import sys; from ProgressiveRegistrationLib.slicer import requirements; "
+            "requirements.torch_problem(); requirements.numpy_requirement(); "
+            "print(sorted({'torch', 'matplotlib', 'numba', 'yaml'} & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

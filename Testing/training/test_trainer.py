@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from conftest import TRAIN, read_log, run_train
 
-from ProgressiveRegistrationLib.model.config import NetworkConfig
-from ProgressiveRegistrationLib.model.network import UNet
+from ProgressiveRegistrationLib.model.modelfile import load_model
+from ProgressiveRegistrationLib.training.checkpoint import read_checkpoint
 from ProgressiveRegistrationLib.training.trainset import collect_images
 
 
@@ -29,10 +29,8 @@ def test_smoke_run_learns_and_writes_everything(tmp_path):
     assert levels[-1] == 2  # reached the finest level: every transition passed
     first, last = float(log[0]["progressive_loss"]), float(log[-1]["progressive_loss"])
     assert last < first, (first, last)
-    model = torch.load(out / "model.pt", weights_only=False)
-    assert model["format"] == "progreg-model" and model["input"]["size"] == 32
-    net = UNet(NetworkConfig(**model["network"]))
-    net.load_state_dict(model["state_dict"])  # loadable without the trainer
+    model = load_model(out / "model.pt", fold_bn=False)  # a model file, loadable without the trainer
+    assert model.size == 32 and model.meta["arm"] == "progressive"
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -49,18 +47,17 @@ def test_resume_equals_uninterrupted(tmp_path):
     shutil.copy(b / "checkpoint.pt", snap)
     r = run_train(snap, "--export")
     assert r.returncode == 0, r.stderr
-    at30 = torch.load(b / "checkpoint.pt", weights_only=False)["models"]
+    at30 = read_checkpoint(b / "checkpoint.pt")["models"]
     for name, kept, arm in (("model.pt", "model_000030.pt", "progressive"),
                             ("model_baseline.pt", "model_baseline_000030.pt", "baseline")):
-        for exported in (torch.load(snap / name, weights_only=False),
-                         torch.load(a / "snapshots" / kept, weights_only=False)):
-            assert exported["iterations"] == 30 and exported["arm"] == arm and exported["input"]["size"] == 32
-            for k, v in exported["state_dict"].items():
+        for exported in (load_model(snap / name, fold_bn=False), load_model(a / "snapshots" / kept, fold_bn=False)):
+            assert exported.meta["iterations"] == 30 and exported.meta["arm"] == arm and exported.size == 32
+            for k, v in exported.net.state_dict().items():
                 torch.testing.assert_close(v, at30[arm][f"unet.{k}"], rtol=0, atol=0)
     r = run_train(b, "--resume", "--set", "train.iterations=45")
     assert r.returncode == 0, r.stderr
-    wa = torch.load(a / "checkpoint.pt", weights_only=False)
-    wb = torch.load(b / "checkpoint.pt", weights_only=False)
+    wa = read_checkpoint(a / "checkpoint.pt")
+    wb = read_checkpoint(b / "checkpoint.pt")
     assert wa["iteration"] == wb["iteration"] == 45
     for arm in ("progressive", "baseline"):
         for k, v in wa["models"][arm].items():
@@ -79,7 +76,7 @@ def test_channels_last_trains_the_same_network(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_train(runs["cl_resumed"], "--resume", "--set", "train.iterations=20")
     assert r.returncode == 0, r.stderr
-    default, cl, resumed = (torch.load(runs[n] / "checkpoint.pt", weights_only=False)["models"] for n in runs)
+    default, cl, resumed = (read_checkpoint(runs[n] / "checkpoint.pt")["models"] for n in runs)
     weights = cl["progressive"]["unet.enc.2.0.weight"]
     assert weights.is_contiguous(memory_format=torch.channels_last_3d) and not weights.is_contiguous()
     for arm in ("progressive", "baseline"):
@@ -88,7 +85,7 @@ def test_channels_last_trains_the_same_network(tmp_path):
             torch.testing.assert_close(v, default[arm][k], rtol=1e-3, atol=1e-4, msg=f"{arm} {k}")
     losses = {n: [float(r["progressive_loss"]) for r in read_log(runs[n])] for n in ("default", "cl")}
     np.testing.assert_allclose(losses["cl"], losses["default"], rtol=1e-3)
-    exported = torch.load(runs["cl"] / "model.pt", weights_only=False)["state_dict"]
+    exported = read_checkpoint(runs["cl"] / "model.pt")["state_dict"]  # as stored (load_model changes the layout)
     assert all(v.is_contiguous() for v in exported.values())
     for k, v in exported.items():
         torch.testing.assert_close(v, cl["progressive"][f"unet.{k}"], rtol=0, atol=0)
@@ -136,7 +133,7 @@ def test_training_errors_are_clear(tmp_path):
     r = run_train(out, "--set", "train.lr=1e20", "train.snapshot_every=1", "train.iterations=50")
     assert r.returncode == 1 and "loss is" in r.stderr, r.stderr
     if (out / "checkpoint.pt").exists():
-        state = torch.load(out / "checkpoint.pt", weights_only=False)
+        state = read_checkpoint(out / "checkpoint.pt")
         assert all(torch.isfinite(v).all() for v in state["models"]["progressive"].values() if v.is_floating_point())
 
 

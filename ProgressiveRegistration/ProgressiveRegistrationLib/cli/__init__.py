@@ -17,6 +17,7 @@ import threading
 
 from .. import __version__
 from ..core.errors import EXIT_BAD_INPUT, InputError
+from .batch import add_batch
 from .common import configure_logging
 from .data import add_dirlab, add_phantom, add_series, add_synth, add_tre
 from .register import add_demo, add_register, add_register_4d
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log the library's informational messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (add_register, add_register_4d, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom, add_train):
+    for add in (add_register, add_register_4d, add_batch, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom,
+                add_train):
         add(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""What the subcommands share: progress printing, the refinement options, logging."""
+"""What the subcommands share: progress printing, the device and refinement options, logging."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def progress_printer(as_json: bool):
             print(f"[{int(100 * fraction):3d}%] {message}", file=sys.stderr, flush=True)
 
     return report
+
+
+def add_device_option(p) -> None:
+    """``--device auto|cpu|cuda[:n]`` (default auto: CUDA when torch sees one, else the CPU)."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="torch device of the network and the refinement (default auto: CUDA when present, else "
+                        "the CPU; cuda without a GPU runs on the CPU with a notice)")
 
 
 def add_refine_options(p) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from ..core.atomic import write_all
 from ..core.checks import check_pairs
+from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
 from ..core.metrics import snap_to_voxel, summary, tre_mm
@@ -23,7 +24,7 @@ from ..registration.evaluation import evaluate_dirlab
 from ..simulation.breathing import simulate
 from ..simulation.phantom import generate
 from ..training.synthesis import make_pair, pair_generator, prepare_volume
-from .common import add_refine_options, refinement
+from .common import add_device_option, add_refine_options, refinement
 
 # --- tre ----------------------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ def add_dirlab(sub):
     p.add_argument("folder", help="folder holding Case1Pack ... Case10Pack (or Case8Deploy)")
     p.add_argument("--cases", default="1-10", help="e.g. 1-10 or 1,3,8 (default 1-10)")
     p.add_argument("--model", help="model for the cases whose images are present (default: the bundled model)")
-    p.add_argument("--device", default="cpu")
+    add_device_option(p)
     p.add_argument("--json", action="store_true")
     add_refine_options(p)
     p.set_defaults(func=cmd_dirlab)
@@ -84,7 +85,11 @@ def cmd_dirlab(args) -> int:
     def progress(case, message):
         print(f"case {case}: {message}", file=sys.stderr, flush=True)
 
-    result = evaluate_dirlab(args.folder, parse_cases(args.cases), args.model, args.device, progress, refinement(args))
+    # Resolved here, once: the model is loaded on the device before any case is registered.
+    device, notice = pick_device(args.device)
+    if notice:
+        print(f"progreg dirlab: {notice}", file=sys.stderr)
+    result = evaluate_dirlab(args.folder, parse_cases(args.cases), args.model, device, progress, refinement(args))
     if args.json:
         print(json.dumps(result))
         return 0

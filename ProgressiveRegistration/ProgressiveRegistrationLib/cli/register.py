@@ -14,25 +14,33 @@ from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
 from ..registration.pipeline import register_4d_files, register_files
 from ..simulation.breathing import simulate
-from .common import add_refine_options, progress_printer, refinement
+from .common import add_device_option, add_refine_options, progress_printer, refinement
 
 
 def add_register(sub) -> None:
     p = sub.add_parser("register", help="register a moving CT to a fixed CT (one network pass, then a short refinement)",
                        description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
                                    "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
-                                   "jacobian.nrrd, summary.json, overview.png and, with landmarks, tre.csv.")
+                                   "jacobian.nrrd, summary.json, overview.png, with landmarks tre.csv, and the "
+                                   "quality report: report.html (AAPM TG-132 checks), quality.nrrd, "
+                                   "inverse_consistency.nrrd.")
     p.add_argument("fixed", help="fixed image (e.g. inhale): file or DICOM folder")
     p.add_argument("moving", help="moving image (e.g. exhale): file or DICOM folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--fixed-landmarks", help="landmarks in the fixed image (any supported format)")
     p.add_argument("--moving-landmarks", help="corresponding landmarks in the moving image")
     p.add_argument("--model", help="model file (default: the bundled model)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
+    add_device_option(p)
     p.add_argument("--size", type=int, help="network grid N (default: the model's)")
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
     p.add_argument("--moving-segmentation", metavar="LABELS",
                    help="a label map on the moving image: written on the fixed grid (moving_segmentation.nrrd)")
+    p.add_argument("--fixed-segmentation", metavar="LABELS",
+                   help="a label map on the fixed image: the report compares it with the carried moving segmentation "
+                        "(Dice, mean surface distance, HD95)")
+    p.add_argument("--tolerances", metavar="FILE", help="YAML/JSON file of check tolerances for the report "
+                                                        "({check: {warn: x, fail: y}}; default: AAPM TG-132's)")
+    p.add_argument("--no-report", action="store_true", help="no quality report (report.html, quality.nrrd)")
     p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
     p.add_argument("--moving-series", help="DICOM series UID of the moving image")
     add_refine_options(p)
@@ -48,7 +56,8 @@ def cmd_register(args) -> int:
                              args.model, args.device, args.size, args.format,
                              (args.fixed_series, args.moving_series), progress_printer(args.progress_json),
                              refinement(args), write_warped=not args.no_warped, write_overview=not args.no_overview,
-                             moving_segmentation=args.moving_segmentation)
+                             moving_segmentation=args.moving_segmentation, report=not args.no_report,
+                             fixed_segmentation=args.fixed_segmentation, tolerances=args.tolerances)
     if args.json:
         print(json.dumps(summary))
     elif not args.progress_json:
@@ -66,6 +75,10 @@ def print_summary(summary: dict, out) -> None:
             print(f"TRE before: {b['mean']:.2f} ± {b['sd']:.2f} mm   after: {a['mean']:.2f} ± {a['sd']:.2f} mm   "
                   f"(n = {a['n']})")
     print(f"folding: {summary['folding_percent']:.3f} % of body voxels (Jacobian determinant <= 0)")
+    if summary.get("quality"):
+        q = summary["quality"]
+        flagged = [f"{r['check']} {r['verdict']}" for r in q["checks"] if r["verdict"] in ("WARN", "FAIL")]
+        print(f"quality checks: {q['overall']}" + (f" ({', '.join(flagged)})" if flagged else "") + " — see report.html")
     secs = summary["seconds"]
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
     print(f"outputs in {out}: {', '.join(summary['files'])}")
@@ -76,6 +89,7 @@ def add_demo(sub) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="model file (default: the bundled model)")
+    add_device_option(p)
     add_refine_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -96,7 +110,7 @@ def cmd_demo(args) -> int:
     })
     summary = register_files(inputs / "inhale_fixed.nrrd", inputs / "exhale_moving.nrrd", out,
                              inputs / "fixed_landmarks.mrk.json", inputs / "moving_landmarks.mrk.json",
-                             args.model, progress=progress_printer(False), refinement=refine)
+                             args.model, args.device, progress=progress_printer(False), refinement=refine)
     print_summary(summary, out)
     return 0
 
@@ -118,8 +132,10 @@ def add_register_4d(sub) -> None:
                    help="the phase the label map is on (default: the reference)")
     p.add_argument("--names", nargs="+", metavar="NAME", help="the phases' names in the outputs, one per phase")
     p.add_argument("--model", help="model file (default: the bundled model)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (falls back to cpu with a notice)")
+    add_device_option(p)
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
+    p.add_argument("--tolerances", metavar="FILE", help="YAML/JSON file of check tolerances for the reports")
+    p.add_argument("--no-report", action="store_true", help="no quality reports (report.html, per phase too)")
     add_refine_options(p)
     p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -129,7 +145,8 @@ def add_register_4d(sub) -> None:
 def cmd_register_4d(args) -> int:
     summary = register_4d_files(args.phases, args.out, args.reference, args.points, args.segmentation,
                                 args.segmentation_phase, args.model, args.device, refinement(args), args.format,
-                                progress_printer(args.progress_json), args.names)
+                                progress_printer(args.progress_json), args.names, report=not args.no_report,
+                                tolerances=args.tolerances)
     if args.json:
         print(json.dumps(summary))
     elif not args.progress_json:

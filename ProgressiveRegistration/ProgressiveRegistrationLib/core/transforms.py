@@ -205,6 +205,20 @@ def crop_affine(fixed_crop: Grid, moving_crop: Grid) -> np.ndarray:
     return moving_crop.index_to_lps @ fixed_crop.lps_to_index
 
 
+def _field_at(disp_image: sitk.Image):
+    """``d(points_lps)`` for ``(3, n)`` LPS points: the field of ``disp_image``, trilinear, in float64,
+    with its border values beyond its grid."""
+    source = Grid.from_image(disp_image)
+    d = torch.from_numpy(sitk.GetArrayFromImage(disp_image)).to(torch.float64).movedim(-1, 0)
+    to_index = torch.from_numpy(source.lps_to_index)
+
+    def d_at(points_lps: torch.Tensor) -> torch.Tensor:
+        q = to_index[:3, :3] @ points_lps + to_index[:3, 3:]
+        return fields.sample(d, q, padding_mode="border")
+
+    return d_at
+
+
 @torch.inference_mode()
 def invert_displacement(disp_image: sitk.Image, target: Grid, iterations: int = 50, tolerance_mm: float = 1e-3
                         ) -> tuple[sitk.Image, dict]:
@@ -217,15 +231,8 @@ def invert_displacement(disp_image: sitk.Image, target: Grid, iterations: int = 
     ``target``) and its inverse-consistency record: ``{"iterations", "mean_mm", "max_mm",
     "p99_mm"}`` of ``|φ(y + e(y)) − y|`` over ``target``.
     """
-    source = Grid.from_image(disp_image)
-    d = torch.from_numpy(sitk.GetArrayFromImage(disp_image)).to(torch.float64).movedim(-1, 0)
+    d_at = _field_at(disp_image)
     y = fields.grid_points(target, target.index_to_lps).reshape(-1, 3).T  # (3, n): every voxel's LPS position
-    to_index = torch.from_numpy(source.lps_to_index)
-
-    def d_at(points_lps: torch.Tensor) -> torch.Tensor:
-        q = to_index[:3, :3] @ points_lps + to_index[:3, 3:]
-        return fields.sample(d, q, padding_mode="border")
-
     e = -d_at(y)
     done = 1
     while done < iterations:
@@ -239,6 +246,17 @@ def invert_displacement(disp_image: sitk.Image, target: Grid, iterations: int = 
               "p99_mm": float(torch.quantile(residual[:: max(1, residual.numel() // 1_000_000)], 0.99))}
     e_zyx = e.T.reshape(*target.shape_zyx, 3).numpy()
     return displacement_image(e_zyx, target), record
+
+
+@torch.inference_mode()
+def inverse_residual_mm(disp_image: sitk.Image, inverse_image: sitk.Image) -> np.ndarray:
+    """``|φ(y + e(y)) − y|`` (mm) at every voxel y of the inverse field ``e``'s grid, for the
+    resampling field ``d`` of ``disp_image`` (``φ = id + d``): ``[k, j, i]`` float32."""
+    grid = Grid.from_image(inverse_image)
+    y = fields.grid_points(grid, grid.index_to_lps).reshape(-1, 3).T
+    e = torch.from_numpy(sitk.GetArrayFromImage(inverse_image)).to(torch.float64).reshape(-1, 3).T
+    residual = (e + _field_at(disp_image)(y + e)).norm(dim=0)
+    return residual.reshape(grid.shape_zyx).to(torch.float32).numpy()
 
 
 def resample_labels(labels: sitk.Image, disp_image: sitk.Image, target: Grid) -> sitk.Image:

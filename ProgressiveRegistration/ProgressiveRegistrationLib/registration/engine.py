@@ -161,7 +161,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         stage("refine", 0.3, "refining the field on the images")
         refined = refine(fixed, moving, fixed_crop, lambda grid: displacement_lps(u_vox, fixed_crop, moving_crop, grid),
                          lambda grid: mask_on(fixed_masks.body, grid), refinement,
-                         lambda fraction, message: report(0.3 + 0.4 * fraction, message))
+                         lambda fraction, message: report(0.3 + 0.4 * fraction, message), device=device)
         done("refine")
 
     stage("transform", 0.7, "mapping the field to the fixed image (LPS, mm)")

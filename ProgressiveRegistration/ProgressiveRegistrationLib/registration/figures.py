@@ -163,3 +163,120 @@ def phases_figure(fourd, reference_image, path) -> None:
         ax.set_title(f"point trajectories (n = {distance.shape[1]})", fontsize=9)
     write_file(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
+
+
+# --- the quality report's pictures ---------------------------------------------------------
+
+def png_bytes(fig, dpi: int = 80) -> bytes:
+    """A figure as PNG bytes (for embedding in a page), closed afterwards."""
+    import io
+
+    plt = pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _planes(grid, centre_kji):
+    """The three planes through ``centre_kji`` of arrays on ``grid``: (name, slicer, aspect, flip)."""
+    k, j, i = centre_kji
+    sx, sy, sz = grid.spacing_mm
+    up = grid.direction_matrix[2, 2] > 0  # rows run inferior -> superior: flip to show superior at the top
+    return [("axial", lambda a: a[k], sy / sx, False),
+            ("coronal", lambda a: a[:, j, :], sz / sx, up),
+            ("sagittal", lambda a: a[:, :, i], sz / sy, up)]
+
+
+def review_figure(result, maps) -> bytes:
+    """TG-132's visual review on three planes through the lungs: checkerboards and |ΔHU|
+    before and after, det J (folding in red), |d| with the deformed grid, and the doubt map."""
+    plt = pyplot()
+    grid, lungs, body, jacobian = maps.grid, maps.lungs, maps.body, maps.jacobian
+    centre = np.round(np.argwhere(lungs).mean(0)).astype(int) if lungs.any() else np.asarray(grid.shape_zyx) // 2
+    fixed, before = maps.fixed_hu, maps.before_hu
+    after = maps.after_hu
+    disp = maps.displacement
+    magnitude = np.linalg.norm(disp, axis=-1)
+    tile = np.maximum(1, np.round(16.0 / np.asarray(grid.spacing_mm)).astype(int))  # ~16 mm squares
+    kk, jj, ii = np.ogrid[: grid.shape_zyx[0], : grid.shape_zyx[1], : grid.shape_zyx[2]]
+    board = ((kk // tile[2]) + (jj // tile[1]) + (ii // tile[0])) % 2 == 0
+    columns = ["checkerboard before", "checkerboard after", "|ΔHU| before", "|ΔHU| after",
+               "det J (folding red)", "|d| (mm), deformed grid", "doubt: 1 − local NCC"]
+    fig, axes = plt.subplots(3, len(columns), figsize=(2.0 * len(columns), 6.9), squeeze=False, layout="constrained")
+    window = {"cmap": "gray", "vmin": -1000, "vmax": 300}
+    vmax_d = max(1.0, float(np.percentile(magnitude[body], 99))) if body.any() else 1.0
+    for r, (name, cut, aspect, flip) in enumerate(_planes(grid, centre)):
+        def show(ax, a, cut=cut, flip=flip, aspect=aspect, **kw):
+            a = cut(a)
+            return ax.imshow(a[::-1] if flip else a, aspect=aspect, interpolation="nearest", **kw)
+
+        show(axes[r, 0], np.where(board, fixed, before), **window)
+        show(axes[r, 1], np.where(board, fixed, after), **window)
+        show(axes[r, 2], np.abs(fixed - before), cmap="magma", vmin=0, vmax=500)
+        diff = show(axes[r, 3], np.abs(fixed - after), cmap="magma", vmin=0, vmax=500)
+        show(axes[r, 4], fixed, **window)
+        jac = show(axes[r, 4], np.where(body, jacobian, np.nan), cmap="PuOr_r", vmin=0, vmax=2, alpha=0.8)
+        show(axes[r, 4], np.where(body & (jacobian <= 0), 1.0, np.nan), cmap="autumn", vmin=0, vmax=1)
+        mag = show(axes[r, 5], magnitude, cmap="viridis", vmin=0, vmax=vmax_d)
+        _deformed_grid(axes[r, 5], cut, grid, disp, flip)
+        doubt = show(axes[r, 6], np.where(body, maps.residual, np.nan), cmap="inferno", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=8)
+    for c, im in ((3, diff), (4, jac), (5, mag), (6, doubt)):
+        fig.colorbar(im, ax=axes[-1, c], location="bottom", shrink=0.9, aspect=12)
+    return png_bytes(fig, dpi=90)
+
+
+def _deformed_grid(ax, cut, grid, disp, flip, every_vox: int = 6) -> None:
+    """Grid lines of the fixed grid carried through φ = id + d, drawn in the plane's index
+    coordinates (the in-plane components of φ(x) in the grid's voxels)."""
+    shape = grid.shape_zyx
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")[::-1], -1)  # (k, j, i, [i, j, k])
+    moved_vox = np.asarray(cut(disp)) @ np.linalg.inv(grid.direction_matrix @ np.diag(grid.spacing_mm)).T
+    plane_idx = np.asarray(cut(idx)).astype(np.float64) + moved_vox
+    rows, cols = plane_idx.shape[:2]
+    # which two index axes vary in this plane
+    varying = [a for a in range(3) if np.ptp(np.asarray(cut(idx))[..., a]) > 0]
+    for a in varying:
+        values = plane_idx[..., a][::-1] if flip else plane_idx[..., a]
+        levels = np.arange(0, shape[2 - a], every_vox)
+        if rows > 1 and cols > 1 and len(levels) > 1:
+            ax.contour(values, levels=levels, colors="white", linewidths=0.4, alpha=0.8)
+
+
+def tre_histogram(before_mm, network_mm, after_mm, refined: bool) -> bytes:
+    """The landmark TRE histograms: before, after the network alone, after refinement."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    top = max(float(np.max(before_mm)), float(np.max(after_mm)), float(np.max(network_mm)))
+    bins = np.linspace(0, top * 1.05 + 1e-6, 30)
+    ax.hist(before_mm, bins, alpha=0.55, label=f"before, mean {np.mean(before_mm):.2f} mm")
+    if refined:
+        ax.hist(network_mm, bins, alpha=0.5, label=f"network alone, mean {np.mean(network_mm):.2f} mm")
+    ax.hist(after_mm, bins, alpha=0.65, label=f"{'refined' if refined else 'after'}, mean {np.mean(after_mm):.2f} mm")
+    ax.set_xlabel("TRE (mm)")
+    ax.set_ylabel("landmark pairs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def quality_histogram(maps) -> bytes:
+    """Distributions in the lungs: the doubt map (1 − local NCC) and the inverse-consistency error."""
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.6, 2.8))
+    a.hist(maps.residual[maps.lungs], bins=50, range=(0, 2), color="tab:purple")
+    a.set_xlabel("1 − local NCC (lungs)")
+    a.set_ylabel("voxels")
+    err = maps.inverse_error_mm[maps.consistency_lungs]
+    b.hist(err, bins=50, color="tab:green")
+    b.set_xlabel("|φ∘φ⁻¹ − id| in the lungs (mm)")
+    for ax in (a, b):
+        ax.set_yscale("log")
+    fig.tight_layout()
+    return png_bytes(fig)

@@ -130,7 +130,8 @@ def trajectory_rows(fourd: FourD, labels: list[str]) -> list[dict]:
 
 
 def fourd_writers(fourd: FourD, summary: dict, reference_image: sitk.Image, point_labels: list[str] | None = None,
-                  fmt: str = "nrrd") -> dict[str, Callable[[Path], object]]:
+                  fmt: str = "nrrd", extra: dict[str, Callable[[Path], object]] | None = None
+                  ) -> dict[str, Callable[[Path], object]]:
     """Every output of a 4D registration by (relative) name: ``phase_<k>/`` with the phase's
     transform, Jacobian, ventilation maps, segmentation and summary; at the top
     ``phases.csv``, ``phases.png``, ``trajectories.csv`` (with points), ``summary.json``."""
@@ -156,4 +157,4 @@ def fourd_writers(fourd: FourD, summary: dict, reference_image: sitk.Image, poin
         writers["trajectories.csv"] = lambda p: write_csv(p, trajectory_rows(fourd, point_labels))
     writers["phases.png"] = lambda p: phases_figure(fourd, reference_image, p)
     summary["phases"] = rows
-    return _with_summary(writers, summary, t0)
+    return _with_summary({**writers, **(extra or {})}, summary, t0)

@@ -25,15 +25,18 @@ from ..model.modelfile import Model, load_model
 from .engine import register_images, summary_of
 from .fourd import check_phases, check_segmentation, register_phases
 from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers
+from .quality import load_tolerances
 from .refine import DEFAULT as DEFAULT_REFINEMENT
 from .refine import RefineConfig
+from .report import fourd_report_writers, image_info, report_writers
 
 
 def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed_landmarks=None, moving_landmarks=None,
                    model: str | Path | Model | None = None, device: str = "cpu", size: int | None = None,
                    fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None,
                    refinement: RefineConfig | None = DEFAULT_REFINEMENT, write_warped: bool = True,
-                   write_overview: bool = True, moving_segmentation=None) -> dict:
+                   write_overview: bool = True, moving_segmentation=None, report: bool = True,
+                   fixed_segmentation=None, tolerances=None) -> dict:
     """``progreg register`` as a function: read, register, write every output into ``out``.
 
     Returns the summary (also written as ``summary.json``). ``size`` overrides the model's
@@ -41,14 +44,33 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
     ``write_overview``: the warped moving image and the overview figure (a caller that shows
     the transform itself, such as Slicer, needs neither). ``moving_segmentation``: a label map
     on the moving image's grid, written on the fixed grid as ``moving_segmentation.nrrd``.
+    ``report``: the quality checks (:mod:`quality`) into ``summary["quality"]``, ``report.html``,
+    ``quality.nrrd`` and ``inverse_consistency.nrrd``; ``fixed_segmentation`` (a label map on the
+    fixed grid) adds contour agreement with the carried ``moving_segmentation``; ``tolerances``:
+    a YAML/JSON file of check tolerances.
     """
+    tolerance_values = load_tolerances(tolerances)  # a bad file is refused before any work
     with OutputFolder(out) as folder:
         return _register_files(fixed, moving, folder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
-                               series, progress, refinement, write_warped, write_overview, moving_segmentation)
+                               series, progress, refinement, write_warped, write_overview, moving_segmentation,
+                               report, fixed_segmentation, tolerance_values, tolerances)
+
+
+#: With a report, the registration's own progress runs to this fraction, the report to 1.
+REPORT_FROM = 0.9
+
+
+def _until(progress, report: bool):
+    """``progress`` with the registration's fractions scaled into [0, REPORT_FROM] when a
+    report follows, so that the whole run's progress never goes back."""
+    if progress is None or not report:
+        return progress
+    return lambda fraction, message: progress(REPORT_FROM * fraction, message)
 
 
 def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
-                    series, progress, refinement, write_warped, write_overview, moving_segmentation) -> dict:
+                    series, progress, refinement, write_warped, write_overview, moving_segmentation, report,
+                    fixed_segmentation, tolerance_values, tolerances_file) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -62,19 +84,37 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     if moving_segmentation is not None:
         labels = read_image(moving_segmentation, what="--moving-segmentation")
         check_labels(labels, moving_img, f"--moving-segmentation {moving_segmentation}")
+    fixed_labels = None
+    if fixed_segmentation is not None:
+        if labels is None:
+            raise InputError("--fixed-segmentation needs --moving-segmentation (the contours to compare it with)")
+        fixed_labels = read_image(fixed_segmentation, what="--fixed-segmentation")
+        check_labels(fixed_labels, fixed_img, f"--fixed-segmentation {fixed_segmentation}")
     fixed_pts = moving_pts = None
     point_labels: list[str] = []
     if fixed_landmarks is not None:
         fixed_pts, moving_pts, point_labels = read_point_pairs(fixed_landmarks, moving_landmarks,
                                                          Grid.from_image(fixed_img), Grid.from_image(moving_img))
     model = (model if isinstance(model, Model) else load_model(model, device)).with_size(size)
-    result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, progress,
+    result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, _until(progress, report),
                              warp_moving=write_warped, refinement=refinement)
     summary = summary_of(result, model, device)
+    summary["inputs"] = {"fixed": image_info(fixed, fixed_img), "moving": image_info(moving, moving_img)}
     extra = {}
+    on_fixed = None
     if labels is not None:
         on_fixed = resample_labels(labels, result.displacement, Grid.from_image(fixed_img))
         extra["moving_segmentation.nrrd"] = lambda p: write_image(on_fixed, p)
+    if report:
+        if progress:
+            progress(REPORT_FROM, "quality checks and report")
+        t0 = time.perf_counter()
+        contours = (fixed_labels, on_fixed) if fixed_labels is not None else None
+        extra.update(report_writers(result, summary, fixed_img, moving_img, point_labels, tolerance_values,
+                                    tolerances_file, contours))
+        summary["seconds"]["quality"] = round(time.perf_counter() - t0, 3)
+        if progress:
+            progress(1.0, "done")
     writers = registration_writers(result, summary, fixed_img, moving_img, point_labels, fmt, write_warped,
                                    write_overview, extra)
     folder.write(writers)
@@ -112,17 +152,19 @@ def read_phases(paths: list) -> tuple[list[sitk.Image], list[str], str]:
 def register_4d_files(phases: list, out: str | Path, reference: int = 0, points=None, segmentation=None,
                       segmentation_phase: int | None = None, model: str | Path | Model | None = None,
                       device: str = "cpu", refinement: RefineConfig | None = DEFAULT_REFINEMENT, fmt: str = "nrrd",
-                      progress=None, names: list[str] | None = None) -> dict:
+                      progress=None, names: list[str] | None = None, report: bool = True, tolerances=None) -> dict:
     """``progreg register-4d`` as a function: every phase registered to ``phases[reference]``
     (:mod:`fourd`), every output written into ``out`` (nothing, if anything fails).
-    ``names``: the phases' names in the outputs (default: file names or series descriptions)."""
+    ``names``: the phases' names in the outputs (default: file names or series descriptions).
+    ``report``: ``report.html`` (one page for all phases) and each phase's own report and maps."""
+    tolerance_values = load_tolerances(tolerances)
     with OutputFolder(out) as folder:
         return _register_4d_files(phases, folder, reference, points, segmentation, segmentation_phase, model, device,
-                                  refinement, fmt, progress, names)
+                                  refinement, fmt, progress, names, report, tolerance_values, tolerances)
 
 
 def _register_4d_files(phases, folder: OutputFolder, reference, points, segmentation, segmentation_phase, model,
-                       device, refinement, fmt, progress, names) -> dict:
+                       device, refinement, fmt, progress, names, report, tolerance_values, tolerances_file) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     images, found_names, order = read_phases(phases)
@@ -147,7 +189,7 @@ def _register_4d_files(phases, folder: OutputFolder, reference, points, segmenta
     model = model if isinstance(model, Model) else load_model(model, device)
     t0 = time.perf_counter()
     result = register_phases(images, reference, model, device, refinement, names, points_lps, labels,
-                             segmentation_phase, progress)
+                             segmentation_phase, _until(progress, report))
     summary = {"reference": reference, "names": names, "order": order, "model": model.path, "device": device,
                "refinement": None if refinement is None else {"levels_mm": list(refinement.levels_mm),
                                                               "iterations": list(refinement.iterations)},
@@ -156,5 +198,14 @@ def _register_4d_files(phases, folder: OutputFolder, reference, points, segmenta
                "segmentation_phase": None if labels is None else (reference if segmentation_phase is None
                                                                   else segmentation_phase),
                "seconds": {"register": round(time.perf_counter() - t0, 3)}}
-    folder.write(fourd_writers(result, summary, images[reference], point_labels, fmt))
+    extra = {}
+    if report:
+        if progress:
+            progress(REPORT_FROM, "quality checks and reports")
+        t1 = time.perf_counter()
+        extra = fourd_report_writers(result, summary, images, names, tolerance_values, tolerances_file)
+        summary["seconds"]["quality"] = round(time.perf_counter() - t1, 3)
+        if progress:
+            progress(1.0, "done")
+    folder.write(fourd_writers(result, summary, images[reference], point_labels, fmt, extra))
     return summary

@@ -22,11 +22,13 @@ and is found by Adam on
 * diffusion regulariser over the whole crop, ``∇`` per mm, so ``λ`` does not depend on the
   spacing; with the default weight the refined field stays fold-free (benchmarks).
 
-Deterministic for a given input: fixed iteration counts, no random sampling, and CPU
-kernels without atomics. The moving image is sampled by one compiled pass (numba) that
-gives the values and their spatial gradient together; without numba, torch's
-``grid_sample`` (slab by slab as a batch, which is how its 3D sampler uses more than one
-core) gives the same numbers.
+Deterministic for a given input: fixed iteration counts, no random sampling, and kernels
+without atomics (the moving image needs no gradient, so ``grid_sample``'s backward has no
+scattered sums either). Every level's tensors live on the chosen torch device. On the CPU
+the moving image is sampled by one compiled pass (numba) that gives the values and their
+spatial gradient together; on any other device, or without numba, torch's ``grid_sample``
+(on the CPU slab by slab as a batch, which is how its 3D sampler uses more than one core)
+gives the same numbers to float rounding.
 
 Arrays are ``[k, j, i]``; vectors ``(x, y, z)`` = LPS.
 """
@@ -129,10 +131,23 @@ def parse_iterations(text: str, n_levels: int) -> tuple[int, ...]:
 
 # --- images at a level ----------------------------------------------------------------------
 
+#: How much finer than its stated spacing a level's cells may be (a fraction). Measured
+#: (docs/CONVENTIONS.md): 0.05 made the "2 mm" level of 1.6 mm voxels 3.2 mm and cost
+#: 0.1 mm of TRE on phantom pairs; 0.2 keeps it at 1.6 mm.
+SPACING_TOLERANCE = 0.2
+
+
 def shrink_factors(image: sitk.Image, spacing_mm: float) -> tuple[int, int, int]:
-    """Whole voxels per cell along (i, j, k) for a spacing near ``spacing_mm`` (at least two
-    cells remain along every axis)."""
-    return tuple(max(1, min(n // 2, int(round(spacing_mm / s)))) for s, n in zip(image.GetSpacing(), image.GetSize()))
+    """Whole voxels per cell along (i, j, k) for voxel sizes ``s`` mm: the factor nearest to
+    ``spacing_mm / s``, raised where needed to the smallest ``f`` with
+    ``f · s ≥ (1 − SPACING_TOLERANCE) · spacing_mm``, so that no axis of a level's grid is
+    finer than its stated spacing by more than the tolerance (1.37 mm voxels: 2.74 mm cells
+    at a 2 mm level, not 1.37 mm; 0.977 mm: 1.95 mm; voxels already coarser keep ``f = 1``);
+    at least two cells remain along every axis."""
+    floor = (1.0 - SPACING_TOLERANCE) * spacing_mm
+    # The 1e-9 keeps an exact multiple (f·s = floor up to float rounding) at f.
+    return tuple(max(1, min(n // 2, max(int(round(spacing_mm / s)), int(np.ceil(floor / s - 1e-9)))))
+                 for s, n in zip(image.GetSpacing(), image.GetSize()))
 
 
 def _normalised(image: sitk.Image, spacing_mm: float, hu_range: tuple[float, float]) -> sitk.Image:
@@ -194,7 +209,7 @@ class LocalNCC2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, warped, fixed, weight, fixed_sums, count, radius, eps):
         s_f, s_ff = fixed_sums
-        products = torch.empty((3, *warped.shape), dtype=warped.dtype)
+        products = torch.empty((3, *warped.shape), dtype=warped.dtype, device=warped.device)
         products[0] = warped
         torch.mul(warped, warped, out=products[1])
         torch.mul(fixed, warped, out=products[2])
@@ -219,7 +234,7 @@ class LocalNCC2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         warped, fixed, alpha, gamma, mu_f, mu_w = ctx.saved_tensors
-        terms = torch.empty((4, *alpha.shape), dtype=alpha.dtype)
+        terms = torch.empty((4, *alpha.shape), dtype=alpha.dtype, device=alpha.device)
         terms[0] = alpha
         torch.mul(alpha, mu_f, out=terms[1])
         terms[2] = gamma
@@ -231,7 +246,7 @@ class LocalNCC2(torch.autograd.Function):
 
 def window_sums(fixed: torch.Tensor, radius: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(box sums of ``I`` and ``I²``, voxels per window) of a ``(D, H, W)`` fixed image."""
-    count = box_sum(torch.ones((1, *fixed.shape), dtype=fixed.dtype), radius)[0]
+    count = box_sum(torch.ones((1, *fixed.shape), dtype=fixed.dtype, device=fixed.device), radius)[0]
     return tuple(box_sum(torch.stack([fixed, fixed * fixed]), radius)), count
 
 
@@ -271,12 +286,21 @@ class Refinement:
     def sample_on(self, out: Grid) -> np.ndarray:
         """``v`` on another grid, ``[k, j, i, 3]`` mm, trilinear, extended by its border values
         beyond the crop (as the network's field is)."""
-        return resample_field(self.v_mm, self.grid, out).numpy()
+        return resample_field(self.v_mm, self.grid, out).cpu().numpy()
+
+
+def grid_points(grid: Grid, index_to: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`fields.grid_points` made on ``device``: the 4x4 affine ``index_to`` applied to
+    every voxel index ``(i, j, k)`` of ``grid``, ``(D, H, W, 3)`` float64."""
+    ijk = fields.identity_vox(grid.shape_zyx, device, torch.float64).movedim(0, -1)
+    m = torch.as_tensor(index_to, dtype=torch.float64, device=device)
+    return ijk @ m[:3, :3].T + m[:3, 3]
 
 
 def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
-    """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``."""
-    q = fields.grid_points(target, grid.lps_to_index @ target.index_to_lps).movedim(-1, 0)
+    """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``
+    (on ``v_mm``'s device)."""
+    q = grid_points(target, grid.lps_to_index @ target.index_to_lps, v_mm.device).movedim(-1, 0)
     out = fields.sample(v_mm.movedim(-1, 0).to(torch.float32), q.to(torch.float32), padding_mode="border")
     return out.movedim(0, -1).contiguous()
 
@@ -286,7 +310,8 @@ def _grid_sample(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch
     voxel positions ``(x, y, z)``, the points split into ``slabs`` batch entries (its 3D
     sampler parallelises over the batch only). The reference of :class:`Sample`."""
     d, h, w = volume.shape
-    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)], dtype=q_vox.dtype)
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1), 2.0 / max(d - 1, 1)], dtype=q_vox.dtype,
+                         device=q_vox.device)
     grid_norm = q_vox * scale - 1.0
     n = grid_norm.shape[0]
     slabs = max(1, min(slabs, n))
@@ -347,7 +372,8 @@ if numba is not None:
 class Sample(torch.autograd.Function):
     """``volume(q)`` (trilinear, border) at ``(D, H, W, 3)`` voxel positions, differentiable in
     ``q``: one compiled pass gives the values and their spatial gradient, so the backward
-    is a product (torch's sampler searches every cell again, and on one core)."""
+    is a product (torch's sampler searches every cell again, and on one core). CPU tensors
+    only."""
 
     @staticmethod
     def forward(ctx, volume, q_vox):
@@ -364,16 +390,21 @@ class Sample(torch.autograd.Function):
 
 
 def sample_moving(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch.Tensor:
-    """The warped image ``volume(q)`` (float32 CPU tensors), compiled when numba is there."""
-    if numba is not None and volume.dtype == q_vox.dtype == torch.float32 and volume.device.type == "cpu":
+    """The warped image ``volume(q)``: ``(D, H, W)`` volume, ``(D', H', W', 3)`` voxel positions
+    ``(x, y, z)``, both on one device. Compiled (:class:`Sample`) for float32 CPU tensors when
+    numba is there; else torch's ``grid_sample`` (``slabs`` batch entries; 1 off the CPU,
+    where one call already fills the device)."""
+    on_cpu = volume.device.type == "cpu"
+    if numba is not None and on_cpu and volume.dtype == q_vox.dtype == torch.float32:
         return Sample.apply(volume, q_vox)
-    return _grid_sample(volume, q_vox, slabs)
+    return _grid_sample(volume, q_vox, slabs if on_cpu else 1)
 
 
 class Adam:
     """Adam (Kingma and Ba) on one tensor, in place: the update of ``torch.optim.Adam`` with
     its default betas, without its machinery (whose first step imports torch's compiler
-    stack, ~0.8 s, more than a whole level of the refinement)."""
+    stack, ~0.8 s, more than a whole level of the refinement). Its state lies on the
+    parameter's device."""
 
     def __init__(self, param: torch.Tensor, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
         self.param, self.lr, self.eps, self.betas = param, lr, eps, betas
@@ -397,6 +428,7 @@ class _Level:
     """Everything one level's optimisation needs, computed once per level."""
 
     grid: Grid  # the fixed crop at this level's spacing
+    # All tensors below lie on the refinement's device.
     fixed: torch.Tensor  # (D, H, W) in [0, 1]
     moving: torch.Tensor  # (D', H', W') in [0, 1], the whole moving image at this spacing
     weight: torch.Tensor  # (D, H, W): body mask / its voxel count
@@ -408,20 +440,26 @@ class _Level:
 
 
 def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray, spacing: float,
-           config: RefineConfig, network_disp, body_mask) -> _Level:
+           config: RefineConfig, network_disp, body_mask, device: torch.device) -> _Level:
+    """The level at ``spacing`` mm: images shrunk on the CPU (ITK), every tensor on ``device``."""
     f_small = _normalised(fixed, spacing, config.hu_range)
     m_small = _normalised(moving, spacing, config.hu_range)
     grid, cut = sub_grid(Grid.from_image(f_small), lo, hi)
-    f = torch.from_numpy(np.ascontiguousarray(sitk.GetArrayFromImage(f_small)[cut]))
-    m = torch.from_numpy(sitk.GetArrayFromImage(m_small))
-    mask = torch.from_numpy(np.ascontiguousarray(body_mask(grid))).to(torch.float32)
+
+    def tensor(array: np.ndarray, dtype=None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device)
+
+    f = tensor(sitk.GetArrayFromImage(f_small)[cut])
+    m = tensor(sitk.GetArrayFromImage(m_small))
+    mask = tensor(body_mask(grid)).to(torch.float32)
     to_vox = Grid.from_image(m_small).lps_to_index[:3]
-    d_net = torch.from_numpy(np.ascontiguousarray(network_disp(grid), dtype=np.float32))
-    x = fields.grid_points(grid, grid.index_to_lps) + d_net
-    base = (x @ torch.as_tensor(to_vox[:, :3]).T + torch.as_tensor(to_vox[:, 3])).to(torch.float32)
+    d_net = tensor(network_disp(grid), np.float32)
+    x = grid_points(grid, grid.index_to_lps, device) + d_net
+    to_vox_t = torch.as_tensor(to_vox, dtype=torch.float64, device=device)
+    base = (x @ to_vox_t[:, :3].T + to_vox_t[:, 3]).to(torch.float32)
     lin = to_vox[:, :3]
     diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())
-    mm_to_vox = torch.tensor(np.diag(lin) if diagonal else lin, dtype=torch.float32)
+    mm_to_vox = torch.tensor(np.diag(lin) if diagonal else lin, dtype=torch.float32, device=device)
     fixed_sums, count = window_sums(f, config.radius_vox)
     mask = mask * informative(fixed_sums, count, config.eps)
     return _Level(grid, f, m, mask / mask.sum().clamp_min(1.0), base, mm_to_vox, d_net, fixed_sums, count)
@@ -439,14 +477,17 @@ def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int)
 
 def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Callable[[Grid], np.ndarray],
            body_mask: Callable[[Grid], np.ndarray], config: RefineConfig = DEFAULT,
-           progress: Callable[[float, str], None] | None = None) -> Refinement:
+           progress: Callable[[float, str], None] | None = None, device: torch.device | str = "cpu") -> Refinement:
     """Optimise ``v`` coarse to fine on the box of the fixed lung crop ``crop``.
 
     ``fixed``/``moving``: the CT images in HU (any geometry);
     ``network_disp(grid)``: the network's ``φ_net(x) − x`` on ``grid`` (``[k, j, i, 3]`` LPS mm);
     ``body_mask(grid)``: the fixed body mask on ``grid`` (bool ``[k, j, i]``);
-    ``progress(fraction of the refinement done, message)``.
+    ``progress(fraction of the refinement done, message)``;
+    ``device``: the torch device of the optimisation (the images are shrunk on the CPU, then
+    every tensor of a level lies there); the returned ``v`` is on the CPU.
     """
+    device = torch.device(device)
     report = progress or (lambda fraction, message: None)
     fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
     lo, hi = crop.bounding_box_lps()
@@ -467,9 +508,9 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
             continue
         factors = shrink_factors(fixed, spacing), shrink_factors(moving, spacing)
         t0 = time.perf_counter()
-        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask)
+        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device)
         t_setup = time.perf_counter() - t0
-        v0 = resample_field(v, grid, lv.grid) if v is not None else torch.zeros((*lv.grid.shape_zyx, 3))
+        v0 = resample_field(v, grid, lv.grid) if v is not None else torch.zeros((*lv.grid.shape_zyx, 3), device=device)
         grid = lv.grid
         params = v0.requires_grad_(True)
         # The loss summed (not averaged) over the grid puts a voxel's gradient at O(1); Adam's
@@ -497,4 +538,4 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
                        "diffusion": round(smooth, 6), "seconds": round(time.perf_counter() - t0, 3),
                        "setup_seconds": round(t_setup, 3)})
         del lv
-    return Refinement(v, grid, record)
+    return Refinement(v.cpu(), grid, record)

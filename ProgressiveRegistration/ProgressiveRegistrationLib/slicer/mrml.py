@@ -10,8 +10,13 @@ Outputs of a registration:
   FromParent (resampling, fixed -> moving) direction, with the standard registration node
   references to the fixed and moving volumes, set as the moving volume's parent transform;
 * a scalar volume of the Jacobian determinant on the fixed volume's geometry;
+* optionally the moving volume resampled onto the fixed volume's geometry (the engine's
+  warped image);
 * a table: one row per landmark (label, TRE before, after the network alone, after
-  refinement) plus mean and SD rows.
+  refinement) plus mean and SD rows. The last column is the TRE of the transform node the
+  user has, measured through it (Slicer evaluates a grid transform with its own, cubic,
+  interpolation; the engine's number, linear, is kept in the summary); the network-alone
+  column is the engine's (that field is not a node).
 
 Volumes under a linear parent transform are registered in world coordinates (their
 world geometry is exported, the user's transform is left as it is); under a non-linear
@@ -21,6 +26,7 @@ parent only if it has none: a user's transform is never replaced.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +37,15 @@ import SimpleITK as sitk
 from ..core.checks import check_volume
 from ..core.errors import InputError
 from ..core.grid import Grid
+from ..core.metrics import summary as tre_summary
 from ..core.transforms import read_displacement_field
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
 from ..model.modelfile import Model, load_model
 from ..registration.engine import register_images, summary_of
-from ..registration.outputs import jacobian_image, read_tre_csv
+from ..registration.outputs import jacobian_image
+from ..registration.quality import quality_maps, quality_summary
 from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
 from ..registration.refine import RefineConfig
 from ..simulation.breathing import simulate
@@ -181,12 +189,26 @@ def set_volume_from_image(node, image: sitk.Image) -> None:
     node.SetIJKToRASMatrix(_vtk_matrix(m))
 
 
-TRE_COLUMNS = ("TRE before (mm)", "TRE network (mm)", "TRE after (mm)")
+#: The TRE table's value columns: before registration; after the network alone, as the engine
+#: measured it (that field is not in the scene); after registration, measured through the
+#: transform node (:func:`tre_through_transform_mm`), i.e. the transform the user has.
+TRE_COLUMNS = ("TRE before (mm)", "TRE network alone (mm, engine)", "TRE after (mm, through the transform node)")
+
+
+def tre_through_transform_mm(transform_node, fixed_lps: np.ndarray, moving_lps: np.ndarray) -> np.ndarray:
+    """Per pair ``|T(f) − m|`` in mm, with ``T`` the node's own FromParent transform evaluated
+    by Slicer (RAS in, RAS out; for this module's grid transforms Slicer's cubic
+    interpolation, see :func:`set_grid_transform`), ``f``, ``m`` world LPS points."""
+    from_parent = transform_node.GetTransformFromParent()
+    fixed_ras = np.asarray(fixed_lps, dtype=np.float64).reshape(-1, 3) @ LPS_TO_RAS
+    moving_ras = np.asarray(moving_lps, dtype=np.float64).reshape(-1, 3) @ LPS_TO_RAS
+    mapped = np.array([from_parent.TransformPoint(*(float(v) for v in p)) for p in fixed_ras]).reshape(-1, 3)
+    return np.linalg.norm(mapped - moving_ras, axis=1)
 
 
 def set_tre_table(node, labels: list[str], before: np.ndarray, network: np.ndarray, after: np.ndarray) -> None:
-    """One row per landmark (label; TRE before, after the network alone, after refinement,
-    in mm), then 'mean' and 'sd' rows. Without refinement the last two columns agree."""
+    """One row per landmark (label; TRE before, after the network alone, after registration,
+    in mm, see :data:`TRE_COLUMNS`), then 'mean' and 'sd' rows."""
     import vtk
 
     table = node.GetTable()
@@ -213,6 +235,17 @@ def set_tre_table(node, labels: list[str], before: np.ndarray, network: np.ndarr
 JACOBIAN_COLORS = "ProgressiveRegistration Jacobian"
 
 
+def needs_names_initialised(color_node) -> bool:
+    """Whether names given with ``SetColor`` stick only after ``SetNamesInitialised(True)``.
+
+    Up to Slicer 5.8, ``vtkMRMLColorNode::GetColorName`` rebuilds every name from the colours
+    unless that flag is set (Libs/MRML/Core/vtkMRMLColorNode.cxx, v5.6.2 and v5.8.1). From
+    5.10 the flag is gone: the method does nothing but log a VTK error
+    (Libs/MRML/Core/vtkMRMLColorNode.h, v5.10.0; the same change, commit 65409219f7, added
+    ``SetColorDefined``, by which the newer API is told apart)."""
+    return not hasattr(color_node, "SetColorDefined")
+
+
 def jacobian_color_node(scene):
     """A colour table for det J over [0, 2]: magenta at det <= 0 (folding), blue where the
     tissue compresses, white at 1, red where it expands. Made once per scene."""
@@ -222,7 +255,8 @@ def jacobian_color_node(scene):
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", JACOBIAN_COLORS)
     node.SetTypeToUser()
     node.SetNumberOfColors(256)
-    node.SetNamesInitialised(True)
+    if needs_names_initialised(node):
+        node.SetNamesInitialised(True)
     for i in range(256):
         v = 2.0 * i / 255.0
         if i == 0:
@@ -246,6 +280,67 @@ def _style_jacobian(node) -> None:
     display.SetWindowLevelMinMax(0.0, 2.0)
 
 
+QUALITY_COLORS = "ProgressiveRegistration doubt"
+QUALITY_COLUMNS = ("check", "value", "tolerance", "verdict", "tolerance from")
+
+
+def set_quality_table(node, quality: dict) -> None:
+    """The report's check table (``summary["quality"]``): one row per check with its value, its
+    tolerance and PASS / WARN / FAIL, then the overall verdict."""
+    import vtk
+
+    table = node.GetTable()
+    table.Initialize()
+    columns = []
+    for title in QUALITY_COLUMNS:
+        col = vtk.vtkStringArray()
+        col.SetName(title)
+        columns.append(col)
+    for r in quality["checks"]:
+        op = "≥" if r["higher_is_better"] else "≤"
+        value = "n/a" if r["value"] is None or not np.isfinite(r["value"]) else f"{r['value']:.3g}"
+        for col, text in zip(columns, (r["label"], value, f"PASS {op} {r['warn']:g}, WARN {op} {r['fail']:g}",
+                                       r["verdict"], r["source"])):
+            col.InsertNextValue(text)
+    for col, text in zip(columns, ("overall", "", "", quality["overall"], "")):
+        col.InsertNextValue(text)
+    for col in columns:
+        table.AddColumn(col)
+    node.SetAttribute("ProgressiveRegistration.overall", quality["overall"])
+    node.Modified()
+
+
+def quality_color_node(scene):
+    """A colour table for the doubt map (1 − local NCC over [0, 1]): transparent where the images
+    agree, through orange to bright yellow where they do not, so it lies over the CT."""
+    node = scene.GetFirstNodeByName(QUALITY_COLORS)
+    if node is not None:
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", QUALITY_COLORS)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    if needs_names_initialised(node):
+        node.SetNamesInitialised(True)
+    for i in range(256):
+        t = i / 255.0
+        rgb = (min(1.0, 2.0 * t + 0.2), max(0.0, 2.0 * t - 0.6), max(0.0, 4.0 * t - 3.0))
+        node.SetColor(i, f"{t:.2f}", *rgb, min(1.0, 3.0 * t))
+    node.SetAttribute("Category", "ProgressiveRegistration")
+    return node
+
+
+def set_quality_volume(node, image: sitk.Image) -> None:
+    """The doubt map (``quality.nrrd``) in ``node`` with :func:`quality_color_node` over [0, 1]."""
+    set_volume_from_image(node, image)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetAndObserveColorNodeID(quality_color_node(node.GetScene()).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+
+
 @dataclass
 class RegistrationNodes:
     """What a registration put in the scene, and its numbers."""
@@ -259,6 +354,13 @@ class RegistrationNodes:
     tre_after_mm: dict | None = None
     warnings: list[str] = field(default_factory=list)
     tre_network_mm: dict | None = None
+    volume: object | None = None
+    tre_after_engine_mm: dict | None = None
+    #: the check table (PASS / WARN / FAIL per check) and the doubt map, when the quality was measured
+    quality_table: object | None = None
+    quality_map: object | None = None
+    #: the report written with the result (``report.html``), while its folder exists
+    report_path: str | None = None
 
     @property
     def folding_percent(self) -> float:
@@ -275,8 +377,13 @@ class RegistrationNodes:
 
 
 def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
-             tre_rows: tuple | None, transform=None, jacobian_node=None, table=None,
-             apply_to_moving: bool = True) -> RegistrationNodes:
+             landmarks: dict | None, transform=None, jacobian_node=None, table=None,
+             apply_to_moving: bool = True, warped: sitk.Image | None = None, volume=None,
+             quality_image: sitk.Image | None = None, quality_table=None, quality_map=None) -> RegistrationNodes:
+    """The output nodes of a registration. ``landmarks``: ``labels``, ``fixed_lps``,
+    ``moving_lps`` (world LPS mm), ``before_mm``, ``network_mm`` (the engine's TRE) and
+    ``used`` (pairs inside both images, the statistics' pairs); ``warped``: the moving image
+    on the fixed grid, put in ``volume`` (a new node if None)."""
     base = moving.GetName() or "moving"
     if transform is None:
         transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", scene.GenerateUniqueName(f"{base} registered"))
@@ -306,15 +413,39 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
     jacobian_node.SetAttribute("ProgressiveRegistration.foldingPercent", f"{summary['folding_percent']:.6f}")
     _style_jacobian(jacobian_node)
 
-    if tre_rows is not None:
+    if warped is not None:
+        if volume is None:
+            volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} resampled"))
+        set_volume_from_image(volume, warped)
+        volume.CreateDefaultDisplayNodes()
+    else:
+        volume = None
+
+    tre_after = summary.get("tre_after_mm")
+    if landmarks is not None:
+        after = tre_through_transform_mm(transform, landmarks["fixed_lps"], landmarks["moving_lps"])
+        tre_after = tre_summary(after[np.asarray(landmarks["used"], dtype=bool)])
         if table is None:
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} TRE"))
-        set_tre_table(table, *tre_rows)
+        set_tre_table(table, landmarks["labels"], landmarks["before_mm"], landmarks["network_mm"], after)
     else:
         table = None
+    if summary.get("quality"):
+        if quality_table is None:
+            quality_table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} quality checks"))
+        set_quality_table(quality_table, summary["quality"])
+    else:
+        quality_table = None
+    if quality_image is not None:
+        if quality_map is None:
+            quality_map = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} doubt"))
+        set_quality_volume(quality_map, quality_image)
+    else:
+        quality_map = None
     seconds = float(sum(v for v in summary.get("seconds", {}).values()))
     return RegistrationNodes(transform, jacobian_node, table, summary, seconds, summary.get("tre_before_mm"),
-                             summary.get("tre_after_mm"), notes, summary.get("tre_network_mm"))
+                             tre_after, notes, summary.get("tre_network_mm"), volume, summary.get("tre_after_mm"),
+                             quality_table, quality_map)
 
 
 def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
@@ -340,7 +471,8 @@ def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
 
 def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None,
                           device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
-                          progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT) -> RegistrationNodes:
+                          progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT, volume=None,
+                          resample: bool = False, quality: bool = True) -> RegistrationNodes:
     """Register two volume nodes in-process and put the results in ``scene``.
 
     The scripting API for Slicer's Python console::
@@ -350,21 +482,33 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
         r.transform, r.jacobian, r.table   # output nodes (table is None without landmarks)
 
     ``model``: a model file path (default: the bundled model) or a loaded ``Model``;
-    ``refinement``: None for the network's one-pass field. Inputs are never modified, except
-    that the moving volume gets the result as its parent transform when ``apply_to_moving``
-    and it has none. Bad input raises InputError before any node is made.
+    ``refinement``: None for the network's one-pass field; ``resample`` (or a ``volume``
+    node to fill): also the moving volume resampled onto the fixed volume's geometry
+    (``r.volume``); ``quality``: the AAPM TG-132 checks as a table (``r.quality_table``, PASS /
+    WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC). Inputs are never
+    modified, except that the moving volume gets the result as its parent transform when
+    ``apply_to_moving`` and it has none. Bad input raises InputError before any node is made.
     """
     fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     model = model if isinstance(model, Model) else load_model(model, device)
     f_pts, m_pts = (points[0], points[1]) if points else (None, None)
-    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=False,
+    resample = resample or volume is not None
+    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=resample,
                              refinement=refinement)
     summary = summary_of(result, model, device)
+    quality_image = None
+    if quality:
+        maps = quality_maps(result, fixed_image, moving_image)
+        summary["quality"] = quality_summary(result, maps)
+        quality_image = maps.residual_image()
     jac = jacobian_image(result)
-    lm = result.landmarks
-    rows = (points[2], lm["before_mm"], lm["network_mm"], lm["after_mm"]) if points else None
-    return _outputs(scene, fixed, moving, result.displacement, jac, summary, rows, transform, jacobian, table,
-                    apply_to_moving)
+    landmarks = None
+    if points:
+        lm = result.landmarks
+        landmarks = {"labels": points[2], "fixed_lps": lm["fixed_lps"], "moving_lps": lm["moving_lps"],
+                     "before_mm": lm["before_mm"], "network_mm": lm["network_mm"], "used": lm["used"]}
+    return _outputs(scene, fixed, moving, result.displacement, jac, summary, landmarks, transform, jacobian, table,
+                    apply_to_moving, result.warped if resample else None, volume, quality_image)
 
 
 # --- the background-process path of the module ---------------------------------------------------
@@ -379,12 +523,18 @@ class Job:
     fixed_landmarks_path: str | None = None
     moving_landmarks_path: str | None = None
 
-    def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True) -> list[str]:
+    def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True,
+                warped: bool = False, overview: bool = False) -> list[str]:
         """The ``progreg register`` command line of this job, run by ``python`` (PythonSlicer in
-        Slicer): progress as JSON lines, no warped image or overview figure (Slicer shows the
-        transform itself)."""
+        Slicer): progress as JSON lines; the warped image only with ``warped`` (for a resampled
+        volume node) and the overview figure only with ``overview`` (for result files the user
+        keeps): Slicer shows the transform itself."""
         args = [python, "-m", "ProgressiveRegistrationLib", "register", self.fixed_path, self.moving_path,
-                "--out", self.out_dir, "--device", device, "--progress-json", "--no-warped", "--no-overview"]
+                "--out", self.out_dir, "--device", device, "--progress-json"]
+        if not warped:
+            args.append("--no-warped")
+        if not overview:
+            args.append("--no-overview")
         if self.fixed_landmarks_path:
             args += ["--fixed-landmarks", self.fixed_landmarks_path, "--moving-landmarks", self.moving_landmarks_path]
         if model:
@@ -409,9 +559,25 @@ def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_land
     return job
 
 
-def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True
-                 ) -> RegistrationNodes:
-    """Turn a finished ``progreg register`` output folder into output nodes."""
+def _tre_csv_landmarks(path) -> dict:
+    """The landmarks of a ``tre.csv`` (registration/outputs.py writes it): labels, fixed and
+    moving LPS positions, the engine's TRE before and after the network alone, and which pairs
+    are in the statistics."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+
+    def column(*keys):
+        return np.array([[float(r[k]) for k in keys] for r in rows]).reshape(len(rows), len(keys))
+
+    return {"labels": [r["label"] for r in rows], "fixed_lps": column("fixed_l", "fixed_p", "fixed_s"),
+            "moving_lps": column("moving_l", "moving_p", "moving_s"), "before_mm": column("tre_before_mm")[:, 0],
+            "network_mm": column("tre_network_mm")[:, 0], "used": column("in_statistics")[:, 0] > 0}
+
+
+def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
+                 volume=None, quality_table=None, quality_map=None) -> RegistrationNodes:
+    """Turn a finished ``progreg register`` output folder into output nodes (``volume``: the node
+    for the resampled moving volume, made if the run wrote one)."""
     out = Path(job.out_dir)
     fixed, moving = scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id)
     if fixed is None or moving is None:
@@ -419,9 +585,13 @@ def load_results(scene, job: Job, transform=None, jacobian=None, table=None, app
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     transform_file = next(out / f for f in summary["files"] if f.startswith("transform."))
     displacement = read_displacement_field(transform_file)
-    rows = read_tre_csv(out / "tre.csv") if (out / "tre.csv").exists() else None
-    return _outputs(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, rows,
-                    transform, jacobian, table, apply_to_moving)
+    landmarks = _tre_csv_landmarks(out / "tre.csv") if (out / "tre.csv").exists() else None
+    warped = sitk.ReadImage(str(out / "warped_moving.nrrd")) if (out / "warped_moving.nrrd").exists() else None
+    quality = sitk.ReadImage(str(out / "quality.nrrd")) if (out / "quality.nrrd").exists() else None
+    nodes = _outputs(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, landmarks,
+                     transform, jacobian, table, apply_to_moving, warped, volume, quality, quality_table, quality_map)
+    nodes.report_path = str(out / "report.html") if (out / "report.html").exists() else None
+    return nodes
 
 
 # --- sample data -----------------------------------------------------------------------------------

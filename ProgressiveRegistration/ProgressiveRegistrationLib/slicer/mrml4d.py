@@ -1,17 +1,30 @@
 """The 4DCT side of the module, Qt-free: every function takes the scene as a parameter.
 
 Input: a Sequence of scalar volumes (Slicer's container for a 4DCT, what loading a 4DCT
-DICOM series gives) or a list of volume nodes, one per breathing phase, and the index of
-the reference phase; optionally points of the reference phase and a segmentation of one
-phase. Work: ``progreg register-4d`` (:func:`pipeline.register_4d_files`), in a background
-process (:func:`export_4d_job`, then :func:`load_4d_results`) or in-process
+DICOM series gives) or a list of volume nodes, one per breathing phase, and the position
+(from 0) of the reference phase; optionally points of the reference phase and a
+segmentation of one phase. Work: ``progreg register-4d`` (:func:`pipeline.register_4d_files`),
+in a background process (:func:`export_4d_job`, then :func:`load_4d_results`) or in-process
 (:func:`register_sequence_nodes`). Outputs, all referring to the input by node reference:
 
 * a Sequence of grid transforms (phase k: reference → phase k, Slicer's FromParent
   direction) and Sequences of the Jacobian and HU ventilation maps, with a Sequence
   browser that steps through them together;
 * a table with one row per phase (lung volume change, displacement, folding, seconds);
-* the segmentation carried to the chosen phase, as a new segmentation node.
+* with points: a table of every point in every phase (RAS mm) and a Sequence of point
+  lists (the points where they are in each phase, in that phase's own coordinates);
+* the segmentation carried to the chosen phase, as a segmentation node with the segments'
+  IDs, names and colours.
+
+Phases are named as the sequence names them (its index values and unit, :func:`phase_names`),
+and every output Sequence has the source's index name, unit, type and values: a browser
+matches synchronized sequences by index value (Slicer's
+Modules/Loadable/Sequences/Logic/vtkSlicerSequencesLogic.cxx, ``UpdateProxyNodesFromSequences``,
+and Libs/MRML/Core/vtkMRMLSequenceNode.cxx, ``GetItemNumberFromIndexValue``; v5.6.2 to
+v5.10.0), so outputs indexed otherwise would show another phase than the one the browser
+is on. Registering the same Sequence again refills the earlier run's output nodes instead
+of adding new ones; nothing temporary (label maps, their colour tables and display nodes)
+stays in the scene.
 """
 
 from __future__ import annotations
@@ -19,9 +32,11 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputError
@@ -34,9 +49,25 @@ from ..registration.pipeline import register_4d_files
 from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
 from ..registration.refine import RefineConfig
 from ..simulation.breathing import simulate
-from .mrml import image_from_volume_node, markups_lps, set_grid_transform, set_volume_from_image
+from .jobs import phase_label
+from .mrml import (
+    LPS_TO_RAS,
+    image_from_volume_node,
+    markups_lps,
+    needs_names_initialised,
+    set_grid_transform,
+    set_volume_from_image,
+)
 
+#: Node reference from every output to the Sequence it was computed from.
 SOURCE_REFERENCE = "ProgressiveRegistration.phases"
+#: Attribute naming what an output node is ("transforms", "ventilation", ...): a second run
+#: for the same Sequence finds and refills it.
+OUTPUT_ATTRIBUTE = "ProgressiveRegistration.output"
+#: The colour table of the ventilation maps.
+VENTILATION_COLORS = "ProgressiveRegistration ventilation"
+#: The ventilation maps' display range (ml per ml of reference lung): blue below 0, red above.
+VENTILATION_RANGE = (-0.5, 0.5)
 
 
 def phase_nodes(source) -> list:
@@ -55,29 +86,92 @@ def phase_nodes(source) -> list:
     return nodes
 
 
-def _phase_name(source, k: int, node) -> str:
+def phase_names(source) -> list[str]:
+    """The phases' names: as a Sequence names them (index value and unit, e.g. ``"50 %"``,
+    ``"T50"``, :func:`jobs.phase_label`), or the volumes' names for a list."""
     if isinstance(source, (list, tuple)):
-        return node.GetName() or f"phase {k}"
-    return f"{source.GetName()} [{source.GetNthIndexValue(k)}]"
+        return [node.GetName() or f"phase {k}" for k, node in enumerate(source)]
+    return [phase_label(source.GetNthIndexValue(k), source.GetIndexUnit() or "", source.GetIndexName() or "")
+            for k in range(source.GetNumberOfDataNodes())]
 
 
-def labels_of_node(scene, node, reference_volume, what: str) -> sitk.Image:
+def _node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+@contextmanager
+def _temporary_nodes(scene):
+    """Removes every node added to ``scene`` inside the block, except those passed to the
+    ``keep`` function it yields (with their display and storage nodes); if the block
+    fails, every node it added. Slicer's export and import make nodes besides the ones asked
+    for (a label map's display node and colour table, vtkSlicerSegmentationsModuleLogic.cxx,
+    ``ExportSegmentsToLabelmapNode``, v5.6.2 to v5.10.0)."""
+    before, kept = _node_ids(scene), []
+    ok = False
+    try:
+        yield kept.append
+        ok = True
+    finally:
+        keep = set()
+        for node in kept if ok else []:
+            keep.add(node.GetID())
+            for i in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+                keep.add(node.GetNthDisplayNodeID(i))
+            for i in range(node.GetNumberOfStorageNodes() if hasattr(node, "GetNumberOfStorageNodes") else 0):
+                keep.add(node.GetNthStorageNodeID(i))
+        for node_id in _node_ids(scene) - before - keep:
+            node = scene.GetNodeByID(node_id)
+            if node is not None:
+                scene.RemoveNode(node)
+
+
+def segments_of(node) -> list[tuple[str, str, tuple[float, float, float]]]:
+    """(ID, name, RGB colour) of the segments exported from a segmentation node: the visible
+    ones (all of them without a display node), in the segmentation's order."""
+    import vtk
+
+    segmentation = node.GetSegmentation()
+    ids = vtk.vtkStringArray()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.GetVisibleSegmentIDs(ids)
+    else:
+        segmentation.GetSegmentIDs(ids)
+    found = []
+    for i in range(ids.GetNumberOfValues()):
+        segment = segmentation.GetSegment(ids.GetValue(i))
+        found.append((ids.GetValue(i), segment.GetName(), tuple(float(c) for c in segment.GetColor())))
+    return found
+
+
+def _string_array(values):
+    import vtk
+
+    array = vtk.vtkStringArray()
+    for v in values:
+        array.InsertNextValue(v)
+    return array
+
+
+def labels_of_node(scene, node, reference_volume, what: str, segments=None) -> sitk.Image:
     """A label map (LPS, on ``reference_volume``'s geometry) of a labelmap volume node or of
-    a segmentation node's visible segments (exported through the Segmentations logic)."""
-    import slicer
+    a segmentation node's ``segments`` (default :func:`segments_of`; label value ``i + 1``
+    for the ``i``-th). The scene is left as it was."""
 
     if node.IsA("vtkMRMLLabelMapVolumeNode"):
         return image_from_volume_node(node, what)
     if not node.IsA("vtkMRMLSegmentationNode"):
         raise InputError(f"{what}: a segmentation or labelmap volume is needed")
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("export"))
-    try:
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(node, labelmap,
-                                                                                             reference_volume):
+    segments = segments_of(node) if segments is None else segments
+    if not segments:
+        raise InputError(f"{what}: it has no visible segment")
+    logic = segmentations_logic(scene)
+    with _temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("export"))
+        if not logic.ExportSegmentsToLabelmapNode(
+                node, _string_array([s[0] for s in segments]), labelmap, reference_volume):
             raise InputError(f"{what}: could not be exported as a label map")
         return image_from_volume_node(labelmap, what)
-    finally:
-        scene.RemoveNode(labelmap)
 
 
 @dataclass
@@ -94,6 +188,14 @@ class Job4D:
     segmentation_phase: int | None = None
     target_phase: int | None = None
     segmentation_name: str = "segmentation"
+    #: the source Sequence's index (values per phase, name, unit, type); for a list: 0, 1, ...
+    index_values: list[str] = field(default_factory=list)
+    index_name: str = "phase"
+    index_unit: str = ""
+    index_type: int = 0
+    #: (ID, name, RGB) of the exported segments; label value i + 1 is the i-th
+    segments: list = field(default_factory=list)
+    point_labels: list[str] = field(default_factory=list)
 
     def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True) -> list[str]:
         args = [python, "-m", "ProgressiveRegistrationLib", "register-4d", *self.phase_paths, "--reference",
@@ -124,23 +226,33 @@ def export_4d_job(scene, source, reference: int, work_dir, points=None, segmenta
         if segmentation is not None and not 0 <= value < len(nodes):
             raise InputError(f"{what} {value}: out of range (phases 0 to {len(nodes) - 1})")
     work = Path(work_dir)
-    names = [_phase_name(source, k, n) for k, n in enumerate(nodes)]
+    names = phase_names(source)
     images = [image_from_volume_node(n, names[k]) for k, n in enumerate(nodes)]
-    labels = None
+    labels, segments = None, []
     if segmentation is not None:
-        labels = labels_of_node(scene, segmentation, nodes[seg_phase], f"segmentation '{segmentation.GetName()}'")
-    points_lps = markups_lps(points)[0] if points is not None else None
-    job = Job4D(source.GetID() if not isinstance(source, (list, tuple)) else None,
-                [str(work / f"phase_{k}.nrrd") for k in range(len(nodes))], names, reference, str(work / "out"))
+        if segmentation.IsA("vtkMRMLSegmentationNode"):
+            segments = segments_of(segmentation)
+        labels = labels_of_node(scene, segmentation, nodes[seg_phase], f"segmentation '{segmentation.GetName()}'",
+                                segments or None)
+    points_lps, point_labels = markups_lps(points) if points is not None else (None, [])
+    is_sequence = not isinstance(source, (list, tuple))
+    job = Job4D(source.GetID() if is_sequence else None,
+                [str(work / f"phase_{k}.nrrd") for k in range(len(nodes))], names, reference, str(work / "out"),
+                index_values=[source.GetNthIndexValue(k) if is_sequence else str(k) for k in range(len(nodes))])
+    if is_sequence:
+        job.index_name, job.index_unit, job.index_type = (source.GetIndexName(), source.GetIndexUnit(),
+                                                          source.GetIndexType())
     for image, path in zip(images, job.phase_paths):
         sitk.WriteImage(image, path, True)
     if points_lps is not None:
         job.points_path = str(work / "points.mrk.json")
-        write_markups_json(job.points_path, points_lps)
+        job.point_labels = list(point_labels)
+        write_markups_json(job.points_path, points_lps, job.point_labels)
     if labels is not None:
         job.segmentation_path = str(work / "segmentation.nrrd")
         job.segmentation_phase, job.target_phase = seg_phase, target
         job.segmentation_name = segmentation.GetName()
+        job.segments = segments
         sitk.WriteImage(labels, job.segmentation_path, True)
     return job
 
@@ -156,6 +268,9 @@ class FourDNodes:
     browser: object
     segmentation: object | None
     summary: dict
+    trajectories: object | None = None
+    points: object | None = None
+    source: object | None = None
 
     @property
     def seconds(self) -> float:
@@ -165,38 +280,110 @@ class FourDNodes:
         rows = self.summary["phases"]
         change = [r["volume_change_percent"] for r in rows]
         worst = max(r["folding_percent"] for r in rows)
-        return (f"{len(rows)} phases against phase {self.summary['reference']}: lung volume change "
+        reference = self.summary["names"][self.summary["reference"]] if self.summary.get("names") \
+            else f"phase {self.summary['reference']}"
+        return (f"{len(rows)} phases against {reference}: lung volume change "
                 f"{min(change):+.1f} % to {max(change):+.1f} %, folding at most {worst:.3f} %.")
 
 
-def _sequence(scene, name: str, source):
-    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName(name))
-    seq.SetIndexName("phase")
-    seq.SetIndexUnit("")
-    seq.SetIndexType(seq.NumericIndex)
+def earlier_outputs(scene, source) -> dict:
+    """The output nodes of an earlier registration of the Sequence ``source``, by role
+    (:data:`OUTPUT_ATTRIBUTE`); empty for a list of volumes."""
+    found = {}
+    if source is None:
+        return found
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        role = node.GetAttribute(OUTPUT_ATTRIBUTE)
+        if role and node.GetNodeReference(SOURCE_REFERENCE) is source and role not in found:
+            found[role] = node
+    return found
+
+
+def _output_node(scene, earlier: dict, role: str, cls: str, name: str, source):
+    node = earlier.get(role)
+    if node is None:
+        node = scene.AddNewNodeByClass(cls, scene.GenerateUniqueName(name))
+    node.SetAttribute(OUTPUT_ATTRIBUTE, role)
     if source is not None:
-        seq.SetNodeReferenceID(SOURCE_REFERENCE, source.GetID())
-    return seq
-
-
-def _phase_table(scene, name: str, rows: list[dict]):
-    import vtk
-
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
-    table = node.GetTable()
-    for key in rows[0]:
-        column = vtk.vtkStringArray() if key == "name" else vtk.vtkDoubleArray()
-        column.SetName(key)
-        for row in rows:
-            value = row.get(key) or "nan"  # a phase without an inverse field has no consistency error
-            column.InsertNextValue(str(row[key]) if key == "name" else float(value))
-        table.AddColumn(column)
-    node.Modified()
+        node.SetNodeReferenceID(SOURCE_REFERENCE, source.GetID())
     return node
 
 
+def _sequence(scene, earlier: dict, role: str, name: str, source, job: Job4D):
+    """An empty output Sequence indexed as the source (name, unit, type)."""
+    seq = _output_node(scene, earlier, role, "vtkMRMLSequenceNode", name, source)
+    seq.RemoveAllDataNodes()
+    seq.SetIndexName(job.index_name)
+    seq.SetIndexUnit(job.index_unit)
+    seq.SetIndexType(job.index_type)
+    return seq
+
+
+def _fill_table(node, rows: list[dict], text_columns=("name",)) -> None:
+    import vtk
+
+    table = node.GetTable()
+    table.Initialize()
+    for key in rows[0]:
+        text = key in text_columns
+        column = vtk.vtkStringArray() if text else vtk.vtkDoubleArray()
+        column.SetName(key)
+        for row in rows:
+            value = row.get(key)
+            if text:
+                column.InsertNextValue(str(value))
+            else:  # an empty cell (e.g. no inverse field for the reference phase) is NaN
+                column.InsertNextValue(float(value) if value not in (None, "") else float("nan"))
+        table.AddColumn(column)
+    node.Modified()
+
+
+def ventilation_color_node(scene):
+    """A colour table for ventilation maps over :data:`VENTILATION_RANGE`: blue where the
+    phase's lung is smaller than the reference's, red where it is larger, and transparent at
+    0 (outside the lungs), so that the map lies over the CT as a foreground layer."""
+    node = scene.GetFirstNodeByName(VENTILATION_COLORS)
+    if node is not None:
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", VENTILATION_COLORS)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    if needs_names_initialised(node):
+        node.SetNamesInitialised(True)
+    low, high = VENTILATION_RANGE
+    for i in range(256):
+        t = i / 255.0  # 0 .. 1 over the range
+        v = low + t * (high - low)
+        if t < 0.5:
+            rgb = (2 * t, 2 * t, 1.0)
+        else:
+            rgb = (1.0, 2 * (1 - t), 2 * (1 - t))
+        alpha = 0.0 if i in (127, 128) else 1.0  # the bins around 0
+        node.SetColor(i, f"{v:+.3f}", *rgb, alpha)
+    node.SetAttribute("Category", "ProgressiveRegistration")
+    return node
+
+
+def style_ventilation(volume) -> None:
+    """Show a ventilation volume with :func:`ventilation_color_node` over its fixed range."""
+    volume.CreateDefaultDisplayNodes()
+    display = volume.GetDisplayNode()
+    if display is None:
+        return
+    display.SetAndObserveColorNodeID(ventilation_color_node(volume.GetScene()).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*VENTILATION_RANGE)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def load_4d_results(scene, job: Job4D) -> FourDNodes:
-    """Turn a finished ``progreg register-4d`` output folder into nodes (see the module docstring)."""
+    """Turn a finished ``progreg register-4d`` output folder into nodes (see the module
+    docstring); the output nodes of an earlier run for the same Sequence are refilled."""
     import slicer
 
     out = Path(job.out_dir)
@@ -204,31 +391,83 @@ def load_4d_results(scene, job: Job4D) -> FourDNodes:
     if job.source_id and source is None:
         raise InputError("the phase sequence was removed from the scene during the registration")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    n = len(summary["phases"])
+    values = job.index_values or [str(k) for k in range(n)]
+    names = summary.get("names") or job.names
     base = source.GetName() if source is not None else "phases"
-    transforms = _sequence(scene, f"{base} transforms", source)
-    ventilation = _sequence(scene, f"{base} ventilation (Jacobian)", source)
-    ventilation_hu = _sequence(scene, f"{base} ventilation (HU)", source)
+    earlier = earlier_outputs(scene, source)
+    transforms = _sequence(scene, earlier, "transforms", f"{base} transforms", source, job)
+    ventilation = _sequence(scene, earlier, "ventilation", f"{base} ventilation (Jacobian)", source, job)
+    ventilation_hu = _sequence(scene, earlier, "ventilation_hu", f"{base} ventilation (HU)", source, job)
     transform_file = next(f for f in summary["files"] if f.startswith("phase_0/transform."))[len("phase_0/"):]
-    for k in range(len(summary["phases"])):
+    for k in range(n):
         folder = out / f"phase_{k}"
         transform = slicer.vtkMRMLGridTransformNode()
-        transform.SetName(f"{base} transform {k}")
+        transform.SetName(f"{base} transform {names[k]}")
         set_grid_transform(transform, read_displacement_field(folder / transform_file))
-        transforms.SetDataNodeAtValue(transform, str(k))
+        transforms.SetDataNodeAtValue(transform, values[k])
         for seq, name in ((ventilation, "ventilation_jacobian.nrrd"), (ventilation_hu, "ventilation_hu.nrrd")):
             volume = slicer.vtkMRMLScalarVolumeNode()
-            volume.SetName(f"{seq.GetName()} {k}")
+            volume.SetName(f"{seq.GetName()} {names[k]}")
             set_volume_from_image(volume, sitk.ReadImage(str(folder / name)))
-            seq.SetDataNodeAtValue(volume, str(k))
-    with open(out / "phases.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    table = _phase_table(scene, f"{base} phases", rows)
-    browser = _browser(scene, f"{base} registration", transforms, source, ventilation, ventilation_hu)
+            seq.SetDataNodeAtValue(volume, values[k])
+    table = _output_node(scene, earlier, "table", "vtkMRMLTableNode", f"{base} phases", source)
+    _fill_table(table, _read_csv(out / "phases.csv"))
+    trajectories = points = None
+    if (out / "trajectories.csv").exists():
+        trajectories, points = _trajectories(scene, earlier, _read_csv(out / "trajectories.csv"), base, source, job,
+                                             values)
+    synchronized = [s for s in (ventilation, ventilation_hu, points) if s is not None]
+    browser = _browser(scene, earlier, f"{base} registration", transforms, source, synchronized,
+                       [earlier[r] for r in ("points",) if r in earlier and points is None])
     segmentation = None
     if job.segmentation_path:
         labels = read_image(out / f"phase_{job.target_phase}" / "segmentation.nrrd")
-        segmentation = _segmentation_node(scene, labels, f"{job.segmentation_name} (phase {job.target_phase})")
-    return FourDNodes(transforms, ventilation, ventilation_hu, table, browser, segmentation, summary)
+        segmentation = _segmentation_node(scene, earlier, labels, f"{job.segmentation_name} ({names[job.target_phase]})",
+                                          job.segments, source)
+    return FourDNodes(transforms, ventilation, ventilation_hu, table, browser, segmentation, summary, trajectories,
+                      points, source)
+
+
+#: The trajectories table's columns: point label, phase name, RAS position and distance from the reference (mm).
+TRAJECTORY_COLUMNS = ("point", "phase", "R (mm)", "A (mm)", "S (mm)", "displacement (mm)")
+
+
+def _trajectories(scene, earlier: dict, rows: list[dict], base: str, source, job: Job4D, values: list[str]):
+    """``trajectories.csv`` (LPS) as a table (RAS) and as a Sequence of point lists, one per phase."""
+    import slicer
+
+    table = _output_node(scene, earlier, "trajectories", "vtkMRMLTableNode", f"{base} trajectories", source)
+    ras_rows = []
+    for r in rows:
+        ras = np.array([float(r["l"]), float(r["p"]), float(r["s"])]) @ LPS_TO_RAS
+        ras_rows.append(dict(zip(TRAJECTORY_COLUMNS, (r["label"], r["name"], *ras, float(r["displacement_mm"])))))
+    _fill_table(table, ras_rows, text_columns=("point", "phase"))
+    points = _sequence(scene, earlier, "points", f"{base} points", source, job)
+    for k, value in enumerate(values):
+        phase_rows = [r for r in rows if int(r["phase"]) == k]
+        node = slicer.vtkMRMLMarkupsFiducialNode()
+        node.SetName(f"{base} points {phase_rows[0]['name'] if phase_rows else k}")
+        for r in phase_rows:
+            ras = np.array([float(r["l"]), float(r["p"]), float(r["s"])]) @ LPS_TO_RAS
+            node.AddControlPoint(*(float(v) for v in ras), r["label"])
+        points.SetDataNodeAtValue(node, value)
+    return table, points
+
+
+def segmentations_logic(scene):
+    """Slicer's Segmentations logic (in Slicer its module's). On slicer-core the segment
+    representations are registered (in the converter factory, for good) by making one logic
+    with a scene, once: without them a segment cannot be added by ID."""
+    import slicer
+
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "segmentations"):
+        return modules.segmentations.logic()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.ConstructRepresentationObjectByRepresentation("Binary labelmap") is None:
+        slicer.vtkSlicerSegmentationsModuleLogic().SetMRMLScene(scene)
+    return slicer.vtkSlicerSegmentationsModuleLogic  # (the methods used here are static)
 
 
 def _sequences_logic(scene):
@@ -244,37 +483,56 @@ def _sequences_logic(scene):
     return logic
 
 
-def _browser(scene, name: str, transforms, source, *synchronized):
+def _browser(scene, earlier: dict, name: str, transforms, source, synchronized, stale=()):
     """A Sequence browser stepping through the phases' transforms and ``synchronized`` together,
-    with its proxy nodes (the transform and maps of the current phase). With a source Sequence,
-    the browser's own proxy of the current phase is placed under the current transform: the
-    phase shown aligned to the reference, phase after phase. The user's nodes are untouched."""
+    with its proxy nodes (the transform and maps of the current phase); ``stale``: earlier
+    outputs it no longer steps through. With a source Sequence, the browser's own proxy of the
+    current phase is placed under the current transform: the phase shown aligned to the
+    reference, phase after phase. The ventilation proxies get their colour map. The user's
+    nodes are untouched."""
     logic = _sequences_logic(scene)  # (registers the browser's node class with the scene)
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", scene.GenerateUniqueName(name))
+    browser = _output_node(scene, earlier, "browser", "vtkMRMLSequenceBrowserNode", name, source)
     browser.SetAndObserveMasterSequenceNodeID(transforms.GetID())
-    for seq in synchronized:
-        browser.AddSynchronizedSequenceNodeID(seq.GetID())
-    if source is not None:
-        browser.AddSynchronizedSequenceNodeID(source.GetID())
+    for seq in stale:
+        browser.RemoveSynchronizedSequenceNode(seq.GetID())
+    for seq in [*synchronized, *([source] if source is not None else [])]:
+        if not browser.IsSynchronizedSequenceNodeID(seq.GetID(), True):
+            browser.AddSynchronizedSequenceNodeID(seq.GetID())
     logic.UpdateProxyNodesFromSequences(browser)
     if source is not None:
         browser.GetProxyNode(source).SetAndObserveTransformNodeID(browser.GetProxyNode(transforms).GetID())
+    for seq in synchronized:
+        proxy = browser.GetProxyNode(seq)
+        if proxy is not None and proxy.IsA("vtkMRMLScalarVolumeNode"):
+            style_ventilation(proxy)
     return browser
 
 
-def _segmentation_node(scene, labels: sitk.Image, name: str):
-    """A segmentation node holding one segment per label of ``labels`` (LPS label map)."""
-    import slicer
+def _segmentation_node(scene, earlier: dict, labels: sitk.Image, name: str, segments: list, source):
+    """A segmentation node holding label ``i + 1`` of ``labels`` (LPS label map) as the segment
+    ``segments[i]`` (ID, name, colour), or one segment per label value without ``segments``
+    (a label map was given). The import's label map leaves the scene again."""
 
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("import"))
-    try:
+    logic = segmentations_logic(scene)
+    with _temporary_nodes(scene) as keep:
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("import"))
         set_volume_from_image(labelmap, labels)
-        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node):
+        node = _output_node(scene, earlier, "segmentation", "vtkMRMLSegmentationNode", name, source)
+        keep(node)
+        if source is not None and node is earlier.get("segmentation"):
+            node.SetName(name)
+        node.GetSegmentation().RemoveAllSegments()
+        if segments:
+            ok = logic.ImportLabelmapToSegmentationNode(labelmap, node, _string_array([s[0] for s in segments]))
+        else:
+            ok = logic.ImportLabelmapToSegmentationNode(labelmap, node)
+        if not ok:
             raise InputError(f"{name}: the label map could not be imported as segments")
+        for segment_id, segment_name, color in segments:
+            segment = node.GetSegmentation().GetSegment(segment_id)
+            segment.SetName(segment_name)
+            segment.SetColor(*color)
         return node
-    finally:
-        scene.RemoveNode(labelmap)
 
 
 def register_sequence_nodes(scene, source, reference: int = 0, points=None, segmentation=None,
@@ -297,7 +555,6 @@ def register_sequence_nodes(scene, source, reference: int = 0, points=None, segm
         return load_4d_results(scene, job)
 
 
-
 def sample_phase_sequence(scene, amplitudes_mm=(0.0, 5.0, 10.0, 15.0)):
     """A Sequence of the bundled CT (inhale, phase 0) and simulated exhales of it with the
     given diaphragm motions: a small 4DCT to try the module on."""
@@ -306,6 +563,7 @@ def sample_phase_sequence(scene, amplitudes_mm=(0.0, 5.0, 10.0, 15.0)):
     inhale = read_image(BUNDLED_SAMPLE)
     seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName("sample 4DCT"))
     seq.SetIndexName("phase")
+    seq.SetIndexUnit("")  # (a new Sequence's index is "time" in "s")
     seq.SetIndexType(seq.NumericIndex)
     for k, amplitude in enumerate(amplitudes_mm):
         image = inhale if amplitude == 0 else simulate(inhale, seed=k, amplitude_si_mm=amplitude,

@@ -1,24 +1,43 @@
 """What the library needs in Slicer's Python, checked package by package (standard library
 only: it runs before any of them is importable).
 
-Slicer bundles numpy, SimpleITK (and VTK): those are never installed. PyTorch comes from
-Slicer's PyTorch extension (``PyTorchUtils``, which picks the CPU or CUDA build); the
-rest from pip.
+Slicer bundles numpy, SimpleITK (and VTK): those are never installed, with one exception
+below. PyTorch comes from Slicer's PyTorch extension (``PyTorchUtils``, which picks the CPU
+or CUDA build); the rest from pip. numba is optional: without it the library runs the same
+computations in torch and ITK, slower.
+
+Versions are read from the installed distributions' metadata (``importlib.metadata``), never
+by importing the package: an imported torch stays loaded in the running Slicer, so a check
+that imports it would see the old version again after an upgrade, and the upgrade itself
+cannot replace a loaded library (PyTorch Utils upgrades it, then Slicer must restart).
+
+Intel macOS: PyTorch 2.2 is the last release with macOS x86_64 wheels (Slicer's macOS
+package is an x86_64 build, on Apple silicon too, under Rosetta 2), and it was built against
+numpy 1: with the numpy 2 of Slicer 5.10 and later, torch cannot exchange arrays with numpy.
+There, as SlicerTotalSegmentator does, numpy is brought below 2 before torch is first
+imported, and Slicer is restarted (:func:`numpy_requirement`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import platform
+import sys
 
-#: The oldest torch the library is tested with.
+#: The oldest torch the library is tested with (also the newest one for Intel macOS: 2.2.x).
 TORCH_MINIMUM = "2.2"
 
-#: (import name, pip requirement) of what Slicer does not bundle, besides torch.
+#: (import name, pip requirement) of what Slicer does not bundle and the library needs, besides torch.
 PIP_PACKAGES = (
     ("matplotlib", "matplotlib>=3.7"),
     ("yaml", "PyYAML>=6"),
-    ("numba", "numba>=0.59"),
     ("psutil", "psutil>=5"),
+)
+
+#: (import name, pip requirement) of what makes the library faster but is not needed (see ``core/jit.py``).
+OPTIONAL_PIP_PACKAGES = (
+    ("numba", "numba>=0.59"),
 )
 
 
@@ -31,9 +50,11 @@ def importable(name: str) -> bool:
         return False
 
 
-def missing_pip_packages() -> list[str]:
-    """pip requirements of the packages besides torch that cannot be imported."""
-    return [requirement for name, requirement in PIP_PACKAGES if not importable(name)]
+def missing_pip_packages(optional: bool = False) -> list[str]:
+    """pip requirements of the packages besides torch that cannot be imported: the needed ones,
+    or with ``optional`` the optional ones."""
+    packages = OPTIONAL_PIP_PACKAGES if optional else PIP_PACKAGES
+    return [requirement for name, requirement in packages if not importable(name)]
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -46,14 +67,51 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def torch_problem(minimum: str = TORCH_MINIMUM) -> str | None:
-    """None if a usable torch is importable, else why not (missing, broken or too old)."""
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (``"torch"``, ``"numpy"``), from its metadata;
+    None if it is not installed. Imports nothing."""
     try:
-        import torch
-    except ImportError:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def torch_problem(minimum: str = TORCH_MINIMUM, version: str | None = None) -> str | None:
+    """None if the installed torch is recent enough, else why not (missing or too old).
+
+    ``version``: the installed version (default: read from the package metadata, without
+    importing torch)."""
+    version = installed_version("torch") if version is None else version
+    if version is None:
         return "PyTorch is not installed"
-    except Exception as err:  # noqa: BLE001 - e.g. a DLL that fails to load
-        return f"PyTorch is installed but cannot be imported ({type(err).__name__}: {err})"
-    if _version_tuple(torch.__version__) < _version_tuple(minimum):
-        return f"PyTorch {torch.__version__} is older than the {minimum} this module needs"
+    if _version_tuple(version) < _version_tuple(minimum):
+        return (f"PyTorch {version} is older than the {minimum} this module needs: upgrade it in the PyTorch Utils "
+                f"module (version requirement '>={minimum}'), then restart Slicer")
     return None
+
+
+def torch_import_problem() -> str | None:
+    """None if torch imports, else why not (e.g. a DLL that fails to load). Imports torch:
+    call it only once :func:`torch_problem` is None."""
+    try:
+        importlib.import_module("torch")
+    except Exception as err:  # noqa: BLE001 - whatever stops the import is the user's problem to see
+        return f"PyTorch is installed but cannot be imported ({type(err).__name__}: {err})"
+    return None
+
+
+def numpy_requirement(system: str | None = None, machine: str | None = None,
+                      numpy_version: str | None = None) -> str | None:
+    """The pip requirement numpy must be brought to before torch is imported, or None.
+
+    ``"numpy<2"`` on Intel macOS (``system`` ``"darwin"``, ``machine`` ``"x86_64"``) while numpy
+    2 or later is installed (the module docstring says why); None everywhere else. The
+    arguments default to this interpreter's platform and the installed numpy."""
+    system = sys.platform if system is None else system
+    machine = platform.machine() if machine is None else machine
+    if system != "darwin" or machine != "x86_64":
+        return None
+    numpy_version = installed_version("numpy") if numpy_version is None else numpy_version
+    if numpy_version is None or _version_tuple(numpy_version) < (2,):
+        return None
+    return "numpy<2"
