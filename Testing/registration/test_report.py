@@ -100,7 +100,7 @@ def test_chromium_renders_the_report_to_png_and_pdf(registered, tmp_path):
     subprocess.run([CHROMIUM, *FLAGS, *profile, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", url],
                    capture_output=True, timeout=120, check=True)
     dom = subprocess.run([CHROMIUM, *FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+                         encoding="utf-8", errors="replace", timeout=120, check=True).stdout
     pixels = imread(png)
     assert pixels.shape[:2] == (2600, 1200) and pixels[..., :3].std() > 0.1  # not a blank page
     # The verdict badges are drawn in their colours (green PASS at least once).
