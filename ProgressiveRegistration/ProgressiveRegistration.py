@@ -435,8 +435,8 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     """
 
     POLL_MS = 300
-    _cuda = None  # whether torch sees a GPU, once known (one answer per Slicer session)
-    _optionalOffered = False  # optional packages are offered (and tried) once per session
+    _cuda = None  # whether torch sees a GPU, once known (one answer while Slicer runs)
+    _optionalOffered = False  # optional packages are offered (and tried) once while Slicer runs
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -517,7 +517,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         if optional and ProgressiveRegistrationLogic._optionalOffered:
             log.warning("optional Python packages not installed (the registration is slower without them): %s",
                         ", ".join(optional))
-            optional = []  # offered once per session
+            optional = []  # offered once while Slicer runs
         if missing or optional:
             if not install:
                 if missing:
@@ -572,11 +572,11 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
     def cudaAvailable(cls, probe=False):
         """Whether torch sees a GPU: True or False once known, None while torch has not been
         imported and ``probe`` is False (importing torch takes seconds, and a torch that is
-        too old is never imported: it could not be upgraded in this session)."""
+        too old is never imported: it could not be upgraded until Slicer restarts)."""
         if cls._cuda is None and (probe or "torch" in sys.modules):
             requirements = cls._lib("requirements")
             if requirements.torch_problem() or requirements.torch_import_problem():
-                return False  # (not remembered: torch may be installed later in this session)
+                return False  # (not remembered: torch may be installed later while Slicer runs)
             import torch
 
             cls._cuda = bool(torch.cuda.is_available())

@@ -210,13 +210,18 @@ def phase_label(index_value: str, index_unit: str = "", index_name: str = "") ->
     return f"{index_name.strip()} {value}".strip() if index_name else value
 
 
+def _dated_name(name: str) -> str:
+    """``name`` made safe for a file name, with the date and time: ``"<name> 2026-12-03 170112"``."""
+    safe = "".join(ch if ch.isalnum() or ch in " ._-" else "_" for ch in name).strip() or "registration"
+    return f"{safe} {time.strftime('%Y-%m-%d %H%M%S')}"
+
+
 def keep_results(out_dir: str | os.PathLike, destination: str | os.PathLike, name: str) -> Path:
     """Move a finished job's output folder to ``destination/<name> <date time>`` (a new
     folder, never an existing one) before its work folder is removed; returns the new path."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in " ._-" else "_" for ch in name).strip() or "registration"
-    stem = f"{safe} {time.strftime('%Y-%m-%d %H%M%S')}"
+    stem = _dated_name(name)
     target, n = destination / stem, 1
     while target.exists():
         n += 1
@@ -230,8 +235,7 @@ def keep_report(out_dir: str | os.PathLike, destination: str | os.PathLike, name
     file) before its work folder is removed; returns the new path."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in " ._-" else "_" for ch in name).strip() or "registration"
-    stem = f"{safe} {time.strftime('%Y-%m-%d %H%M%S')}"
+    stem = _dated_name(name)
     target, n = destination / f"{stem}.html", 1
     while target.exists():
         n += 1

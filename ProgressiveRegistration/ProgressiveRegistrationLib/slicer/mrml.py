@@ -246,17 +246,26 @@ def needs_names_initialised(color_node) -> bool:
     return not hasattr(color_node, "SetColorDefined")
 
 
-def jacobian_color_node(scene):
-    """A colour table for det J over [0, 2]: magenta at det <= 0 (folding), blue where the
-    tissue compresses, white at 1, red where it expands. Made once per scene."""
-    node = scene.GetFirstNodeByName(JACOBIAN_COLORS)
+def user_color_table(scene, name: str):
+    """(the scene's colour table ``name``, whether it was made now): a new one is a 256-colour
+    user table, ready for ``SetColor`` on every Slicer version, for the caller to fill."""
+    node = scene.GetFirstNodeByName(name)
     if node is not None:
-        return node
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", JACOBIAN_COLORS)
+        return node, False
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
     node.SetTypeToUser()
     node.SetNumberOfColors(256)
     if needs_names_initialised(node):
         node.SetNamesInitialised(True)
+    return node, True
+
+
+def jacobian_color_node(scene):
+    """A colour table for det J over [0, 2]: magenta at det <= 0 (folding), blue where the
+    tissue compresses, white at 1, red where it expands. Made once per scene."""
+    node, made = user_color_table(scene, JACOBIAN_COLORS)
+    if not made:
+        return node
     for i in range(256):
         v = 2.0 * i / 255.0
         if i == 0:
@@ -313,14 +322,9 @@ def set_quality_table(node, quality: dict) -> None:
 def quality_color_node(scene):
     """A colour table for the doubt map (1 − local NCC over [0, 1]): transparent where the images
     agree, through orange to bright yellow where they do not, so it lies over the CT."""
-    node = scene.GetFirstNodeByName(QUALITY_COLORS)
-    if node is not None:
+    node, made = user_color_table(scene, QUALITY_COLORS)
+    if not made:
         return node
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", QUALITY_COLORS)
-    node.SetTypeToUser()
-    node.SetNumberOfColors(256)
-    if needs_names_initialised(node):
-        node.SetNamesInitialised(True)
     for i in range(256):
         t = i / 255.0
         rgb = (min(1.0, 2.0 * t + 0.2), max(0.0, 2.0 * t - 0.6), max(0.0, 4.0 * t - 3.0))

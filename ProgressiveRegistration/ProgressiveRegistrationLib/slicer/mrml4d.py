@@ -54,9 +54,9 @@ from .mrml import (
     LPS_TO_RAS,
     image_from_volume_node,
     markups_lps,
-    needs_names_initialised,
     set_grid_transform,
     set_volume_from_image,
+    user_color_table,
 )
 
 #: Node reference from every output to the Sequence it was computed from.
@@ -343,14 +343,9 @@ def ventilation_color_node(scene):
     """A colour table for ventilation maps over :data:`VENTILATION_RANGE`: blue where the
     phase's lung is smaller than the reference's, red where it is larger, and transparent at
     0 (outside the lungs), so that the map lies over the CT as a foreground layer."""
-    node = scene.GetFirstNodeByName(VENTILATION_COLORS)
-    if node is not None:
+    node, made = user_color_table(scene, VENTILATION_COLORS)
+    if not made:
         return node
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", VENTILATION_COLORS)
-    node.SetTypeToUser()
-    node.SetNumberOfColors(256)
-    if needs_names_initialised(node):
-        node.SetNamesInitialised(True)
     low, high = VENTILATION_RANGE
     for i in range(256):
         t = i / 255.0  # 0 .. 1 over the range
