@@ -195,18 +195,23 @@ def run_elastix(paths, threads: int) -> tuple[float, dict, float]:
     return seconds, summary(tre_mm(pred, m)), summary(tre_mm(f, m))["mean"]
 
 
-def denser_exhale(seed: int = 0, percent: float = 5.0):
-    """The bundled CT and a simulated exhale of it whose lungs are also denser: lung HU moved
-    ``percent`` % toward soft tissue (40 HU), as air leaves them on exhale."""
+def denser(exhale: sitk.Image, percent: float = 5.0) -> sitk.Image:
+    """``exhale`` with its lungs denser: lung HU moved ``percent`` % toward soft tissue (40 HU),
+    as air leaves them on exhale."""
     from ProgressiveRegistrationLib.core.lungs import lung_mask
 
-    pair = simulate(sitk.ReadImage(str(SAMPLE)), seed=seed)
-    exhale = sitk.Cast(pair.exhale, sitk.sitkFloat32)
+    exhale = sitk.Cast(exhale, sitk.sitkFloat32)
     lungs = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.Cast(lung_mask(exhale), sitk.sitkFloat32), 2.0))
     hu = sitk.GetArrayFromImage(exhale)
-    denser = sitk.GetImageFromArray((hu + percent / 100.0 * lungs * (40.0 - hu)).astype(np.float32))
-    denser.CopyInformation(exhale)
-    return pair, denser
+    out = sitk.GetImageFromArray((hu + percent / 100.0 * lungs * (40.0 - hu)).astype(np.float32))
+    out.CopyInformation(exhale)
+    return out
+
+
+def denser_exhale(seed: int = 0, percent: float = 5.0):
+    """The bundled CT and a simulated exhale of it whose lungs are also denser (:func:`denser`)."""
+    pair = simulate(sitk.ReadImage(str(SAMPLE)), seed=seed)
+    return pair, denser(pair.exhale, percent)
 
 
 #: The clinical-size phantom: its seed, and the grids ((nx, ny, nz), spacing mm) of its two copies.
@@ -218,7 +223,8 @@ def clinical_pairs(which: tuple[str, ...] = tuple(CLINICAL_GRIDS)) -> list[dict]
     """Clinical-size breathing pairs of one phantom (both lungs, vessel bifurcations as
     landmarks): generated at 512×512×130 of 0.98×0.98×2 mm; the 1.37×1.37×2.5 mm copy is that
     image resampled (linear) onto a grid over the same extent, so that the anatomy is the
-    same. Each gets its own simulated exhale (15 mm diaphragm motion) with exact landmarks.
+    same. Each gets its own simulated exhale (15 mm diaphragm motion, lungs 5 % denser: :func:`denser`)
+    with exact landmarks.
     Dicts with name, fixed, moving, fixed_lps, moving_lps (LPS mm)."""
     from ProgressiveRegistrationLib.simulation.phantom import generate
 
@@ -242,62 +248,120 @@ def clinical_pairs(which: tuple[str, ...] = tuple(CLINICAL_GRIDS)) -> list[dict]
         pair = simulate(fixed, seed=CLINICAL_SEED, amplitude_si_mm=15.0, amplitude_ap_mm=5.0,
                         fixed_landmarks_lps=points)
         out.append({"name": f"phantom {'×'.join(map(str, size))} at {'×'.join(f'{s:g}' for s in spacing)} mm",
-                    "fixed": pair.inhale, "moving": pair.exhale, "fixed_lps": pair.fixed_points_lps,
+                    "fixed": pair.inhale, "moving": denser(pair.exhale), "fixed_lps": pair.fixed_points_lps,
                     "moving_lps": pair.moving_points_lps})
     return out
 
 
-def clinical_rows(which: tuple[str, ...]) -> list[dict]:
-    """The clinical-size pairs registered in-process (bundled model, default refinement, the
-    CPU): TRE, seconds and the refinement's per-level record."""
-    import torch
+def write_pair(p: dict, out: Path) -> tuple[Path, Path, Path, Path]:
+    """A pair of :func:`clinical_pairs` as files (NRRD images, Slicer markups landmarks)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "fixed.nrrd", out / "moving.nrrd", out / "fixed.mrk.json", out / "moving.mrk.json")
+    sitk.WriteImage(sitk.Cast(p["fixed"], sitk.sitkInt16), str(paths[0]), True)
+    sitk.WriteImage(sitk.Cast(p["moving"], sitk.sitkInt16), str(paths[1]), True)
+    write_markups_json(paths[2], p["fixed_lps"])
+    write_markups_json(paths[3], p["moving_lps"])
+    return paths
 
-    from ProgressiveRegistrationLib.model.modelfile import load_model
-    from ProgressiveRegistrationLib.registration.engine import register_images
-    from ProgressiveRegistrationLib.registration.refine import RefineConfig
 
-    model = load_model()
+def memory_bandwidth_gbs(threads: int) -> float:
+    """The machine's memory bandwidth (GB/s): the best of five STREAM-style triads
+    ``a = b + s·c`` over 3 × 200 MB of float32 with ``threads`` numba threads."""
+    import numba
+
+    @numba.njit(parallel=True)
+    def triad(a, b, c, s):
+        for i in numba.prange(a.shape[0]):
+            a[i] = b[i] + s * c[i]
+
+    n = 50_000_000
+    a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.ones(n, np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        triad(a, b, c, np.float32(2.0))
+        best = np.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            triad(a, b, c, np.float32(2.0))
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        numba.set_num_threads(before)
+    return 3 * a.nbytes / best / 1e9
+
+
+def clinical_rows(which: tuple[str, ...], threads: int, elastix: bool = True) -> list[dict]:
+    """The clinical-size pairs through the whole registration in a new process (as `progreg
+    register` runs: default settings, the bundled model, the CPU), elastix beside each in the
+    same run: TRE, seconds, and the refinement's per-level record."""
     rows = []
-    for p in clinical_pairs(which):
-        t0 = time.perf_counter()
-        r = register_images(p["fixed"], p["moving"], model, "cpu", p["fixed_lps"], p["moving_lps"], warp_moving=False,
-                            refinement=RefineConfig())
-        rows.append({"name": p["name"], "before": float(r.landmarks["before_mm"].mean()),
-                     "network": float(r.landmarks["network_mm"].mean()), "refined": float(r.landmarks["after_mm"].mean()),
-                     "n": len(p["fixed_lps"]), "folding": r.folding_percent, "seconds": r.seconds,
-                     "s": time.perf_counter() - t0, "levels": r.refinement, "threads": torch.get_num_threads()})
-        print(f"{p['name']}: {rows[-1]}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        for k, p in enumerate(clinical_pairs(which)):
+            paths = write_pair(p, Path(d) / f"case{k}")
+            s, wall, peak = run_ours(paths, Path(d) / f"case{k}" / "ours", threads)
+            row = {"name": p["name"], "n": len(p["fixed_lps"]), "before": s["tre_before_mm"]["mean"],
+                   "network": s["tre_network_mm"]["mean"], "refined": s["tre_after_mm"]["mean"],
+                   "refined_max": s["tre_after_mm"]["max"], "folding": s["folding_percent"], "seconds": s["seconds"],
+                   "registration": sum(v for key, v in s["seconds"].items() if key != "write"), "wall": wall,
+                   "peak": peak, "levels": s["refinement"]["levels"]}
+            if elastix:
+                row["elastix_s"], tre, _ = run_elastix(paths, threads)
+                row["elastix"], row["elastix_max"] = tre["mean"], tre["max"]
+            rows.append(row)
+            print(f"{p['name']}: {row}", file=sys.stderr, flush=True)
     return rows
 
 
-def clinical_table(rows: list[dict]) -> list[str]:
-    """Markdown: per pair its TRE and seconds, then per refinement level grid, seconds, ns/(voxel·iteration)."""
+def clinical_table(rows: list[dict], threads: int) -> list[str]:
+    """Markdown: per pair its TRE and seconds against elastix, then per refinement level its
+    grid, seconds, ns per voxel and iteration, and at the finest level the bytes an iteration
+    moves against the machine's memory bandwidth."""
+    from ProgressiveRegistrationLib.registration.fused import BYTES_PER_VOXEL
+
+    bandwidth = memory_bandwidth_gbs(threads)
     lines = [
-        "## Clinical-size pairs without patient data (in-process, the bundled model, default refinement)",
+        "## Clinical-size pairs without patient data (whole `progreg register`, elastix beside each)",
         "",
         "A phantom (simulation/phantom.py, both lungs; seed "
-        f"{CLINICAL_SEED}) and its simulated exhale (15 mm diaphragm motion), landmarks at its vessel bifurcations.",
+        f"{CLINICAL_SEED}) and its simulated exhale (15 mm diaphragm motion, lungs denser on exhale), landmarks at "
+        "its vessel bifurcations. Ours: default settings (network + refinement), a new process per pair as "
+        "`progreg register` runs it. elastix: the B-spline set above, on the same files.",
         "",
-        "| pair | landmarks | TRE before (mm) | network alone (mm) | refined (mm) | folding (%) | network, s | "
-        "refinement, s | registration, s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pair | landmarks | TRE before (mm) | network alone (mm) | ours: refined (mm) | elastix (mm) | "
+        "folding (%) | refinement, s | ours: registration, s | ours: process wall, s | elastix, s | "
+        "elastix / ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['name']} | {r['n']} | {r['before']:.2f} | {r['network']:.2f} | {r['refined']:.2f} | "
-              f"{r['folding']:.3f} | {r['seconds']['network']:.2f} | {r['seconds']['refine']:.2f} | {r['s']:.2f} |"
-              for r in rows]
-    lines += ["", "| pair | level | spacing (mm) | grid | iterations | seconds (incl. setup) | setup, s | "
-                  "ns / (voxel · iteration) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        el = r.get("elastix_s")
+        lines.append(
+            f"| {r['name']} | {r['n']} | {r['before']:.2f} | {r['network']:.2f} | {r['refined']:.2f} "
+            f"(max {r['refined_max']:.2f}) | "
+            + (f"{r['elastix']:.2f} (max {r['elastix_max']:.2f})" if el else "not run") + " | "
+            f"{r['folding']:.4f} | {r['seconds']['refine']:.2f} | {r['registration']:.2f} | {r['wall']:.2f} | "
+            + (f"{el:.1f} | **{el / r['registration']:.1f}×** |" if el else " | |"))
+    lines += ["", "elastix / ours: elastix's registration time over ours (all stages but writing).", "",
+              "| pair | level | spacing (mm) | grid | iterations | seconds (incl. setup) | setup, s | "
+              "ns / (voxel · iteration) | MB moved / iteration | at the bandwidth, ms | measured, ms | "
+              "measured / floor |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for k, lv in enumerate(r["levels"]):
             if not lv.get("iterations"):
-                lines.append(f"| {r['name']} | {k + 1} | skipped: {lv.get('skipped', 'no iterations')} | | | | | |")
+                lines.append(f"| {r['name']} | {k + 1} | skipped: {lv.get('skipped', 'no iterations')} "
+                             "| | | | | | | | | |")
                 continue
             voxels = int(np.prod(lv["size"]))
-            per = 1e9 * (lv["seconds"] - lv["setup_seconds"]) / (voxels * lv["iterations"])
+            per_iteration = (lv["seconds"] - lv["setup_seconds"]) / lv["iterations"]
+            moved = BYTES_PER_VOXEL * voxels
+            floor = moved / (bandwidth * 1e9)
             lines.append(f"| {r['name']} | {k + 1} | {'×'.join(f'{s:g}' for s in lv['spacing_mm'])} | "
                          f"{'×'.join(map(str, lv['size']))} | {lv['iterations']} | {lv['seconds']:.2f} | "
-                         f"{lv['setup_seconds']:.2f} | {per:.0f} |")
-    lines += ["", "ns / (voxel · iteration): the level's seconds less its setup, per grid voxel and Adam iteration."]
+                         f"{lv['setup_seconds']:.2f} | {1e9 * per_iteration / voxels:.0f} | {moved / 1e6:.0f} | "
+                         f"{1e3 * floor:.1f} | {1e3 * per_iteration:.1f} | {per_iteration / floor:.1f}× |")
+    lines += ["", "ns / (voxel · iteration): the level's seconds less its setup, per grid voxel and Adam iteration "
+                  "(the end-of-level NCC² evaluation included). MB moved: "
+                  f"{BYTES_PER_VOXEL} bytes per voxel (`registration/fused.py`, BYTES_PER_VOXEL). The bandwidth: "
+                  f"{bandwidth:.1f} GB/s, a STREAM-style triad on {threads} threads in the same run."]
     return lines
 
 
@@ -349,7 +413,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     which = tuple(args.clinical_case or CLINICAL_GRIDS)
     if args.clinical_only:
-        print("\n".join(clinical_table(clinical_rows(which))))
+        print("\n".join(clinical_table(clinical_rows(which, args.threads, not args.skip_elastix), args.threads)))
         return 0
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -362,7 +426,7 @@ def main() -> int:
         s128, _, peak128 = run_ours(paths, d / "paper", args.threads, paper, refine=False)
         el = None if args.skip_elastix else run_elastix(paths, args.threads)
     pairs = None if args.skip_pairs else other_pairs()
-    clinical = None if args.skip_clinical else clinical_rows(which)
+    clinical = None if args.skip_clinical else clinical_rows(which, args.threads, not args.skip_elastix)
 
     def total(stages: dict) -> float:
         """Seconds of all stages but writing: the registration itself."""
@@ -439,7 +503,7 @@ def main() -> int:
                           f"{ratios.min():.2f}–{ratios.max():.2f} (target ≤ 0.5 on every pair); "
                           f"largest folding {max(p['folding'] for p in phantoms):.3f} %."]
     if clinical:
-        lines += ["", *clinical_table(clinical)]
+        lines += ["", *clinical_table(clinical, args.threads)]
     flags = "".join(f" {f}" for f, on in (("--skip-elastix", args.skip_elastix), ("--skip-pairs", args.skip_pairs),
                                           ("--skip-clinical", args.skip_clinical)) if on)
     flags += "".join(f" --clinical-case {c}" for c in args.clinical_case or ())

@@ -25,10 +25,10 @@ and is found by Adam on
 Deterministic for a given input: fixed iteration counts, no random sampling, and kernels
 without atomics (the moving image needs no gradient, so ``grid_sample``'s backward has no
 scattered sums either). Every level's tensors live on the chosen torch device. On the CPU
-the moving image is sampled by one compiled pass (numba) that gives the values and their
-spatial gradient together; on any other device, or without numba, torch's ``grid_sample``
-(on the CPU slab by slab as a batch, which is how its 3D sampler uses more than one core)
-gives the same numbers to float rounding.
+with numba, each iteration is three compiled passes (:mod:`.fused`); on any other device,
+or without numba, it is device-generic torch (``grid_sample`` for the warp, on the CPU slab
+by slab as a batch, which is how its 3D sampler uses more than one core, and autograd for
+the rest): the same numbers to float rounding.
 
 Arrays are ``[k, j, i]``; vectors ``(x, y, z)`` = LPS.
 """
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..core import fields
 from ..core.errors import InputError
 from ..core.grid import Grid
-from ..core.jit import numba, prange
+from . import fused
 
 
 @dataclass(frozen=True)
@@ -326,78 +326,11 @@ def _grid_sample(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch
     return out.reshape(slabs * size, *out.shape[3:])[:n]
 
 
-def _sample_kernel(vol, q, out, grad):
-    """``out = vol(q)`` trilinear with positions clamped to the volume (grid_sample's
-    'border', align_corners=True), and ``grad = ∂out/∂q`` (0 along a clamped axis)."""
-    nk, nj, ni = vol.shape
-    for d in prange(out.shape[0]):
-        for h in range(out.shape[1]):
-            for w in range(out.shape[2]):
-                x, y, z = q[d, h, w, 0], q[d, h, w, 1], q[d, h, w, 2]
-                inside_x = 0.0 < x < ni - 1  # torch counts the border itself as outside
-                inside_y = 0.0 < y < nj - 1
-                inside_z = 0.0 < z < nk - 1
-                x = min(max(x, 0.0), ni - 1.0)
-                y = min(max(y, 0.0), nj - 1.0)
-                z = min(max(z, 0.0), nk - 1.0)
-                i0 = min(int(x), max(ni - 2, 0))
-                j0 = min(int(y), max(nj - 2, 0))
-                k0 = min(int(z), max(nk - 2, 0))
-                i1, j1, k1 = min(i0 + 1, ni - 1), min(j0 + 1, nj - 1), min(k0 + 1, nk - 1)
-                fx, fy, fz = x - i0, y - j0, z - k0
-                c000, c001 = vol[k0, j0, i0], vol[k0, j0, i1]
-                c010, c011 = vol[k0, j1, i0], vol[k0, j1, i1]
-                c100, c101 = vol[k1, j0, i0], vol[k1, j0, i1]
-                c110, c111 = vol[k1, j1, i0], vol[k1, j1, i1]
-                # Weighted sums, not a + (b − a)·f: exact at the voxels themselves (f = 0 or 1).
-                a00 = c000 * (1 - fx) + c001 * fx
-                a01 = c010 * (1 - fx) + c011 * fx
-                a10 = c100 * (1 - fx) + c101 * fx
-                a11 = c110 * (1 - fx) + c111 * fx
-                b0 = a00 * (1 - fy) + a01 * fy
-                b1 = a10 * (1 - fy) + a11 * fy
-                out[d, h, w] = b0 * (1 - fz) + b1 * fz
-                gx = (((c001 - c000) * (1 - fy) + (c011 - c010) * fy) * (1 - fz)
-                      + ((c101 - c100) * (1 - fy) + (c111 - c110) * fy) * fz)
-                gy = (a01 - a00) * (1 - fz) + (a11 - a10) * fz
-                grad[d, h, w, 0] = gx if inside_x else 0.0
-                grad[d, h, w, 1] = gy if inside_y else 0.0
-                grad[d, h, w, 2] = (b1 - b0) if inside_z else 0.0
-
-
-if numba is not None:
-    _sample_kernel = numba.njit(parallel=True, cache=True, fastmath=False)(_sample_kernel)
-
-
-class Sample(torch.autograd.Function):
-    """``volume(q)`` (trilinear, border) at ``(D, H, W, 3)`` voxel positions, differentiable in
-    ``q``: one compiled pass gives the values and their spatial gradient, so the backward
-    is a product (torch's sampler searches every cell again, and on one core). CPU tensors
-    only."""
-
-    @staticmethod
-    def forward(ctx, volume, q_vox):
-        out = torch.empty(q_vox.shape[:3], dtype=volume.dtype)
-        grad = torch.empty(q_vox.shape, dtype=volume.dtype)
-        _sample_kernel(volume.numpy(), q_vox.detach().contiguous().numpy(), out.numpy(), grad.numpy())
-        ctx.save_for_backward(grad)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        return None, grad * grad_out[..., None]
-
-
 def sample_moving(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch.Tensor:
-    """The warped image ``volume(q)``: ``(D, H, W)`` volume, ``(D', H', W', 3)`` voxel positions
-    ``(x, y, z)``, both on one device. Compiled (:class:`Sample`) for float32 CPU tensors when
-    numba is there; else torch's ``grid_sample`` (``slabs`` batch entries; 1 off the CPU,
-    where one call already fills the device)."""
-    on_cpu = volume.device.type == "cpu"
-    if numba is not None and on_cpu and volume.dtype == q_vox.dtype == torch.float32:
-        return Sample.apply(volume, q_vox)
-    return _grid_sample(volume, q_vox, slabs if on_cpu else 1)
+    """The warped image ``volume(q)`` on the torch path: ``(D, H, W)`` volume, ``(D', H', W', 3)``
+    voxel positions ``(x, y, z)``, both on one device; ``slabs`` batch entries on the CPU, one
+    elsewhere (where one call already fills the device)."""
+    return _grid_sample(volume, q_vox, slabs if volume.device.type == "cpu" else 1)
 
 
 class Adam:
@@ -432,16 +365,18 @@ class _Level:
     fixed: torch.Tensor  # (D, H, W) in [0, 1]
     moving: torch.Tensor  # (D', H', W') in [0, 1], the whole moving image at this spacing
     weight: torch.Tensor  # (D, H, W): body mask / its voxel count
-    base_vox: torch.Tensor  # (D, H, W, 3): x + d_net(x) in voxels (x, y, z) of `moving`
+    base_vox: torch.Tensor | None  # (D, H, W, 3): x + d_net(x) in voxels (x, y, z) of `moving`; torch path only
     mm_to_vox: torch.Tensor  # (3,) if axis-aligned (a scale per axis), else (3, 3)
+    lps_to_moving_vox: np.ndarray  # (3, 4) LPS mm -> voxels (x, y, z) of `moving`
     d_net: torch.Tensor  # (D, H, W, 3) the network's displacement on `grid`, mm
     fixed_sums: tuple[torch.Tensor, torch.Tensor]
     count: torch.Tensor
 
 
 def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray, spacing: float,
-           config: RefineConfig, network_disp, body_mask, device: torch.device) -> _Level:
-    """The level at ``spacing`` mm: images shrunk on the CPU (ITK), every tensor on ``device``."""
+           config: RefineConfig, network_disp, body_mask, device: torch.device, compiled: bool = False) -> _Level:
+    """The level at ``spacing`` mm: images shrunk on the CPU (ITK), every tensor on ``device``;
+    ``compiled``: for :func:`_adam_compiled`, which computes the sample positions itself."""
     f_small = _normalised(fixed, spacing, config.hu_range)
     m_small = _normalised(moving, spacing, config.hu_range)
     grid, cut = sub_grid(Grid.from_image(f_small), lo, hi)
@@ -454,15 +389,17 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     mask = tensor(body_mask(grid)).to(torch.float32)
     to_vox = Grid.from_image(m_small).lps_to_index[:3]
     d_net = tensor(network_disp(grid), np.float32)
-    x = grid_points(grid, grid.index_to_lps, device) + d_net
-    to_vox_t = torch.as_tensor(to_vox, dtype=torch.float64, device=device)
-    base = (x @ to_vox_t[:, :3].T + to_vox_t[:, 3]).to(torch.float32)
+    base = None
+    if not compiled:
+        x = grid_points(grid, grid.index_to_lps, device) + d_net
+        to_vox_t = torch.as_tensor(to_vox, dtype=torch.float64, device=device)
+        base = (x @ to_vox_t[:, :3].T + to_vox_t[:, 3]).to(torch.float32)
     lin = to_vox[:, :3]
     diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())
     mm_to_vox = torch.tensor(np.diag(lin) if diagonal else lin, dtype=torch.float32, device=device)
     fixed_sums, count = window_sums(f, config.radius_vox)
     mask = mask * informative(fixed_sums, count, config.eps)
-    return _Level(grid, f, m, mask / mask.sum().clamp_min(1.0), base, mm_to_vox, d_net, fixed_sums, count)
+    return _Level(grid, f, m, mask / mask.sum().clamp_min(1.0), base, mm_to_vox, to_vox, d_net, fixed_sums, count)
 
 
 def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -508,34 +445,74 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
             continue
         factors = shrink_factors(fixed, spacing), shrink_factors(moving, spacing)
         t0 = time.perf_counter()
-        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device)
+        compiled = fused.available() and device.type == "cpu"
+        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device, compiled)
         t_setup = time.perf_counter() - t0
         v0 = resample_field(v, grid, lv.grid) if v is not None else torch.zeros((*lv.grid.shape_zyx, 3), device=device)
         grid = lv.grid
-        params = v0.requires_grad_(True)
-        # The loss summed (not averaged) over the grid puts a voxel's gradient at O(1); Adam's
-        # eps then is a floor below which a gradient is float rounding, not signal (Adam
-        # would otherwise scale rounding noise up to full steps and move identical images).
-        scale = float(params[..., 0].numel())
-        adam = Adam(params, config.learning_rate_mm, config.gradient_floor)
+
+        def tick(it: int, similarity: float, level=level, spacing=spacing, iterations=iterations, done=done) -> None:
+            if (it + 1) % max(1, iterations // 10) == 0 or it + 1 == iterations:
+                report((done + it + 1) / total, f"refining: level {level + 1}/{len(config.levels_mm)} "
+                                                f"({spacing:g} mm), iteration {it + 1}/{iterations}, NCC² {similarity:.3f}")
+
+        optimise = _adam_compiled if compiled else _adam_torch
+        v, start, end = optimise(lv, v0, config, iterations, slabs, tick)
+        done += iterations
         with torch.no_grad():
-            start = float(_objective(lv, params, config, slabs)[0])
-        every = max(1, iterations // 10)
-        for it in range(iterations):
-            params.grad = None
-            similarity, smooth = _objective(lv, params, config, slabs)
-            (scale * (config.smoothness * smooth - similarity)).backward()
-            adam.step()
-            done += 1
-            if (it + 1) % every == 0 or it + 1 == iterations:
-                report(done / total, f"refining: level {level + 1}/{len(config.levels_mm)} ({spacing:g} mm), "
-                                     f"iteration {it + 1}/{iterations}, NCC² {similarity.item():.3f}")
-        v = params.detach()
-        with torch.no_grad():
-            end, smooth = (float(t) for t in _objective(lv, v, config, slabs))
+            smooth = float(diffusion(lv.d_net + v, lv.grid.spacing_mm))
         record.append({"spacing_mm": [round(s, 3) for s in grid.spacing_mm], "size": list(grid.size),
                        "iterations": int(iterations), "ncc2_before": round(start, 4), "ncc2_after": round(end, 4),
                        "diffusion": round(smooth, 6), "seconds": round(time.perf_counter() - t0, 3),
                        "setup_seconds": round(t_setup, 3)})
         del lv
     return Refinement(v.cpu(), grid, record)
+
+
+def _loss_scale(v_mm: torch.Tensor) -> float:
+    """The loss is summed (not averaged) over the grid, which puts a voxel's gradient at O(1);
+    Adam's eps then is a floor below which a gradient is float rounding, not signal (Adam
+    would otherwise scale rounding noise up to full steps and move identical images)."""
+    return float(v_mm[..., 0].numel())
+
+
+def _adam_torch(lv: _Level, v0: torch.Tensor, config: RefineConfig, iterations: int, slabs: int,
+                tick: Callable[[int, float], None]) -> tuple[torch.Tensor, float, float]:
+    """The device-generic path: ``iterations`` Adam steps on ``v`` from ``v0`` with autograd.
+    Returns (v, NCC² before, NCC² after)."""
+    params = v0.clone().requires_grad_(True)
+    scale = _loss_scale(params)
+    adam = Adam(params, config.learning_rate_mm, config.gradient_floor)
+    start = None
+    for it in range(iterations):
+        params.grad = None
+        similarity, smooth = _objective(lv, params, config, slabs)
+        (scale * (config.smoothness * smooth - similarity)).backward()
+        adam.step()
+        start = similarity.item() if start is None else start
+        tick(it, similarity.item())
+    v = params.detach()
+    with torch.no_grad():
+        end = float(_objective(lv, v, config, slabs)[0])
+    return v, (end if start is None else start), end
+
+
+def _adam_compiled(lv: _Level, v0: torch.Tensor, config: RefineConfig, iterations: int, slabs: int,
+                   tick: Callable[[int, float], None]) -> tuple[torch.Tensor, float, float]:
+    """The same steps as :func:`_adam_torch`, each three compiled passes (:mod:`.fused`) on
+    the total displacement ``d_net + v``; CPU tensors."""
+    index_to_moving = lv.lps_to_moving_vox @ lv.grid.index_to_lps
+    u0 = (lv.d_net + v0).permute(3, 0, 1, 2).contiguous().numpy()
+    opt = fused.FusedAdam(lv.fixed.numpy(), lv.moving.numpy(), index_to_moving, lv.lps_to_moving_vox[:, :3],
+                          fused.window_statistics(lv.fixed.numpy(), lv.weight.numpy(), config.radius_vox, slabs), u0,
+                          lv.grid.spacing_mm,
+                          radius=config.radius_vox, eps_variance=config.eps, scale=_loss_scale(v0),
+                          smoothness=config.smoothness, lr=config.learning_rate_mm, eps=config.gradient_floor,
+                          threads=slabs)
+    start = None
+    for it in range(iterations):
+        similarity = opt.step()
+        start = similarity if start is None else start
+        tick(it, similarity)
+    end = opt.similarity()
+    return torch.from_numpy(opt.u).permute(1, 2, 3, 0) - lv.d_net, (end if start is None else start), end

@@ -1,0 +1,423 @@
+"""The refinement's Adam iteration on the CPU as three compiled passes over the level's grid.
+
+On the torch path (:mod:`.refine`) one iteration — warp the moving image, local NCC² with
+its closed-form gradient (:class:`.refine.LocalNCC2`), the diffusion term, Adam's update —
+is some sixty passes over the level's grid, each reading and writing whole arrays, and the
+cost per voxel grows once those arrays outgrow the caches. Here it is three passes, each
+parallel over the grid's k-slices, each slice's box sums along i and j taken while the
+slice is in cache:
+
+1. *warp*: ``q = P·(i, j, k, 1) + M·u`` (voxels of the moving image), ``J = moving(q)``
+   trilinear with its gradient, ``∂J/∂u = Mᵀ·∂J/∂q``; the products ``(J, J², I·J)``
+   box-summed along i and j;
+2. *windows*: those sums finished along k; per window ``A, B, C``, ``NCC²`` and the terms
+   of its gradient ``(α, α·μ_I, γ, γ·μ_J)``, box-summed along i and j;
+3. *update*: the terms' sums finished along k; ``∂L/∂u`` (similarity and diffusion) and
+   Adam's step, written to the second of two buffers (the diffusion term reads the
+   neighbours' values from before the step).
+
+The optimised variable is the total displacement ``u = d_net + v`` (LPS mm): the diffusion
+term is of ``u`` (see :func:`.refine._objective`), and Adam's step depends on the gradient
+only, so optimising ``u`` from ``d_net + v₀`` takes the steps that optimising ``v`` takes.
+``M`` maps mm to moving voxels and ``P`` fixed-grid indices to moving voxels, so no array
+of sample positions is read.
+
+The numbers are the torch path's to float rounding (the box sums are taken in another
+order), and the same for every thread count: no sum is shared between threads, the loss
+is summed per slice and then in slice order. Every buffer is made once per level: nothing
+is allocated inside the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ..core.jit import numba, prange
+
+#: Bytes each iteration must move per grid voxel between memory and the cores, float32:
+#: pass 1 reads ``u`` (12), ``I`` (4) and about one moving voxel (4), writes the i,j-sums of
+#: the three products (12), ``J`` (4) and ``∂J/∂u`` (12); pass 2 reads the products' sums
+#: (12) and the fixed window statistics (16: count, ΣI, B, weight), writes the i,j-sums of
+#: the four terms (16); pass 3 reads those (16), ``I``, ``J``, ``∂J/∂u`` (20), ``u`` and
+#: Adam's two moments (36) and writes them (36). Neighbours along k come from the caches.
+BYTES_PER_VOXEL = (12 + 4 + 4 + 12 + 4 + 12) + (12 + 16 + 16) + (16 + 20 + 36 + 36)
+
+
+def available() -> bool:
+    """Whether the compiled iteration can run (numba present and not switched off)."""
+    return numba is not None
+
+
+def _jit(function):
+    return numba.njit(parallel=True, cache=True, fastmath=False)(function) if numba is not None else function
+
+
+def _njit(function):
+    return numba.njit(cache=True, fastmath=False)(function) if numba is not None else function
+
+
+def _thread_id():
+    return 0
+
+
+if numba is not None:
+    _thread_id = numba.get_thread_id  # noqa: F811
+
+
+# --- box sums within a slice ------------------------------------------------------------------
+# One channel at a time, as adds of shifted contiguous views: written so, each add is a loop
+# over two distinct views at one index, which compiles to vector instructions (with the
+# offset inside the loop it would not: the compiler cannot rule out the overlap). The adds
+# follow refine.box_sum's order (the centre, then the pairs at ±1, ±2, …).
+
+@_njit
+def _box_rows(src, dst, r):
+    """``dst[j, i] = Σ_{|t|≤r} src[j, i + t]`` for ``(H, W)`` arrays, zero outside."""
+    n_j, n_i = src.shape
+    for j in range(n_j):
+        s, d = src[j], dst[j]
+        for i in range(n_i):
+            d[i] = s[i]
+        for t in range(1, min(r, n_i - 1) + 1):
+            ahead, behind = d[t:], s[:n_i - t]
+            for i in range(n_i - t):
+                ahead[i] += behind[i]
+            ahead, behind = d[:n_i - t], s[t:]
+            for i in range(n_i - t):
+                ahead[i] += behind[i]
+
+
+@_njit
+def _box_columns(src, dst, r):
+    """``dst[j, i] = Σ_{|t|≤r} src[j + t, i]`` for C-contiguous ``(H, W)`` arrays, zero outside."""
+    n_j, n_i = src.shape
+    m = n_j * n_i
+    s, d = src.reshape(m), dst.reshape(m)
+    for e in range(m):
+        d[e] = s[e]
+    for t in range(1, min(r, n_j - 1) + 1):
+        off = t * n_i
+        ahead, behind = d[off:], s[:m - off]
+        for e in range(m - off):
+            ahead[e] += behind[e]
+        ahead, behind = d[:m - off], s[off:]
+        for e in range(m - off):
+            ahead[e] += behind[e]
+
+
+@_njit
+def _sum_slices(src, k, r, dst):
+    """``dst = Σ_{|t|≤r} src[k + t]`` for a C-contiguous ``(D, H, W)`` array, zero outside."""
+    n_k, n_j, n_i = src.shape
+    m = n_j * n_i
+    d = dst.reshape(m)
+    centre = src[k].reshape(m)
+    for e in range(m):
+        d[e] = centre[e]
+    for t in range(1, r + 1):
+        if k - t >= 0:
+            other = src[k - t].reshape(m)
+            for e in range(m):
+                d[e] += other[e]
+        if k + t < n_k:
+            other = src[k + t].reshape(m)
+            for e in range(m):
+                d[e] += other[e]
+
+
+@_njit
+def _box_slice(src, tmp, dst, r):
+    """``dst`` = the i,j box sums of the ``(H, W)`` slice ``src`` (``tmp``: a buffer of its shape)."""
+    _box_rows(src, tmp, r)
+    _box_columns(tmp, dst, r)
+
+
+# --- the three passes ---------------------------------------------------------------------------
+
+@_jit
+def _warp_pass(moving, index_to_moving, mm_to_vox, fixed, u, r, warped, dj_du, products, scratch):
+    """Pass 1: ``warped = moving(q)``, ``dj_du = Mᵀ ∂J/∂q`` (``(3, D, H, W)``), ``products`` =
+    i,j-sums of ``(J, J², I·J)`` (``(3, D, H, W)``). Trilinear with positions clamped to the
+    volume (grid_sample's 'border', align_corners=True): its gradient is 0 along a clamped axis."""
+    nk, nj, ni = moving.shape
+    n_k, n_j, n_i = fixed.shape
+    p, m = index_to_moving, mm_to_vox
+    zero, one = np.float32(0.0), np.float32(1.0)
+    top_x, top_y, top_z = np.float32(ni - 1), np.float32(nj - 1), np.float32(nk - 1)
+    for k in prange(n_k):
+        buf = scratch[_thread_id()]
+        for j in range(n_j):
+            # The part of the sample positions that does not depend on u, in float64 (indices
+            # of several hundred voxels would lose their fractions in float32), then float32.
+            x0 = p[0, 1] * j + p[0, 2] * k + p[0, 3]
+            y0 = p[1, 1] * j + p[1, 2] * k + p[1, 3]
+            z0 = p[2, 1] * j + p[2, 2] * k + p[2, 3]
+            for i in range(n_i):
+                u0, u1, u2 = u[0, k, j, i], u[1, k, j, i], u[2, k, j, i]
+                x = np.float32(x0 + p[0, 0] * i) + (m[0, 0] * u0 + m[0, 1] * u1 + m[0, 2] * u2)
+                y = np.float32(y0 + p[1, 0] * i) + (m[1, 0] * u0 + m[1, 1] * u1 + m[1, 2] * u2)
+                z = np.float32(z0 + p[2, 0] * i) + (m[2, 0] * u0 + m[2, 1] * u1 + m[2, 2] * u2)
+                inside_x = zero < x < top_x  # torch counts the border itself as outside
+                inside_y = zero < y < top_y
+                inside_z = zero < z < top_z
+                x = min(max(x, zero), top_x)
+                y = min(max(y, zero), top_y)
+                z = min(max(z, zero), top_z)
+                i0 = min(int(x), max(ni - 2, 0))
+                j0 = min(int(y), max(nj - 2, 0))
+                k0 = min(int(z), max(nk - 2, 0))
+                i1, j1, k1 = min(i0 + 1, ni - 1), min(j0 + 1, nj - 1), min(k0 + 1, nk - 1)
+                fx, fy, fz = x - np.float32(i0), y - np.float32(j0), z - np.float32(k0)
+                gx_, gy_, gz_ = one - fx, one - fy, one - fz
+                c000, c001 = moving[k0, j0, i0], moving[k0, j0, i1]
+                c010, c011 = moving[k0, j1, i0], moving[k0, j1, i1]
+                c100, c101 = moving[k1, j0, i0], moving[k1, j0, i1]
+                c110, c111 = moving[k1, j1, i0], moving[k1, j1, i1]
+                # Weighted sums, not a + (b − a)·f: exact at the voxels themselves (f = 0 or 1).
+                a00 = c000 * gx_ + c001 * fx
+                a01 = c010 * gx_ + c011 * fx
+                a10 = c100 * gx_ + c101 * fx
+                a11 = c110 * gx_ + c111 * fx
+                b0 = a00 * gy_ + a01 * fy
+                b1 = a10 * gy_ + a11 * fy
+                value = b0 * gz_ + b1 * fz
+                gx = (((c001 - c000) * gy_ + (c011 - c010) * fy) * gz_
+                      + ((c101 - c100) * gy_ + (c111 - c110) * fy) * fz) if inside_x else zero
+                gy = ((a01 - a00) * gz_ + (a11 - a10) * fz) if inside_y else zero
+                gz = (b1 - b0) if inside_z else zero
+                warped[k, j, i] = value
+                dj_du[0, k, j, i] = gx * m[0, 0] + gy * m[1, 0] + gz * m[2, 0]
+                dj_du[1, k, j, i] = gx * m[0, 1] + gy * m[1, 1] + gz * m[2, 1]
+                dj_du[2, k, j, i] = gx * m[0, 2] + gy * m[1, 2] + gz * m[2, 2]
+                buf[0, j, i] = value
+                buf[1, j, i] = value * value
+                buf[2, j, i] = fixed[k, j, i] * value
+        for c in range(3):
+            _box_slice(buf[c], buf[3], products[c, k], r)
+
+
+@_jit
+def _window_pass(products, windows, eps, r, terms, partial, scratch):
+    """Pass 2: per window A, B, C and NCC² (:class:`.refine.LocalNCC2`); ``terms`` = i,j-sums
+    of ``(α, α·μ_I, γ, γ·μ_J)`` (``(4, D, H, W)``); ``partial[k]`` = Σ over slice k of w·NCC².
+    ``windows``: ``(4, D, H, W)`` count, ΣI, B (the fixed image's variance sum), weight."""
+    n_k, n_j, n_i = windows.shape[1], windows.shape[2], windows.shape[3]
+    zero, one, two = np.float32(0.0), np.float32(1.0), np.float32(2.0)
+    eps = np.float32(eps)
+    for k in prange(n_k):
+        t_id = _thread_id()
+        sums = scratch[t_id, 0:3]
+        buf = scratch[t_id, 3:7]
+        for c in range(3):
+            _sum_slices(products[c], k, r, sums[c])
+        total = 0.0
+        for j in range(n_j):
+            n, s_f, b, w = windows[0, k, j], windows[1, k, j], windows[2, k, j], windows[3, k, j]
+            s_w, s_ww, s_fw = sums[0, j], sums[1, j], sums[2, j]
+            alpha, alpha_mu, gamma, gamma_mu = buf[0, j], buf[1, j], buf[2, j], buf[3, j]
+            ncc2 = scratch[t_id, 7, j]
+            for i in range(n_i):
+                inv_n = one / n[i]
+                mu_f, mu_w = s_f[i] * inv_n, s_w[i] * inv_n
+                a = s_fw[i] - s_f[i] * mu_w
+                c = max(s_ww[i] - s_w[i] * mu_w, zero)
+                floor = eps * n[i]
+                den = b[i] * max(c, floor) + (one if b[i] <= floor else zero)
+                inv_den = one / den
+                ncc2[i] = w[i] * (a * a * inv_den)
+                al = two * w[i] * a * inv_den
+                # γ = α·(A·B/den) by a division: for identical images A = C, so the ratio is
+                # exactly 1 and the gradient exactly 0 (as on the torch path; a product with
+                # 1/den would leave a residue that Adam turns into drift).
+                ga = al * (a * b[i] / den) if c > floor else zero
+                alpha[i] = al
+                alpha_mu[i] = al * mu_f
+                gamma[i] = ga
+                gamma_mu[i] = ga * mu_w
+            for i in range(n_i):
+                total += ncc2[i]
+        partial[k] = total
+        for c in range(4):
+            _box_slice(buf[c], scratch[t_id, 7], terms[c, k], r)
+
+
+@_jit
+def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, constants, scratch):
+    """Pass 3: ``∂L/∂u`` for ``L = scale · (λ·diffusion(u) − Σ w·NCC²)`` and Adam's step,
+    ``u_next = u − lr_t · m₁ / (√m₂ / bias2 + eps)``; ``u``, ``dj_du``, the moments:
+    ``(3, D, H, W)``. ``constants`` (float32): scale·λ times the diffusion gradient's factor
+    ``6 / (spacing² · n_differences)`` along z, y, x; scale; 1 − β₁; β₂; 1 − β₂; lr_t; bias2; eps."""
+    n_k, n_j, n_i = fixed.shape
+    cz, cy, cx, scale, step1, beta2, step2, lr_t, bias2, eps = (constants[0], constants[1], constants[2],
+                                                                 constants[3], constants[4], constants[5],
+                                                                 constants[6], constants[7], constants[8],
+                                                                 constants[9])
+    for k in prange(n_k):
+        t_id = _thread_id()
+        sums = scratch[t_id, 0:4]
+        g_j = scratch[t_id, 4]
+        grad = scratch[t_id, 5]
+        for c in range(4):
+            _sum_slices(terms[c], k, r, sums[c])
+        for j in range(n_j):
+            # ∂(Σ w·NCC²)/∂J(x) = I·Σα − J·Σγ + Σγμ_J − Σαμ_I, times the loss's scale
+            f, jw, s_a, s_am, s_g, s_gm = fixed[k, j], warped[k, j], sums[0, j], sums[1, j], sums[2, j], sums[3, j]
+            out = g_j[j]
+            for i in range(n_i):
+                out[i] = scale * (f[i] * s_a[i] - jw[i] * s_g[i] + (s_gm[i] - s_am[i]))
+        # Neighbours clamped at the border: there the difference is 0, as the term has none.
+        km, kp = max(k - 1, 0), min(k + 1, n_k - 1)
+        for c in range(3):
+            for j in range(n_j):
+                jm, jp = max(j - 1, 0), min(j + 1, n_j - 1)
+                here, zm, zp, ym, yp = u[c, k, j], u[c, km, j], u[c, kp, j], u[c, k, jm], u[c, k, jp]
+                g = grad[j]
+                for i in range(n_i):
+                    h = here[i]
+                    g[i] = cz * ((h - zm[i]) - (zp[i] - h)) + cy * ((h - ym[i]) - (yp[i] - h))
+                for i in range(1, n_i - 1):
+                    g[i] += cx * ((here[i] - here[i - 1]) - (here[i + 1] - here[i]))
+                if n_i > 1:
+                    g[0] -= cx * (here[1] - here[0])
+                    g[n_i - 1] += cx * (here[n_i - 1] - here[n_i - 2])
+                dj, gj, mean, var, nxt = dj_du[c, k, j], g_j[j], m1[c, k, j], m2[c, k, j], u_next[c, k, j]
+                for i in range(n_i):
+                    gi = g[i] - gj[i] * dj[i]
+                    mi = mean[i] + step1 * (gi - mean[i])
+                    vi = var[i] * beta2 + step2 * gi * gi
+                    mean[i] = mi
+                    var[i] = vi
+                    nxt[i] = here[i] - lr_t * (mi / (np.sqrt(vi) / bias2 + eps))
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """numba's thread count set to ``n`` (at most its pool) for the block, then restored."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+class FusedAdam:
+    """Adam on the total displacement ``u`` of one level, three compiled passes an iteration.
+
+    ``fixed``: ``(D, H, W)`` float32 in [0, 1] on the level's fixed grid; ``moving``:
+    ``(D', H', W')`` float32; ``index_to_moving``: ``(3, 4)`` fixed-grid index ``(i, j, k, 1)``
+    -> moving voxel ``(x, y, z)``; ``mm_to_vox``: ``(3, 3)`` LPS mm -> moving voxels;
+    ``windows``: ``(4, D, H, W)`` count, ΣI, B, weight (:func:`window_statistics`);
+    ``u0``: ``(3, D, H, W)`` LPS mm, one plane per component (so that every loop over i runs
+    over contiguous float32 and compiles to vector instructions); ``spacing_mm``: the grid's (x, y, z) spacing. ``scale``,
+    ``smoothness``, ``lr``, ``eps``, ``betas``: the loss's and Adam's constants, as on the
+    torch path. ``threads``: numba threads for the passes.
+    """
+
+    def __init__(self, fixed, moving, index_to_moving, mm_to_vox, windows, u0, spacing_mm, *, radius: int,
+                 eps_variance: float, scale: float, smoothness: float, lr: float, eps: float,
+                 betas: tuple[float, float] = (0.9, 0.999), threads: int = 1):
+        f32 = np.float32
+        self.fixed = np.ascontiguousarray(fixed, f32)
+        self.moving = np.ascontiguousarray(moving, f32)
+        self.index_to_moving = np.ascontiguousarray(index_to_moving, np.float64)
+        self.mm_to_vox = np.ascontiguousarray(mm_to_vox, f32)
+        self.windows = np.ascontiguousarray(windows, f32)
+        shape = self.fixed.shape
+        self.u = np.array(u0, dtype=f32, order="C")
+        if self.u.shape != (3, *shape):
+            raise ValueError(f"u0 {self.u.shape}: expected (3, {', '.join(map(str, shape))})")
+        self._next = np.empty_like(self.u)
+        self.m1, self.m2 = np.zeros_like(self.u), np.zeros_like(self.u)
+        self.warped = np.empty(shape, f32)
+        self.dj_du = np.empty_like(self.u)
+        self.products = np.empty((3, *shape), f32)
+        self.terms = np.empty((4, *shape), f32)
+        self.partial = np.empty(shape[0], np.float64)
+        pool = numba.config.NUMBA_NUM_THREADS
+        self._scratch = np.empty((pool, 8, *shape[1:]), f32)
+        n_k, n_j, n_i = shape
+        sx, sy, sz = spacing_mm
+        counts = ((n_k - 1) * n_j * n_i * 3, n_k * (n_j - 1) * n_i * 3, n_k * n_j * (n_i - 1) * 3)
+        self.diffusion_mm2 = np.array([6.0 / (s * s * c) if c else 0.0 for s, c in zip((sz, sy, sx), counts)])
+        self.radius, self.eps_variance, self.scale = int(radius), float(eps_variance), float(scale)
+        self.smoothness, self.lr, self.eps, self.betas = float(smoothness), float(lr), float(eps), betas
+        self.threads, self.t = threads, 0
+
+    def _similarity(self) -> float:
+        _warp_pass(self.moving, self.index_to_moving, self.mm_to_vox, self.fixed, self.u, self.radius, self.warped,
+                   self.dj_du, self.products, self._scratch)
+        _window_pass(self.products, self.windows, self.eps_variance, self.radius, self.terms, self.partial,
+                     self._scratch)
+        return float(self.partial.sum())
+
+    def similarity(self) -> float:
+        """``Σ w·NCC²`` at the current ``u``."""
+        with _threads(self.threads):
+            return self._similarity()
+
+    def step(self) -> float:
+        """One Adam step; returns ``Σ w·NCC²`` before it."""
+        b1, b2 = self.betas
+        self.t += 1
+        with _threads(self.threads):
+            similarity = self._similarity()
+            constants = np.array([*(self.scale * self.smoothness * self.diffusion_mm2), self.scale, 1.0 - b1, b2,
+                                  1.0 - b2, self.lr / (1.0 - b1**self.t), np.sqrt(1.0 - b2**self.t), self.eps],
+                                 np.float32)
+            _update_pass(self.terms, self.fixed, self.warped, self.dj_du, self.u, self._next, self.m1, self.m2,
+                         self.radius, constants, self._scratch)
+        self.u, self._next = self._next, self.u
+        return similarity
+
+
+@_jit
+def _fixed_pass(fixed, r, sums, scratch):
+    """``sums`` = i,j-sums of ``(1, I, I²)`` (``(3, D, H, W)``)."""
+    n_k, n_j, n_i = fixed.shape
+    one = np.float32(1.0)
+    for k in prange(n_k):
+        buf = scratch[_thread_id()]
+        for j in range(n_j):
+            f = fixed[k, j]
+            for i in range(n_i):
+                buf[0, j, i] = one
+                buf[1, j, i] = f[i]
+                buf[2, j, i] = f[i] * f[i]
+        for c in range(3):
+            _box_slice(buf[c], buf[3], sums[c, k], r)
+
+
+@_jit
+def _statistics_pass(sums, weight, r, windows, scratch):
+    """``windows`` = (count, ΣI, B, weight) from the i,j-sums of :func:`_fixed_pass`."""
+    n_k, n_j, n_i = weight.shape
+    zero = np.float32(0.0)
+    for k in prange(n_k):
+        full = scratch[_thread_id(), 0:3]
+        for c in range(3):
+            _sum_slices(sums[c], k, r, full[c])
+        for j in range(n_j):
+            for i in range(n_i):
+                n, s_f, s_ff = full[0, j, i], full[1, j, i], full[2, j, i]
+                windows[0, k, j, i] = n
+                windows[1, k, j, i] = s_f
+                windows[2, k, j, i] = max(s_ff - s_f * (s_f / n), zero)
+                windows[3, k, j, i] = weight[k, j, i]
+
+
+def window_statistics(fixed, weight, radius: int, threads: int = 1) -> np.ndarray:
+    """``(4, D, H, W)`` float32 of a ``(D, H, W)`` fixed image: per window its voxel count, ΣI,
+    ``B = ΣI² − (ΣI)²/n`` (≥ 0), and ``weight``. The box sums are the passes' own, so that an
+    image warped onto itself gives the fixed image's sums bit for bit."""
+    fixed = np.ascontiguousarray(fixed, np.float32)
+    weight = np.ascontiguousarray(weight, np.float32)
+    sums = np.empty((3, *fixed.shape), np.float32)
+    windows = np.empty((4, *fixed.shape), np.float32)
+    scratch = np.empty((numba.config.NUMBA_NUM_THREADS, 4, *fixed.shape[1:]), np.float32)
+    with _threads(threads):
+        _fixed_pass(fixed, int(radius), sums, scratch)
+        _statistics_pass(sums, weight, int(radius), windows, scratch)
+    return windows
