@@ -383,8 +383,8 @@ def other_pairs() -> list[dict]:
               demo.moving_points_lps),
              ("bundled CT, exhale with lungs 5 % denser", dense.inhale, dense_exhale, dense.fixed_points_lps,
               dense.moving_points_lps)]
-    cases += [(p["name"], p["fixed"], p["moving"], p["fixed_lps"], p["moving_lps"])
-              for p in evaluation_pairs(micro=False) if p["kind"] == "breathing"]
+    cases += [(p.name, p.fixed, p.moving, p.fixed_lps, p.moving_lps)
+              for p in evaluation_pairs(micro=False) if p.kind == "breathing"]
     rows = []
     for name, fixed, moving, f_lps, m_lps in cases:
         t0 = time.perf_counter()
