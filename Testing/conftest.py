@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import os
+import signal
 import subprocess
 import sys
 import zlib
@@ -71,10 +75,33 @@ def _torch_threads():
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def progreg(*args, cwd=None):
-    """``python -m ProgressiveRegistrationLib ARGS`` in a new process (what a user types)."""
-    return subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", *map(str, args)], cwd=cwd or MODULE_DIR,
-                          capture_output=True, text=True, encoding="utf-8", timeout=600)
+def progreg(*args, cwd=None, new_process: bool = False) -> subprocess.CompletedProcess:
+    """``progreg ARGS`` as a user types it: exit code, stdout and stderr.
+
+    By default in this process, through the command line's ``main`` (what the ``progreg``
+    console script calls), with ``cwd`` as the working directory: a new Python process per
+    call spends seconds importing torch, most of the suite's time. ``new_process``: ``python -m
+    ProgressiveRegistrationLib ARGS`` in a new process, for what must not share this one
+    (Dask clusters, signals, the process's environment)."""
+    argv = [str(a) for a in args]
+    if new_process:
+        return subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", *argv], cwd=cwd or MODULE_DIR,
+                              capture_output=True, text=True, encoding="utf-8", timeout=600)
+    from ProgressiveRegistrationLib.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    here, sigterm = os.getcwd(), signal.getsignal(signal.SIGTERM)
+    os.chdir(cwd or MODULE_DIR)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(argv)
+            except SystemExit as exit_:  # argparse's usage errors, --help, --version
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        os.chdir(here)
+        signal.signal(signal.SIGTERM, sigterm)
+    return subprocess.CompletedProcess(["progreg", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_bad_input(result, out=None):

@@ -51,7 +51,7 @@ def cohort(tmp_path_factory):
 
 def _batch(cohort, out, tiny_model, *extra, **kwargs):
     return progreg("batch", cohort / "manifest.csv", "--out", out, "--workers", 2, "--model", tiny_model, "--quiet",
-                   *OPTIONS, *extra, **kwargs)
+                   *OPTIONS, *extra, new_process=True, **kwargs)
 
 
 def _rows(out):
