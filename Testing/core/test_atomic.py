@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from ProgressiveRegistrationLib.core.atomic import (
     MANIFEST_NAME,
     STAGING_PREFIX,
     OutputFolder,
+    concurrent,
     write_all,
     write_file,
     write_text,
@@ -60,6 +62,46 @@ def test_write_all_is_all_or_nothing(tmp_path):
 
 def _writers(*names, content="new"):
     return {n: (lambda p, n=n: p.write_text(f"{content} {n}")) for n in names}
+
+
+def test_concurrent_writers_run_on_other_threads_and_the_last_writer_after_all(tmp_path):
+    import threading
+    import time
+
+    main = threading.get_ident()
+    threads, seen = {}, {}
+
+    def slow(name):
+        def write(p):
+            time.sleep(0.2)
+            threads[name] = threading.get_ident()
+            Path(p).write_text(name)
+        return concurrent(write)
+
+    def last(p):
+        seen["files"] = sorted(q.name for q in Path(p).parent.iterdir())
+        Path(p).write_text("summary")
+
+    write_all(tmp_path / "out", {"a.nrrd": slow("a"), "b.nrrd": slow("b"),
+                                 "c.txt": lambda p: Path(p).write_text("c"), "summary.json": last})
+    assert threads["a"] != main and threads["b"] != main
+    assert seen["files"] == ["a.nrrd", "b.nrrd", "c.txt"]  # every other output was complete before the last
+    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == [".progreg-outputs.json", "a.nrrd", "b.nrrd",
+                                                                     "c.txt", "summary.json"]
+
+
+def test_a_failing_concurrent_writer_changes_nothing(tmp_path):
+    out = tmp_path / "out"
+    write_all(out, {"old.txt": lambda p: Path(p).write_text("old")})
+
+    def fails(p):
+        Path(p).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_all(out, {"a.nrrd": concurrent(fails), "b.txt": lambda p: Path(p).write_text("b"),
+                        "summary.json": lambda p: Path(p).write_text("s")})
+    assert sorted(q.name for q in out.iterdir()) == [".progreg-outputs.json", "old.txt"]
 
 
 def test_an_output_folder_is_checked_before_any_work(tmp_path):

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +54,14 @@ def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def concurrent(write: Callable[[Path], object]) -> Callable[[Path], object]:
+    """Mark a writer of :meth:`OutputFolder.write` as one to run on a thread beside the
+    others: it shares no state with them and spends its time outside the GIL (ITK's image
+    writers compress and write without it; matplotlib's figures hold it)."""
+    write.concurrent = True
+    return write
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -148,13 +157,29 @@ class OutputFolder:
     def write(self, writers: dict[str, Callable[[Path], object]]) -> None:
         """Call ``writers[name](path)`` for each output inside a staging folder, then move
         them into the folder and remove the earlier run's outputs that are not among them.
-        If any writer fails, nothing in the folder changes."""
+        If any writer fails, nothing in the folder changes.
+
+        Writers marked :func:`concurrent` run on threads beside the others, which run in
+        order on this thread; the last writer runs when every other one has finished (so
+        that a summary written last can record the time spent writing)."""
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.out))
         try:
-            for name, write in writers.items():
-                target = staging / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write(target)
+            for name in writers:
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            names = list(writers)
+            beside = [n for n in names[:-1] if getattr(writers[n], "concurrent", False)]
+            with ThreadPoolExecutor(max_workers=max(1, min(len(beside), os.cpu_count() or 1))) as pool:
+                futures = [pool.submit(writers[n], staging / n) for n in beside]
+                try:
+                    for name in names[:-1]:
+                        if name not in beside:
+                            writers[name](staging / name)
+                finally:
+                    wait(futures)
+            for future in futures:
+                future.result()  # the first failure, raised here
+            if names:
+                writers[names[-1]](staging / names[-1])
             previous = self.previous_outputs() if self.exclusive else []
             for name in writers:
                 (self.out / name).parent.mkdir(parents=True, exist_ok=True)

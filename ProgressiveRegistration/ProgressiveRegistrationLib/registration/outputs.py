@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atomic import write_file, write_text
+from ..core.atomic import concurrent, write_file, write_text
 from ..core.grid import Grid
 from ..core.transforms import write_transform
 from ..io.images import write_image
@@ -37,6 +37,12 @@ def grid_image(array: np.ndarray, grid: Grid) -> sitk.Image:
     array = np.asarray(array)
     image = sitk.GetImageFromArray(array.astype(np.float32) if array.dtype.kind == "f" else array)
     return grid.apply_to(image)
+
+
+def transform_writer(write: Callable[[Path], object], fmt: str) -> Callable[[Path], object]:
+    """A transform's writer, run beside the others except as HDF5 (the HDF5 library takes
+    one writer at a time)."""
+    return write if fmt == "h5" else concurrent(write)
 
 
 def jacobian_image(result: Result) -> sitk.Image:
@@ -76,11 +82,11 @@ def registration_writers(result: Result, summary: dict, fixed: sitk.Image, movin
     spent writing."""
     t0 = time.perf_counter()
     writers: dict[str, Callable[[Path], object]] = {
-        f"transform.{fmt}": lambda p: write_transform(result.displacement, p),
-        "jacobian.nrrd": lambda p: write_image(jacobian_image(result), p),
+        f"transform.{fmt}": transform_writer(lambda p: write_transform(result.displacement, p), fmt),
+        "jacobian.nrrd": concurrent(lambda p: write_image(jacobian_image(result), p)),
     }
     if warped:
-        writers["warped_moving.nrrd"] = lambda p: write_image(result.warped, p)
+        writers["warped_moving.nrrd"] = concurrent(lambda p: write_image(result.warped, p))
     if result.landmarks is not None:
         writers["tre.csv"] = lambda p: write_tre_csv(p, result.landmarks, labels)
     if overview:
@@ -139,13 +145,14 @@ def fourd_writers(fourd: FourD, summary: dict, reference_image: sitk.Image, poin
     writers: dict[str, Callable[[Path], object]] = {}
     for ph in fourd.phases:
         folder = f"phase_{ph.index}"
-        writers[f"{folder}/transform.{fmt}"] = lambda p, ph=ph: write_transform(ph.displacement, p)
-        writers[f"{folder}/jacobian.nrrd"] = lambda p, ph=ph: write_image(grid_image(ph.jacobian, fourd.grid), p)
+        writers[f"{folder}/transform.{fmt}"] = transform_writer(lambda p, ph=ph: write_transform(ph.displacement, p), fmt)
+        writers[f"{folder}/jacobian.nrrd"] = concurrent(lambda p, ph=ph: write_image(grid_image(ph.jacobian, fourd.grid), p))
         writers[f"{folder}/ventilation_jacobian.nrrd"] = \
-            lambda p, ph=ph: write_image(grid_image(ph.ventilation_jacobian, fourd.grid), p)
-        writers[f"{folder}/ventilation_hu.nrrd"] = lambda p, ph=ph: write_image(grid_image(ph.ventilation_hu, fourd.grid), p)
+            concurrent(lambda p, ph=ph: write_image(grid_image(ph.ventilation_jacobian, fourd.grid), p))
+        writers[f"{folder}/ventilation_hu.nrrd"] = concurrent(
+            lambda p, ph=ph: write_image(grid_image(ph.ventilation_hu, fourd.grid), p))
         if ph.labels is not None:
-            writers[f"{folder}/segmentation.nrrd"] = lambda p, ph=ph: write_image(ph.labels, p)
+            writers[f"{folder}/segmentation.nrrd"] = concurrent(lambda p, ph=ph: write_image(ph.labels, p))
         phase_summary = {**ph.row(), "volume": ph.volume, "displacement_mm": ph.displacement_mm,
                          "inverse_consistency_mm": ph.inverse,
                          "stages_seconds": ph.result.seconds if ph.result is not None else {},

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..core.atomic import OutputFolder
+from ..core.atomic import OutputFolder, concurrent
 from ..core.checks import check_labels
 from ..core.device import pick_device
 from ..core.errors import InputError
@@ -104,7 +104,7 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     on_fixed = None
     if labels is not None:
         on_fixed = resample_labels(labels, result.displacement, Grid.from_image(fixed_img))
-        extra["moving_segmentation.nrrd"] = lambda p: write_image(on_fixed, p)
+        extra["moving_segmentation.nrrd"] = concurrent(lambda p: write_image(on_fixed, p))
     if report:
         if progress:
             progress(REPORT_FROM, "quality checks and report")

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..core.atomic import write_text
+from ..core.atomic import concurrent, write_text
 from ..io.images import write_image
 from .figures import phases_figure, quality_histogram, review_figure, tre_histogram
 from .quality import Tolerance, contour_agreement, quality_maps, quality_summary
@@ -229,8 +229,8 @@ def report_writers(result, summary: dict, fixed, moving, landmark_labels: list[s
     agreement = contour_agreement(*contours) if contours is not None else None
     summary["quality"] = quality_summary(result, maps, tolerances, agreement,
                                          str(tolerances_file) if tolerances_file else None)
-    return {"quality.nrrd": lambda p: write_image(maps.residual_image(), p),
-            "inverse_consistency.nrrd": lambda p: write_image(maps.inverse_error_image(), p),
+    return {"quality.nrrd": concurrent(lambda p: write_image(maps.residual_image(), p)),
+            "inverse_consistency.nrrd": concurrent(lambda p: write_image(maps.inverse_error_image(), p)),
             "report.html": lambda p: write_report(p, registration_page(summary, report_figures(result, maps),
                                                                      landmark_labels, result.landmarks, title))}
 
