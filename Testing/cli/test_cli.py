@@ -52,6 +52,9 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
     for image in ("flat.nrrd", "four.nii.gz", "nan.nrrd", "junk.nrrd", "missing.nii.gz", "empty_dicom"):
         out = tmp_path / f"out_{image}"
         assert_bad_input(progreg("synth", tmp_path / image, "--out", out, "--size", 16), out)
+    # The same in a new process, as a user meets it: nothing printed at start-up either.
+    out = tmp_path / "out_new_process"
+    assert_bad_input(progreg("synth", tmp_path / "junk.nrrd", "--out", out, "--size", 16, new_process=True), out)
     (tmp_path / "a.txt").write_text("1 2 3\n4 5 6\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("1 2 3\n", encoding="utf-8")
     assert_bad_input(progreg("tre", tmp_path / "a.txt", tmp_path / "b.txt", "--spacing", 1, 1, 1))
