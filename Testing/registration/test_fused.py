@@ -57,13 +57,15 @@ def _problem(fixed):
     return Grid.from_image(fixed), network_disp, lambda g: mask_on(masks.body, g)
 
 
-def _compiled(lv: R._Level, v: torch.Tensor, config: R.RefineConfig, threads: int = 2) -> fused.FusedAdam:
+def _compiled(lv: R._Level, v: torch.Tensor, config: R.RefineConfig, threads: int = 2,
+              restrict: bool = True) -> fused.FusedAdam:
     return fused.FusedAdam(lv.fixed.numpy(), lv.moving.numpy(), lv.lps_to_moving_vox @ lv.grid.index_to_lps,
                            lv.lps_to_moving_vox[:, :3],
                            fused.window_statistics(lv.fixed.numpy(), lv.weight.numpy(), config.radius_vox),
                            (lv.d_net + v).permute(3, 0, 1, 2).numpy(), lv.grid.spacing_mm, radius=config.radius_vox,
                            eps_variance=config.eps, scale=float(v[..., 0].numel()), smoothness=config.smoothness,
-                           lr=config.learning_rate_mm, eps=config.gradient_floor, threads=threads)
+                           lr=config.learning_rate_mm, eps=config.gradient_floor, threads=threads,
+                           restrict=restrict)
 
 
 def test_the_warp_and_its_gradient_equal_grid_sample_and_autograd():
@@ -148,6 +150,42 @@ def test_every_thread_count_gives_the_same_bits(small_pairs):
     assert runs[0][0] == runs[1][0]
     assert np.array_equal(runs[0][1], runs[1][1])
     assert np.abs(runs[0][1] - (lv.d_net + v).permute(3, 0, 1, 2).numpy()).max() > 0.1  # it moved
+
+
+def test_the_diffusion_record_equals_the_torch_expression():
+    v = torch.randn(7, 9, 11, 3, generator=torch.Generator().manual_seed(3))
+    spacing = (0.8, 1.3, 2.5)
+    expected = float(R.diffusion(v, spacing))
+    assert fused.diffusion(v.permute(3, 0, 1, 2).numpy(), spacing, threads=2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_working_within_the_weighted_rows_gives_the_same_bits(small_pairs):
+    """The passes skip the parts of rows that no weighted window reads (air around the
+    body): the losses and the field after some steps equal computing everywhere, bit for bit."""
+    config = R.RefineConfig(levels_mm=(4.0,), iterations=(6,))
+    for name, lv in _levels(small_pairs, 4.0, config):
+        v = (torch.rand((*lv.grid.shape_zyx, 3), generator=torch.Generator().manual_seed(1)) - 0.5) * 2.0
+        runs = []
+        for restrict in (True, False):
+            opt = _compiled(lv, v, config, restrict=restrict)
+            runs.append(([opt.step() for _ in range(6)], opt.u.copy(), opt.extents))
+        (restricted, u_r, extents), (everywhere, u_e, whole) = runs
+        assert restricted == everywhere and np.array_equal(u_r, u_e), name
+        n_i = lv.grid.size[0]
+        assert np.all(whole[:, 0] == 0) and np.all(whole[:, 1] == n_i)
+        covered = (extents[1, 1] - extents[1, 0]).sum() / (n_i * extents.shape[2] * extents.shape[3])
+        assert 0.3 < covered < 0.95, (name, covered)  # something is left out, the body is not
+        # Each row's extent holds all its weight, and reaches r voxels beyond it.
+        weight = lv.weight.numpy()
+        for k, j in ((lv.grid.size[2] // 2, lv.grid.size[1] // 2), (0, 0)):
+            nonzero = np.flatnonzero(weight[k, j])
+            lo, hi = extents[0, :, k, j]
+            if nonzero.size:
+                assert (lo, hi) == (nonzero[0], nonzero[-1] + 1)
+                assert extents[1, 0, k, j] <= max(lo - config.radius_vox, 0)
+                assert extents[1, 1, k, j] >= min(hi + config.radius_vox, n_i)
+            else:
+                assert lo == hi == 0
 
 
 def test_the_refinement_equals_the_torch_path_after_some_iterations(small_pairs, monkeypatch):

@@ -304,3 +304,21 @@ def test_a_level_is_no_finer_than_its_spacing_within_the_tolerance():
     assert R.shrink_factors(_image((0.8, 0.8, 0.8)), 2.0) == (2, 2, 2)
     # At least two cells remain along every axis.
     assert R.shrink_factors(_image((0.977, 0.977, 2.5), size=(200, 9, 5)), 8.0) == (8, 4, 2)
+    # The finest level: the nearest factor, lowered so that no axis is coarser than 1.2 × the
+    # level's spacing (the accuracy is set there).
+    finest = {0.5: 4, 0.7: 3, 0.8: 2, 0.977: 2, 1.25: 1, 1.37: 1, 1.6: 1, 2.5: 1, 5.0: 1}
+    for s, f in finest.items():
+        assert R.shrink_factors(_image((s, s, s)), 2.0, finest=True)[0] == f, s
+        assert f == 1 or f * s <= 1.2 * 2.0 + 1e-9
+    assert R.shrink_factors(_image((1.37, 1.37, 2.5)), 2.0, finest=True) == (1, 1, 1)
+
+
+def test_the_refinement_uses_the_finest_rule_at_its_last_level_only():
+    image = generate(7, (40, 36, 16), (1.37, 1.37, 2.5)).image
+    masks = thorax_masks(image)
+    out = R.refine(image, image, Grid.from_image(image), lambda g: np.zeros((*g.shape_zyx, 3), np.float32),
+                   lambda g: mask_on(masks.body, g), R.RefineConfig(levels_mm=(2.0, 2.0), iterations=(1, 1)))
+    first, last = out.levels
+    assert first["spacing_mm"][:2] == [2.74, 2.74]  # a coarser level: no finer than 0.8 × 2 mm
+    assert last["spacing_mm"][:2] == [1.37, 1.37] and last["iterations"] == 1  # the last: no coarser than 1.2 × 2 mm
+    assert out.grid.spacing_mm[:2] == (1.37, 1.37)

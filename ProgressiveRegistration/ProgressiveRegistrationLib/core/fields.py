@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .jit import numba
+from .jit import numba, prange
 
 
 def identity_vox(shape_zyx: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
@@ -33,13 +33,95 @@ def identity_vox(shape_zyx: tuple[int, int, int], device=None, dtype=torch.float
     return torch.stack([x, y, z])
 
 
-def grid_points(grid, index_to: np.ndarray) -> torch.Tensor:
+def grid_points(grid, index_to: np.ndarray, device=None) -> torch.Tensor:
     """The 4x4 affine ``index_to`` applied to every voxel index ``(i, j, k)`` of ``grid`` (a
-    :class:`grid.Grid`): ``(D, H, W, 3)`` float64 (``grid.index_to_lps`` gives the voxels'
-    LPS positions)."""
-    ijk = identity_vox(grid.shape_zyx, dtype=torch.float64).movedim(0, -1)
-    m = torch.as_tensor(index_to, dtype=torch.float64)
+    :class:`grid.Grid`): ``(D, H, W, 3)`` float64 on ``device`` (``grid.index_to_lps`` gives
+    the voxels' LPS positions)."""
+    ijk = identity_vox(grid.shape_zyx, device, torch.float64).movedim(0, -1)
+    m = torch.as_tensor(index_to, dtype=torch.float64, device=device)
     return ijk @ m[:3, :3].T + m[:3, 3]
+
+
+def is_axis_aligned(index_map: np.ndarray, atol: float = 1e-9) -> bool:
+    """Whether a 4x4 index-to-index map takes each axis onto the same axis alone (its linear
+    part diagonal): then trilinear sampling through it is separable, see :func:`resample_separable`."""
+    lin = np.asarray(index_map, dtype=np.float64)[:3, :3]
+    return bool(np.allclose(lin, np.diag(np.diag(lin)), atol=atol * max(1.0, np.abs(lin).max())))
+
+
+def axis_cells(scale: float, offset: float, n_out: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trilinear cells along one axis of an axis-aligned map ``q = scale · n + offset`` from
+    ``n_out`` output samples onto ``n_src`` source samples, clamped to the source ('border',
+    ``align_corners=True``): (lower, upper) int64 neighbours and the float64 fraction."""
+    q = np.clip(scale * np.arange(n_out) + offset, 0.0, n_src - 1)
+    lower = np.minimum(np.floor(q).astype(np.int64), max(n_src - 2, 0))
+    return lower, np.minimum(lower + 1, n_src - 1), q - lower
+
+
+def _corners(u, c, a0, a1, b0, b1, c0, c1, tk, tj, ti):
+    """Trilinear interpolation of plane ``c`` of ``u`` (``(C, D, H, W)``) between the 8 corners
+    of one cell (``a``: k, ``b``: j, ``c``: i neighbours; ``t``: fractions)."""
+    return (((u[c, a0, b0, c0] * (1 - ti) + u[c, a0, b0, c1] * ti) * (1 - tj)
+             + (u[c, a0, b1, c0] * (1 - ti) + u[c, a0, b1, c1] * ti) * tj) * (1 - tk)
+            + ((u[c, a1, b0, c0] * (1 - ti) + u[c, a1, b0, c1] * ti) * (1 - tj)
+               + (u[c, a1, b1, c0] * (1 - ti) + u[c, a1, b1, c1] * ti) * tj) * tk)
+
+
+def _separable_kernel(u, i0, i1, fi, j0, j1, fj, k0, k1, fk, base, add, out):
+    """``out[k, j, i, c] = (base[k, j, i, c] if add) + u_c`` at the cells (:func:`axis_cells`)."""
+    nk, nj, ni, nc = out.shape
+    for k in prange(nk):
+        a0, a1, tk = k0[k], k1[k], fk[k]
+        for j in range(nj):
+            b0, b1, tj = j0[j], j1[j], fj[j]
+            for i in range(ni):
+                c0, c1, ti = i0[i], i1[i], fi[i]
+                for c in range(nc):
+                    value = _corners(u, c, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                    out[k, j, i, c] = base[k, j, i, c] + value if add else value
+
+
+if numba is not None:
+    _corners = numba.njit(inline="always")(_corners)
+    _separable_kernel = numba.njit(parallel=True, cache=True)(_separable_kernel)
+
+
+def resample_separable(values: torch.Tensor, index_map: np.ndarray, shape_zyx: tuple[int, int, int],
+                       add: np.ndarray | None = None) -> torch.Tensor:
+    """Trilinear samples of ``values`` (``(D, H, W, C)``) at every voxel ``p = (i, j, k)`` of a
+    ``shape_zyx`` grid, at the source index ``index_map · p`` (4x4 and axis-aligned,
+    :func:`is_axis_aligned`), clamped to the source grid (grid_sample's 'border',
+    ``align_corners=True``): ``(D', H', W', C)`` float32 on ``values``' device; ``add``: a
+    ``(D', H', W', C)`` float32 array added to the samples (CPU only).
+
+    The weights of an axis-aligned map are a product of one weight per axis, computed once
+    per axis: on the CPU with numba one compiled pass writes the result; elsewhere it is
+    three 1-D interpolations, each two row gathers and a lerp. Both take a fraction of
+    ``grid_sample``'s time and need no array of sample positions; the same numbers as
+    ``grid_sample`` to float rounding.
+    """
+    m = np.asarray(index_map, dtype=np.float64)
+    cells = [axis_cells(m[2 - d, 2 - d], m[2 - d, 3], shape_zyx[d], values.shape[d]) for d in range(3)]  # k, j, i
+    if values.device.type == "cpu" and numba is not None:
+        planes = np.ascontiguousarray(values.detach().to(torch.float32).permute(3, 0, 1, 2).numpy())
+        out = np.empty((*shape_zyx, values.shape[3]), np.float32)
+        base = out if add is None else np.ascontiguousarray(add, dtype=np.float32)
+        (k0, k1, fk), (j0, j1, fj), (i0, i1, fi) = cells
+        _separable_kernel(planes, i0, i1, fi, j0, j1, fj, k0, k1, fk, base, add is not None, out)
+        return torch.from_numpy(out)
+    if add is not None:
+        raise ValueError("resample_separable: `add` is for CPU tensors")
+    out = values.to(torch.float32)
+    # Shrinking axes first keeps the intermediate arrays small.
+    for dim in sorted(range(3), key=lambda d: shape_zyx[d] / values.shape[d]):
+        lower, upper, frac = cells[dim]
+        shape = [1] * out.dim()
+        shape[dim] = shape_zyx[dim]
+        weight = torch.as_tensor(frac, dtype=torch.float32, device=values.device).reshape(shape)
+        lo = out.index_select(dim, torch.as_tensor(lower, device=values.device))
+        hi = out.index_select(dim, torch.as_tensor(upper, device=values.device))
+        out = lo.lerp_(hi, weight)
+    return out
 
 
 def _normalise(p_vox: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:

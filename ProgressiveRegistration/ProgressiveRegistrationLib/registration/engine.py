@@ -171,7 +171,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     disp_network = None
     if refined is not None:
         disp_network = disp
-        disp = disp_network + refined.sample_on(out)
+        disp = refined.sample_on(out, add=disp_network)
     if not np.isfinite(disp).all():
         raise InputError("the registration gave non-finite displacements (NaN or Inf); nothing is written")
     disp_image = displacement_image(disp, out)

@@ -137,44 +137,83 @@ def _box_slice(src, tmp, dst, r):
 # --- the three passes ---------------------------------------------------------------------------
 
 @_jit
-def _warp_pass(moving, index_to_moving, mm_to_vox, fixed, u, r, warped, dj_du, products, scratch):
+def _warp_pass(moving, index_to_moving, mm_to_vox, fixed, u, r, reach, warped, dj_du, products, scratch, rows, cells):
     """Pass 1: ``warped = moving(q)``, ``dj_du = Mᵀ ∂J/∂q`` (``(3, D, H, W)``), ``products`` =
     i,j-sums of ``(J, J², I·J)`` (``(3, D, H, W)``). Trilinear with positions clamped to the
-    volume (grid_sample's 'border', align_corners=True): its gradient is 0 along a clamped axis."""
+    volume (grid_sample's 'border', align_corners=True): its gradient is 0 along a clamped axis.
+
+    Each row is two loops: the first finds every sample's cell and weights (arithmetic
+    only), the second gathers the cells' corners and interpolates. Apart, both compile to
+    vector instructions (gathers in the second); together they did not: 1.7× faster,
+    bit for bit the same. ``rows``: ``(threads, 6, W)`` float32, ``cells``: ``(threads, W)``
+    int32 (the moving image has fewer than 2³¹ voxels, checked by :class:`FusedAdam`).
+
+    ``reach``: ``(2, D, H)`` int64, per row the voxels ``[lo, hi)`` that a weighted window
+    reads (:func:`row_extents`); only those are sampled. Elsewhere ``warped`` and ``dj_du``
+    keep what they hold (zeros: :class:`FusedAdam`), and the products are 0."""
     nk, nj, ni = moving.shape
     n_k, n_j, n_i = fixed.shape
+    flat = moving.reshape(nk * nj * ni)
     p, m = index_to_moving, mm_to_vox
     zero, one = np.float32(0.0), np.float32(1.0)
     top_x, top_y, top_z = np.float32(ni - 1), np.float32(nj - 1), np.float32(nk - 1)
+    last_i, last_j, last_k = np.int32(max(ni - 2, 0)), np.int32(max(nj - 2, 0)), np.int32(max(nk - 2, 0))
+    # Offsets of the cell's corners from its first; 0 along an axis of one voxel.
+    di, dj, dk = min(1, ni - 1), min(1, nj - 1) * ni, min(1, nk - 1) * nj * ni
     for k in prange(n_k):
-        buf = scratch[_thread_id()]
+        t_id = _thread_id()
+        buf = scratch[t_id]
+        fx_row, fy_row, fz_row = rows[t_id, 0], rows[t_id, 1], rows[t_id, 2]
+        # 1 where the position lies strictly inside along the axis, else 0 (torch counts the
+        # border itself as outside): the gradient's factor along that axis.
+        in_x, in_y, in_z = rows[t_id, 3], rows[t_id, 4], rows[t_id, 5]
+        cell = cells[t_id]
         for j in range(n_j):
             # The part of the sample positions that does not depend on u, in float64 (indices
             # of several hundred voxels would lose their fractions in float32), then float32.
             x0 = p[0, 1] * j + p[0, 2] * k + p[0, 3]
             y0 = p[1, 1] * j + p[1, 2] * k + p[1, 3]
             z0 = p[2, 1] * j + p[2, 2] * k + p[2, 3]
-            for i in range(n_i):
-                u0, u1, u2 = u[0, k, j, i], u[1, k, j, i], u[2, k, j, i]
+            # Every loop below runs over views that start at the extent's first voxel, from 0:
+            # indices known to be non-negative keep numba's wrap-around checks, and with them
+            # vector instructions, out of the loops.
+            lo, hi = reach[0, k, j], reach[1, k, j]
+            n = hi - lo
+            ux, uy, uz = u[0, k, j, lo:hi], u[1, k, j, lo:hi], u[2, k, j, lo:hi]
+            for t in range(n):
+                i = lo + t
+                u0, u1, u2 = ux[t], uy[t], uz[t]
                 x = np.float32(x0 + p[0, 0] * i) + (m[0, 0] * u0 + m[0, 1] * u1 + m[0, 2] * u2)
                 y = np.float32(y0 + p[1, 0] * i) + (m[1, 0] * u0 + m[1, 1] * u1 + m[1, 2] * u2)
                 z = np.float32(z0 + p[2, 0] * i) + (m[2, 0] * u0 + m[2, 1] * u1 + m[2, 2] * u2)
-                inside_x = zero < x < top_x  # torch counts the border itself as outside
-                inside_y = zero < y < top_y
-                inside_z = zero < z < top_z
+                in_x[t] = one if zero < x < top_x else zero
+                in_y[t] = one if zero < y < top_y else zero
+                in_z[t] = one if zero < z < top_z else zero
                 x = min(max(x, zero), top_x)
                 y = min(max(y, zero), top_y)
                 z = min(max(z, zero), top_z)
-                i0 = min(int(x), max(ni - 2, 0))
-                j0 = min(int(y), max(nj - 2, 0))
-                k0 = min(int(z), max(nk - 2, 0))
-                i1, j1, k1 = min(i0 + 1, ni - 1), min(j0 + 1, nj - 1), min(k0 + 1, nk - 1)
-                fx, fy, fz = x - np.float32(i0), y - np.float32(j0), z - np.float32(k0)
+                i0 = min(np.int32(x), last_i)
+                j0 = min(np.int32(y), last_j)
+                k0 = min(np.int32(z), last_k)
+                fx_row[t] = x - np.float32(i0)
+                fy_row[t] = y - np.float32(j0)
+                fz_row[t] = z - np.float32(k0)
+                cell[t] = (k0 * np.int32(nj) + j0) * np.int32(ni) + i0
+            s_j, s_jj, s_ij = buf[0, j], buf[1, j], buf[2, j]
+            for i in range(lo):
+                s_j[i] = s_jj[i] = s_ij[i] = zero
+            for i in range(n_i - hi):
+                s_j[hi + i] = s_jj[hi + i] = s_ij[hi + i] = zero
+            out, d0, d1, d2 = warped[k, j, lo:hi], dj_du[0, k, j, lo:hi], dj_du[1, k, j, lo:hi], dj_du[2, k, j, lo:hi]
+            s_j, s_jj, s_ij, f = s_j[lo:hi], s_jj[lo:hi], s_ij[lo:hi], fixed[k, j, lo:hi]
+            for t in range(n):
+                c = cell[t]
+                fx, fy, fz = fx_row[t], fy_row[t], fz_row[t]
+                c000, c001 = flat[c], flat[c + di]
+                c010, c011 = flat[c + dj], flat[c + dj + di]
+                c100, c101 = flat[c + dk], flat[c + dk + di]
+                c110, c111 = flat[c + dk + dj], flat[c + dk + dj + di]
                 gx_, gy_, gz_ = one - fx, one - fy, one - fz
-                c000, c001 = moving[k0, j0, i0], moving[k0, j0, i1]
-                c010, c011 = moving[k0, j1, i0], moving[k0, j1, i1]
-                c100, c101 = moving[k1, j0, i0], moving[k1, j0, i1]
-                c110, c111 = moving[k1, j1, i0], moving[k1, j1, i1]
                 # Weighted sums, not a + (b − a)·f: exact at the voxels themselves (f = 0 or 1).
                 a00 = c000 * gx_ + c001 * fx
                 a01 = c010 * gx_ + c011 * fx
@@ -184,25 +223,27 @@ def _warp_pass(moving, index_to_moving, mm_to_vox, fixed, u, r, warped, dj_du, p
                 b1 = a10 * gy_ + a11 * fy
                 value = b0 * gz_ + b1 * fz
                 gx = (((c001 - c000) * gy_ + (c011 - c010) * fy) * gz_
-                      + ((c101 - c100) * gy_ + (c111 - c110) * fy) * fz) if inside_x else zero
-                gy = ((a01 - a00) * gz_ + (a11 - a10) * fz) if inside_y else zero
-                gz = (b1 - b0) if inside_z else zero
-                warped[k, j, i] = value
-                dj_du[0, k, j, i] = gx * m[0, 0] + gy * m[1, 0] + gz * m[2, 0]
-                dj_du[1, k, j, i] = gx * m[0, 1] + gy * m[1, 1] + gz * m[2, 1]
-                dj_du[2, k, j, i] = gx * m[0, 2] + gy * m[1, 2] + gz * m[2, 2]
-                buf[0, j, i] = value
-                buf[1, j, i] = value * value
-                buf[2, j, i] = fixed[k, j, i] * value
+                      + ((c101 - c100) * gy_ + (c111 - c110) * fy) * fz) * in_x[t]
+                gy = ((a01 - a00) * gz_ + (a11 - a10) * fz) * in_y[t]
+                gz = (b1 - b0) * in_z[t]
+                out[t] = value
+                d0[t] = gx * m[0, 0] + gy * m[1, 0] + gz * m[2, 0]
+                d1[t] = gx * m[0, 1] + gy * m[1, 1] + gz * m[2, 1]
+                d2[t] = gx * m[0, 2] + gy * m[1, 2] + gz * m[2, 2]
+                s_j[t] = value
+                s_jj[t] = value * value
+                s_ij[t] = f[t] * value
         for c in range(3):
             _box_slice(buf[c], buf[3], products[c, k], r)
 
 
 @_jit
-def _window_pass(products, windows, eps, r, terms, partial, scratch):
+def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
     """Pass 2: per window A, B, C and NCC² (:class:`.refine.LocalNCC2`); ``terms`` = i,j-sums
     of ``(α, α·μ_I, γ, γ·μ_J)`` (``(4, D, H, W)``); ``partial[k]`` = Σ over slice k of w·NCC².
-    ``windows``: ``(4, D, H, W)`` count, ΣI, B (the fixed image's variance sum), weight."""
+    ``windows``: ``(4, D, H, W)`` count, ΣI, B (the fixed image's variance sum), weight;
+    ``weighted``: ``(2, D, H)`` int64, per row the windows ``[lo, hi)`` that hold all its
+    weight (:func:`row_extents`); the terms are 0 outside, as they would be computed."""
     n_k, n_j, n_i = windows.shape[1], windows.shape[2], windows.shape[3]
     zero, one, two = np.float32(0.0), np.float32(1.0), np.float32(2.0)
     eps = np.float32(eps)
@@ -217,8 +258,17 @@ def _window_pass(products, windows, eps, r, terms, partial, scratch):
             n, s_f, b, w = windows[0, k, j], windows[1, k, j], windows[2, k, j], windows[3, k, j]
             s_w, s_ww, s_fw = sums[0, j], sums[1, j], sums[2, j]
             alpha, alpha_mu, gamma, gamma_mu = buf[0, j], buf[1, j], buf[2, j], buf[3, j]
+            lo, hi = weighted[0, k, j], weighted[1, k, j]
+            for i in range(lo):
+                alpha[i] = alpha_mu[i] = gamma[i] = gamma_mu[i] = zero
+            for i in range(n_i - hi):
+                alpha[hi + i] = alpha_mu[hi + i] = gamma[hi + i] = gamma_mu[hi + i] = zero
+            # Views from the extent's first window, looped from 0 (see _warp_pass).
+            n, s_f, b, w = n[lo:hi], s_f[lo:hi], b[lo:hi], w[lo:hi]
+            s_w, s_ww, s_fw = s_w[lo:hi], s_ww[lo:hi], s_fw[lo:hi]
+            alpha, alpha_mu, gamma, gamma_mu = alpha[lo:hi], alpha_mu[lo:hi], gamma[lo:hi], gamma_mu[lo:hi]
             ncc2 = scratch[t_id, 7, j]
-            for i in range(n_i):
+            for i in range(hi - lo):
                 inv_n = one / n[i]
                 mu_f, mu_w = s_f[i] * inv_n, s_w[i] * inv_n
                 a = s_fw[i] - s_f[i] * mu_w
@@ -236,7 +286,7 @@ def _window_pass(products, windows, eps, r, terms, partial, scratch):
                 alpha_mu[i] = al * mu_f
                 gamma[i] = ga
                 gamma_mu[i] = ga * mu_w
-            for i in range(n_i):
+            for i in range(hi - lo):
                 total += ncc2[i]
         partial[k] = total
         for c in range(4):
@@ -292,6 +342,44 @@ def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, constants, s
                     nxt[i] = here[i] - lr_t * (mi / (np.sqrt(vi) / bias2 + eps))
 
 
+@_jit
+def _row_extents(weight, r, extents):
+    """``extents[0]``: per row ``(k, j)`` of ``weight`` (``(D, H, W)``), the voxels ``[lo, hi)``
+    between its first and last weighted one; ``extents[1]``: the same of the weighted windows
+    grown by ``r`` voxels along every axis (the voxels their box sums read), the rows' hull.
+    ``extents``: ``(2, 2, D, H)`` int64; an empty row is ``[0, 0)``."""
+    n_k, n_j, n_i = weight.shape
+    own, reach = extents[0], extents[1]
+    for k in prange(n_k):
+        for j in range(n_j):
+            lo, hi = n_i, 0
+            row = weight[k, j]
+            for i in range(n_i):
+                if row[i] != 0.0:
+                    lo, hi = min(lo, i), i + 1
+            own[0, k, j], own[1, k, j] = (lo, hi) if hi > 0 else (0, 0)
+    for k in prange(n_k):
+        for j in range(n_j):
+            lo, hi = n_i, 0
+            for kk in range(max(0, k - r), min(n_k, k + r + 1)):
+                for jj in range(max(0, j - r), min(n_j, j + r + 1)):
+                    if own[1, kk, jj] > own[0, kk, jj]:
+                        lo, hi = min(lo, own[0, kk, jj] - r), max(hi, own[1, kk, jj] + r)
+            lo, hi = max(lo, 0), min(hi, n_i)
+            reach[0, k, j], reach[1, k, j] = (lo, hi) if hi > lo else (0, 0)
+
+
+def row_extents(weight: np.ndarray, radius: int, restrict: bool = True) -> np.ndarray:
+    """``(2, 2, D, H)`` int64 row extents of a ``(D, H, W)`` window weight (:func:`_row_extents`);
+    ``restrict=False``: every row whole (the passes then compute everywhere, the reference)."""
+    extents = np.empty((2, 2, *weight.shape[:2]), np.int64)  # int32 bounds keep the loops from vectorising
+    if restrict:
+        _row_extents(np.ascontiguousarray(weight, np.float32), int(radius), extents)
+    else:
+        extents[:, 0], extents[:, 1] = 0, weight.shape[2]
+    return extents
+
+
 @contextlib.contextmanager
 def _threads(n: int):
     """numba's thread count set to ``n`` (at most its pool) for the block, then restored."""
@@ -311,14 +399,19 @@ class FusedAdam:
     -> moving voxel ``(x, y, z)``; ``mm_to_vox``: ``(3, 3)`` LPS mm -> moving voxels;
     ``windows``: ``(4, D, H, W)`` count, ΣI, B, weight (:func:`window_statistics`);
     ``u0``: ``(3, D, H, W)`` LPS mm, one plane per component (so that every loop over i runs
-    over contiguous float32 and compiles to vector instructions); ``spacing_mm``: the grid's (x, y, z) spacing. ``scale``,
+    over contiguous float32 and compiles to vector instructions), taken over as the first
+    buffer of ``u`` where it already is C-contiguous float32; ``spacing_mm``: the grid's
+    (x, y, z) spacing. ``scale``,
     ``smoothness``, ``lr``, ``eps``, ``betas``: the loss's and Adam's constants, as on the
-    torch path. ``threads``: numba threads for the passes.
+    torch path. ``threads``: numba threads for the passes. ``restrict``: sample the moving
+    image and form the windows' terms only within the rows' extents of the weighted windows
+    (:func:`row_extents`; the body within the lung box leaves about a fifth of the box out):
+    the same numbers, bit for bit, as computing everywhere.
     """
 
     def __init__(self, fixed, moving, index_to_moving, mm_to_vox, windows, u0, spacing_mm, *, radius: int,
                  eps_variance: float, scale: float, smoothness: float, lr: float, eps: float,
-                 betas: tuple[float, float] = (0.9, 0.999), threads: int = 1):
+                 betas: tuple[float, float] = (0.9, 0.999), threads: int = 1, restrict: bool = True):
         f32 = np.float32
         self.fixed = np.ascontiguousarray(fixed, f32)
         self.moving = np.ascontiguousarray(moving, f32)
@@ -326,18 +419,26 @@ class FusedAdam:
         self.mm_to_vox = np.ascontiguousarray(mm_to_vox, f32)
         self.windows = np.ascontiguousarray(windows, f32)
         shape = self.fixed.shape
-        self.u = np.array(u0, dtype=f32, order="C")
+        self.u = np.ascontiguousarray(u0, dtype=f32)  # no copy where it already is: the caller's buffer is taken over
         if self.u.shape != (3, *shape):
             raise ValueError(f"u0 {self.u.shape}: expected (3, {', '.join(map(str, shape))})")
         self._next = np.empty_like(self.u)
-        self.m1, self.m2 = np.zeros_like(self.u), np.zeros_like(self.u)
-        self.warped = np.empty(shape, f32)
-        self.dj_du = np.empty_like(self.u)
+        # np.zeros, not zeros_like: fresh zeroed pages from the system, not a pass of writes.
+        self.m1, self.m2 = np.zeros(self.u.shape, f32), np.zeros(self.u.shape, f32)
+        # Zeros where the passes never write (outside the extents), so that the update's
+        # products with them are exact zeros.
+        self.warped = np.zeros(shape, f32)
+        self.dj_du = np.zeros(self.u.shape, f32)
+        self.extents = row_extents(self.windows[3], radius, restrict)
         self.products = np.empty((3, *shape), f32)
         self.terms = np.empty((4, *shape), f32)
         self.partial = np.empty(shape[0], np.float64)
+        if self.moving.size >= 2**31:
+            raise ValueError(f"moving image of {self.moving.size} voxels: the compiled path indexes it with int32")
         pool = numba.config.NUMBA_NUM_THREADS
         self._scratch = np.empty((pool, 8, *shape[1:]), f32)
+        self._rows = np.empty((pool, 6, shape[2]), f32)
+        self._cells = np.empty((pool, shape[2]), np.int32)
         n_k, n_j, n_i = shape
         sx, sy, sz = spacing_mm
         counts = ((n_k - 1) * n_j * n_i * 3, n_k * (n_j - 1) * n_i * 3, n_k * n_j * (n_i - 1) * 3)
@@ -347,10 +448,10 @@ class FusedAdam:
         self.threads, self.t = threads, 0
 
     def _similarity(self) -> float:
-        _warp_pass(self.moving, self.index_to_moving, self.mm_to_vox, self.fixed, self.u, self.radius, self.warped,
-                   self.dj_du, self.products, self._scratch)
-        _window_pass(self.products, self.windows, self.eps_variance, self.radius, self.terms, self.partial,
-                     self._scratch)
+        _warp_pass(self.moving, self.index_to_moving, self.mm_to_vox, self.fixed, self.u, self.radius,
+                   self.extents[1], self.warped, self.dj_du, self.products, self._scratch, self._rows, self._cells)
+        _window_pass(self.products, self.windows, self.eps_variance, self.radius, self.extents[0], self.terms,
+                     self.partial, self._scratch)
         return float(self.partial.sum())
 
     def similarity(self) -> float:
@@ -371,6 +472,44 @@ class FusedAdam:
                          self.radius, constants, self._scratch)
         self.u, self._next = self._next, self.u
         return similarity
+
+
+@_jit
+def _squared_differences(u, partial):
+    """``partial[k]`` = Σ over components and slice k of the squared forward differences of
+    ``u`` (``(3, D, H, W)``) along z (to slice k + 1), y and x, float64."""
+    n_c, n_k, n_j, n_i = u.shape
+    for k in prange(n_k):
+        s_z = s_y = s_x = 0.0
+        for c in range(n_c):
+            for j in range(n_j):
+                here = u[c, k, j]
+                if k + 1 < n_k:
+                    above = u[c, k + 1, j]
+                    for i in range(n_i):
+                        s_z += np.float64(above[i] - here[i]) ** 2
+                if j + 1 < n_j:
+                    ahead = u[c, k, j + 1]
+                    for i in range(n_i):
+                        s_y += np.float64(ahead[i] - here[i]) ** 2
+                for i in range(n_i - 1):
+                    s_x += np.float64(here[i + 1] - here[i]) ** 2
+        partial[k, 0], partial[k, 1], partial[k, 2] = s_z, s_y, s_x
+
+
+def diffusion(u, spacing_mm, threads: int = 1) -> float:
+    """:func:`.refine.diffusion` of a field stored as planes, ``u``: ``(3, D, H, W)`` LPS mm on
+    a grid of (x, y, z) ``spacing_mm``: the mean squared forward difference per mm along each
+    axis, their sum times 3. One pass, summed per slice in float64, then in slice order."""
+    u = np.ascontiguousarray(u, np.float32)
+    n_k, n_j, n_i = u.shape[1:]
+    partial = np.empty((n_k, 3))
+    with _threads(threads):
+        _squared_differences(u, partial)
+    sums = partial.sum(axis=0)
+    sx, sy, sz = spacing_mm
+    counts = (3 * (n_k - 1) * n_j * n_i, 3 * n_k * (n_j - 1) * n_i, 3 * n_k * n_j * (n_i - 1))
+    return 3.0 * sum(total / (count * s * s) for total, count, s in zip(sums, counts, (sz, sy, sx)) if count)
 
 
 @_jit

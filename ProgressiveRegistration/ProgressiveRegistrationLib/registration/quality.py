@@ -24,7 +24,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.grid import Grid, resample
-from ..core.transforms import inverse_residual_mm, invert_displacement
+from ..core.transforms import invert_displacement
 from ..core.warp import warp_moving
 from .engine import Result
 from .refine import box_sum
@@ -192,8 +192,7 @@ def quality_maps(result: Result, fixed: sitk.Image, moving: sitk.Image) -> Quali
     ncc_before, ncc_after = local_ncc(fixed_hu, before_hu), local_ncc(fixed_hu, after_hu)
     residual = np.where(body, 1.0 - ncc_after, 0.0).astype(np.float32)
     coarse, on_coarse = subsampling(out, CONSISTENCY_MAX_VOXELS)
-    inverse, _ = invert_displacement(result.displacement, coarse)
-    error = inverse_residual_mm(result.displacement, inverse)
+    _, _, error = invert_displacement(result.displacement, coarse, residual_map=True)
     return QualityMaps(grid, body, lungs[on_grid], result.jacobian[on_grid], np.array(disp), fixed_hu, before_hu,
                        after_hu, residual, ncc_before, ncc_after, np.abs(fixed_hu - before_hu),
                        np.abs(fixed_hu - after_hu), coarse, error, lungs[on_coarse])

@@ -131,31 +131,47 @@ def parse_iterations(text: str, n_levels: int) -> tuple[int, ...]:
 
 # --- images at a level ----------------------------------------------------------------------
 
-#: How much finer than its stated spacing a level's cells may be (a fraction). Measured
-#: (docs/CONVENTIONS.md): 0.05 made the "2 mm" level of 1.6 mm voxels 3.2 mm and cost
-#: 0.1 mm of TRE on phantom pairs; 0.2 keeps it at 1.6 mm.
+#: How far from its stated spacing a level's cells may be (a fraction): finer for the
+#: coarser levels, coarser for the finest. Measured (docs/CONVENTIONS.md): 0.05 made the
+#: "2 mm" level of 1.6 mm voxels 3.2 mm and cost 0.1 mm of TRE on phantom pairs; 0.2 keeps
+#: it at 1.6 mm.
 SPACING_TOLERANCE = 0.2
 
 
-def shrink_factors(image: sitk.Image, spacing_mm: float) -> tuple[int, int, int]:
-    """Whole voxels per cell along (i, j, k) for voxel sizes ``s`` mm: the factor nearest to
-    ``spacing_mm / s``, raised where needed to the smallest ``f`` with
-    ``f · s ≥ (1 − SPACING_TOLERANCE) · spacing_mm``, so that no axis of a level's grid is
-    finer than its stated spacing by more than the tolerance (1.37 mm voxels: 2.74 mm cells
-    at a 2 mm level, not 1.37 mm; 0.977 mm: 1.95 mm; voxels already coarser keep ``f = 1``);
-    at least two cells remain along every axis."""
-    floor = (1.0 - SPACING_TOLERANCE) * spacing_mm
-    # The 1e-9 keeps an exact multiple (f·s = floor up to float rounding) at f.
-    return tuple(max(1, min(n // 2, max(int(round(spacing_mm / s)), int(np.ceil(floor / s - 1e-9)))))
-                 for s, n in zip(image.GetSpacing(), image.GetSize()))
+def shrink_factors(image: sitk.Image, spacing_mm: float, finest: bool = False) -> tuple[int, int, int]:
+    """Whole voxels per cell along (i, j, k) for voxel sizes ``s`` mm: the factor ``f`` nearest
+    to ``spacing_mm / s``, then
+
+    * at a coarser level, raised where needed to the smallest ``f`` with
+      ``f · s ≥ (1 − SPACING_TOLERANCE) · spacing_mm``: no axis is finer than the stated
+      spacing by more than the tolerance, since those levels are there for speed (1.37 mm
+      voxels: 4.11 mm cells at a 4 mm level; 0.977 mm: 3.91 mm);
+    * at the finest level, lowered where needed to the largest ``f`` with
+      ``f · s ≤ (1 + SPACING_TOLERANCE) · spacing_mm``: no axis is coarser than the stated
+      spacing by more than the tolerance, since that level sets the accuracy (1.37 mm
+      voxels: 1.37 mm at a 2 mm level, not 2.74 mm; 0.977 mm: 1.95 mm; 0.7 mm: 2.1 mm);
+
+    voxels already coarser keep ``f = 1``; at least two cells remain along every axis."""
+    low, high = (1.0 - SPACING_TOLERANCE) * spacing_mm, (1.0 + SPACING_TOLERANCE) * spacing_mm
+
+    def factor(s: float) -> int:
+        nearest = int(round(spacing_mm / s))
+        # The 1e-9 keeps an exact multiple (f·s on the bound up to float rounding) at f.
+        if finest:
+            return min(nearest, int(np.floor(high / s + 1e-9)))
+        return max(nearest, int(np.ceil(low / s - 1e-9)))
+
+    return tuple(max(1, min(n // 2, factor(s))) for s, n in zip(image.GetSpacing(), image.GetSize()))
 
 
-def _normalised(image: sitk.Image, spacing_mm: float, hu_range: tuple[float, float]) -> sitk.Image:
-    """``image`` clipped to ``hu_range``, scaled to [0, 1], box-averaged to ~``spacing_mm``."""
+def _normalised(image: sitk.Image, spacing_mm: float, hu_range: tuple[float, float], finest: bool = False
+                ) -> sitk.Image:
+    """``image`` clipped to ``hu_range``, scaled to [0, 1], box-averaged to ~``spacing_mm``
+    (:func:`shrink_factors`; ``finest``: the last level's rule)."""
     lo, hi = hu_range
     if image.GetPixelID() != sitk.sitkFloat32:  # callers pass float32 copies, made once for all levels
         image = sitk.Cast(image, sitk.sitkFloat32)
-    small = sitk.BinShrink(image, shrink_factors(image, spacing_mm))
+    small = sitk.BinShrink(image, shrink_factors(image, spacing_mm, finest))
     return sitk.ShiftScale(sitk.Clamp(small, sitk.sitkFloat32, lo, hi), -lo, 1.0 / (hi - lo))
 
 
@@ -283,24 +299,24 @@ class Refinement:
     grid: Grid
     levels: list[dict]
 
-    def sample_on(self, out: Grid) -> np.ndarray:
-        """``v`` on another grid, ``[k, j, i, 3]`` mm, trilinear, extended by its border values
-        beyond the crop (as the network's field is)."""
-        return resample_field(self.v_mm, self.grid, out).cpu().numpy()
-
-
-def grid_points(grid: Grid, index_to: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """:func:`fields.grid_points` made on ``device``: the 4x4 affine ``index_to`` applied to
-    every voxel index ``(i, j, k)`` of ``grid``, ``(D, H, W, 3)`` float64."""
-    ijk = fields.identity_vox(grid.shape_zyx, device, torch.float64).movedim(0, -1)
-    m = torch.as_tensor(index_to, dtype=torch.float64, device=device)
-    return ijk @ m[:3, :3].T + m[:3, 3]
+    def sample_on(self, out: Grid, add: np.ndarray | None = None) -> np.ndarray:
+        """``v`` on another grid, ``[k, j, i, 3]`` mm float32, trilinear, extended by its border
+        values beyond the crop (as the network's field is); plus ``add`` (a field on ``out``)."""
+        index_map = self.grid.lps_to_index @ out.index_to_lps
+        if fields.is_axis_aligned(index_map):
+            return fields.resample_separable(self.v_mm, index_map, out.shape_zyx, add).numpy()
+        v = resample_field(self.v_mm, self.grid, out).numpy()
+        return v if add is None else v + add
 
 
 def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``
-    (on ``v_mm``'s device)."""
-    q = grid_points(target, grid.lps_to_index @ target.index_to_lps, v_mm.device).movedim(-1, 0)
+    (on ``v_mm``'s device), extended by its border values; separable where the grids share
+    their axes (every grid of a registration is cut from the fixed image's, so always there)."""
+    index_map = grid.lps_to_index @ target.index_to_lps
+    if fields.is_axis_aligned(index_map):
+        return fields.resample_separable(v_mm.to(torch.float32), index_map, target.shape_zyx)
+    q = fields.grid_points(target, index_map, v_mm.device).movedim(-1, 0)
     out = fields.sample(v_mm.movedim(-1, 0).to(torch.float32), q.to(torch.float32), padding_mode="border")
     return out.movedim(0, -1).contiguous()
 
@@ -369,16 +385,19 @@ class _Level:
     mm_to_vox: torch.Tensor  # (3,) if axis-aligned (a scale per axis), else (3, 3)
     lps_to_moving_vox: np.ndarray  # (3, 4) LPS mm -> voxels (x, y, z) of `moving`
     d_net: torch.Tensor  # (D, H, W, 3) the network's displacement on `grid`, mm
-    fixed_sums: tuple[torch.Tensor, torch.Tensor]
-    count: torch.Tensor
+    fixed_sums: tuple[torch.Tensor, torch.Tensor] | None  # torch path only
+    count: torch.Tensor | None  # torch path only
+    windows: np.ndarray | None = None  # (4, D, H, W) of fused.window_statistics; compiled path only
 
 
 def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray, spacing: float,
-           config: RefineConfig, network_disp, body_mask, device: torch.device, compiled: bool = False) -> _Level:
+           config: RefineConfig, network_disp, body_mask, device: torch.device, compiled: bool = False,
+           finest: bool = False) -> _Level:
     """The level at ``spacing`` mm: images shrunk on the CPU (ITK), every tensor on ``device``;
-    ``compiled``: for :func:`_adam_compiled`, which computes the sample positions itself."""
-    f_small = _normalised(fixed, spacing, config.hu_range)
-    m_small = _normalised(moving, spacing, config.hu_range)
+    ``compiled``: for :func:`_adam_compiled`, which computes the sample positions itself;
+    ``finest``: the last level (:func:`shrink_factors`)."""
+    f_small = _normalised(fixed, spacing, config.hu_range, finest)
+    m_small = _normalised(moving, spacing, config.hu_range, finest)
     grid, cut = sub_grid(Grid.from_image(f_small), lo, hi)
 
     def tensor(array: np.ndarray, dtype=None) -> torch.Tensor:
@@ -391,12 +410,20 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     d_net = tensor(network_disp(grid), np.float32)
     base = None
     if not compiled:
-        x = grid_points(grid, grid.index_to_lps, device) + d_net
+        x = fields.grid_points(grid, grid.index_to_lps, device) + d_net
         to_vox_t = torch.as_tensor(to_vox, dtype=torch.float64, device=device)
         base = (x @ to_vox_t[:, :3].T + to_vox_t[:, 3]).to(torch.float32)
     lin = to_vox[:, :3]
     diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())
     mm_to_vox = torch.tensor(np.diag(lin) if diagonal else lin, dtype=torch.float32, device=device)
+    if compiled:
+        # The window statistics of the compiled passes, computed once: their count and
+        # variance sum B decide which windows are informative, as window_sums' do below.
+        windows = fused.window_statistics(f.numpy(), mask.numpy(), config.radius_vox, torch.get_num_threads())
+        mask = mask * torch.from_numpy(windows[2] > config.eps * windows[0])
+        weight = mask / mask.sum().clamp_min(1.0)
+        windows[3] = weight.numpy()
+        return _Level(grid, f, m, weight, base, mm_to_vox, to_vox, d_net, None, None, windows)
     fixed_sums, count = window_sums(f, config.radius_vox)
     mask = mask * informative(fixed_sums, count, config.eps)
     return _Level(grid, f, m, mask / mask.sum().clamp_min(1.0), base, mm_to_vox, to_vox, d_net, fixed_sums, count)
@@ -437,16 +464,18 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
     record = []
     factors = None
     for level, (spacing, iterations) in enumerate(zip(config.levels_mm, config.iterations)):
-        if (shrink_factors(fixed, spacing), shrink_factors(moving, spacing)) == factors:
+        finest = level == len(config.levels_mm) - 1
+        level_factors = shrink_factors(fixed, spacing, finest), shrink_factors(moving, spacing, finest)
+        if level_factors == factors:
             # The images are coarser than this level: it would repeat the previous one.
             done += iterations
             record.append({"spacing_mm": record[-1]["spacing_mm"], "size": record[-1]["size"], "iterations": 0,
                            "skipped": "the images are no finer than the previous level"})
             continue
-        factors = shrink_factors(fixed, spacing), shrink_factors(moving, spacing)
+        factors = level_factors
         t0 = time.perf_counter()
         compiled = fused.available() and device.type == "cpu"
-        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device, compiled)
+        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device, compiled, finest)
         t_setup = time.perf_counter() - t0
         v0 = resample_field(v, grid, lv.grid) if v is not None else torch.zeros((*lv.grid.shape_zyx, 3), device=device)
         grid = lv.grid
@@ -457,10 +486,8 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
                                                 f"({spacing:g} mm), iteration {it + 1}/{iterations}, NCC² {similarity:.3f}")
 
         optimise = _adam_compiled if compiled else _adam_torch
-        v, start, end = optimise(lv, v0, config, iterations, slabs, tick)
+        v, start, end, smooth = optimise(lv, v0, config, iterations, slabs, tick)
         done += iterations
-        with torch.no_grad():
-            smooth = float(diffusion(lv.d_net + v, lv.grid.spacing_mm))
         record.append({"spacing_mm": [round(s, 3) for s in grid.spacing_mm], "size": list(grid.size),
                        "iterations": int(iterations), "ncc2_before": round(start, 4), "ncc2_after": round(end, 4),
                        "diffusion": round(smooth, 6), "seconds": round(time.perf_counter() - t0, 3),
@@ -477,9 +504,9 @@ def _loss_scale(v_mm: torch.Tensor) -> float:
 
 
 def _adam_torch(lv: _Level, v0: torch.Tensor, config: RefineConfig, iterations: int, slabs: int,
-                tick: Callable[[int, float], None]) -> tuple[torch.Tensor, float, float]:
+                tick: Callable[[int, float], None]) -> tuple[torch.Tensor, float, float, float]:
     """The device-generic path: ``iterations`` Adam steps on ``v`` from ``v0`` with autograd.
-    Returns (v, NCC² before, NCC² after)."""
+    Returns (v, NCC² before, NCC² after, diffusion of the total field after)."""
     params = v0.clone().requires_grad_(True)
     scale = _loss_scale(params)
     adam = Adam(params, config.learning_rate_mm, config.gradient_floor)
@@ -493,18 +520,19 @@ def _adam_torch(lv: _Level, v0: torch.Tensor, config: RefineConfig, iterations: 
         tick(it, similarity.item())
     v = params.detach()
     with torch.no_grad():
-        end = float(_objective(lv, v, config, slabs)[0])
-    return v, (end if start is None else start), end
+        end, smooth = (float(value) for value in _objective(lv, v, config, slabs))
+    return v, (end if start is None else start), end, smooth
 
 
 def _adam_compiled(lv: _Level, v0: torch.Tensor, config: RefineConfig, iterations: int, slabs: int,
-                   tick: Callable[[int, float], None]) -> tuple[torch.Tensor, float, float]:
+                   tick: Callable[[int, float], None]) -> tuple[torch.Tensor, float, float, float]:
     """The same steps as :func:`_adam_torch`, each three compiled passes (:mod:`.fused`) on
     the total displacement ``d_net + v``; CPU tensors."""
     index_to_moving = lv.lps_to_moving_vox @ lv.grid.index_to_lps
-    u0 = (lv.d_net + v0).permute(3, 0, 1, 2).contiguous().numpy()
+    u0 = np.empty((3, *lv.grid.shape_zyx), np.float32)  # one plane per component, taken over by the optimiser
+    np.add(lv.d_net.numpy().transpose(3, 0, 1, 2), v0.numpy().transpose(3, 0, 1, 2), out=u0)
     opt = fused.FusedAdam(lv.fixed.numpy(), lv.moving.numpy(), index_to_moving, lv.lps_to_moving_vox[:, :3],
-                          fused.window_statistics(lv.fixed.numpy(), lv.weight.numpy(), config.radius_vox, slabs), u0,
+                          lv.windows, u0,
                           lv.grid.spacing_mm,
                           radius=config.radius_vox, eps_variance=config.eps, scale=_loss_scale(v0),
                           smoothness=config.smoothness, lr=config.learning_rate_mm, eps=config.gradient_floor,
@@ -515,4 +543,5 @@ def _adam_compiled(lv: _Level, v0: torch.Tensor, config: RefineConfig, iteration
         start = similarity if start is None else start
         tick(it, similarity)
     end = opt.similarity()
-    return torch.from_numpy(opt.u).permute(1, 2, 3, 0) - lv.d_net, (end if start is None else start), end
+    v = torch.from_numpy(opt.u).permute(1, 2, 3, 0) - lv.d_net  # (D, H, W, 3)
+    return v, (end if start is None else start), end, fused.diffusion(opt.u, lv.grid.spacing_mm, slabs)
