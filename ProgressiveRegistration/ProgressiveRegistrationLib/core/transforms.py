@@ -14,6 +14,7 @@ the crop tends to the crop-to-crop affine ``G_m ∘ G_f⁻¹`` plus a constant.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,17 @@ def field_at_points(disp_lps: np.ndarray, grid: Grid, points_lps: np.ndarray) ->
     return out
 
 
+def map_points(disp_lps: np.ndarray, grid: Grid, points_lps: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` LPS points through the resampling transform of a ``[k, j, i, 3]`` field on
+    ``grid``, as ITK's ``DisplacementFieldTransform`` maps them (``transform_points`` of
+    ``field_transform``): plus the trilinear displacement within half a voxel of the grid,
+    unchanged beyond it; without building the transform's float64 copy of the whole field."""
+    points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+    q = grid.points_to_index(points)
+    inside = np.all((q >= -0.5) & (q <= np.asarray(grid.size) - 0.5), axis=1)
+    return points + np.where(inside[:, None], field_at_points(disp_lps, grid, points), 0.0)
+
+
 def transform_points(transform: sitk.Transform, points_lps: np.ndarray) -> np.ndarray:
     """Apply an ITK transform to ``(n, 3)`` LPS points."""
     return np.array([transform.TransformPoint([float(v) for v in p]) for p in np.asarray(points_lps)])
@@ -209,10 +221,17 @@ def _field_at(disp_image: sitk.Image):
     """``d(points_lps)`` for ``(3, n)`` LPS points: the field of ``disp_image``, trilinear, in float64,
     with its border values beyond its grid."""
     source = Grid.from_image(disp_image)
-    d = torch.from_numpy(sitk.GetArrayFromImage(disp_image)).to(torch.float64).movedim(-1, 0)
+    view = sitk.GetArrayViewFromImage(disp_image)
+    if view.dtype == np.float64:
+        # The image's own pixels (read, never written): no copy of a field of millions of voxels.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            d = torch.from_numpy(view).movedim(-1, 0)
+    else:
+        d = torch.from_numpy(view.astype(np.float64)).movedim(-1, 0)
     to_index = torch.from_numpy(source.lps_to_index)
 
-    def d_at(points_lps: torch.Tensor) -> torch.Tensor:
+    def d_at(points_lps: torch.Tensor, _keep=disp_image) -> torch.Tensor:  # _keep: the pixels' owner
         q = to_index[:3, :3] @ points_lps + to_index[:3, 3:]
         return fields.sample(d, q, padding_mode="border")
 

@@ -40,8 +40,8 @@ from ..core.transforms import (
     displacement_lps,
     field_at_points,
     field_transform,
+    map_points,
     output_grid,
-    transform_points,
 )
 from ..model.modelfile import Model, load_model
 from ..model.preprocess import crop_hu, lung_crop, network_input
@@ -195,7 +195,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
                     lung_mask=mask_on(fixed_masks.lungs, out))
     if fixed_points_lps is not None:
         stage("landmarks", 0.95, "landmark TRE")
-        predicted = transform_points(result.transform(), fixed_points_lps)
+        predicted = map_points(disp, out, fixed_points_lps)
         before = tre_mm(fixed_points_lps, moving_points_lps)
         after = tre_mm(predicted, moving_points_lps)
         network = after

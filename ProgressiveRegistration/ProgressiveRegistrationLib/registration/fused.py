@@ -128,6 +128,29 @@ def _sum_slices(src, k, r, dst):
 
 
 @_njit
+def _sum_slices_within(src, k, r, extents, dst):
+    """:func:`_sum_slices` on each row ``j`` of slice ``k`` within its extent
+    ``[extents[0, k, j], extents[1, k, j])`` only (the same adds in the same order); the rest
+    of ``dst`` is left as it is."""
+    n_k, n_j = src.shape[0], src.shape[1]
+    for j in range(n_j):
+        lo, hi = extents[0, k, j], extents[1, k, j]
+        d = dst[j, lo:hi]
+        centre = src[k, j, lo:hi]
+        for e in range(hi - lo):
+            d[e] = centre[e]
+        for t in range(1, r + 1):
+            if k - t >= 0:
+                other = src[k - t, j, lo:hi]
+                for e in range(hi - lo):
+                    d[e] += other[e]
+            if k + t < n_k:
+                other = src[k + t, j, lo:hi]
+                for e in range(hi - lo):
+                    d[e] += other[e]
+
+
+@_njit
 def _box_slice(src, tmp, dst, r):
     """``dst`` = the i,j box sums of the ``(H, W)`` slice ``src`` (``tmp``: a buffer of its shape)."""
     _box_rows(src, tmp, r)
@@ -251,8 +274,8 @@ def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
         t_id = _thread_id()
         sums = scratch[t_id, 0:3]
         buf = scratch[t_id, 3:7]
-        for c in range(3):
-            _sum_slices(products[c], k, r, sums[c])
+        for c in range(3):  # needed at the weighted windows only
+            _sum_slices_within(products[c], k, r, weighted, sums[c])
         total = 0.0
         for j in range(n_j):
             n, s_f, b, w = windows[0, k, j], windows[1, k, j], windows[2, k, j], windows[3, k, j]
@@ -294,11 +317,13 @@ def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
 
 
 @_jit
-def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, constants, scratch):
+def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, constants, scratch):
     """Pass 3: ``∂L/∂u`` for ``L = scale · (λ·diffusion(u) − Σ w·NCC²)`` and Adam's step,
     ``u_next = u − lr_t · m₁ / (√m₂ / bias2 + eps)``; ``u``, ``dj_du``, the moments:
     ``(3, D, H, W)``. ``constants`` (float32): scale·λ times the diffusion gradient's factor
-    ``6 / (spacing² · n_differences)`` along z, y, x; scale; 1 − β₁; β₂; 1 − β₂; lr_t; bias2; eps."""
+    ``6 / (spacing² · n_differences)`` along z, y, x; scale; 1 − β₁; β₂; 1 − β₂; lr_t; bias2; eps.
+    ``reach``: the rows' extents of :func:`_warp_pass`; outside them no weighted window holds
+    the voxel, and the similarity's part of the gradient is 0 (computed so, it would be)."""
     n_k, n_j, n_i = fixed.shape
     cz, cy, cx, scale, step1, beta2, step2, lr_t, bias2, eps = (constants[0], constants[1], constants[2],
                                                                  constants[3], constants[4], constants[5],
@@ -310,12 +335,20 @@ def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, constants, s
         g_j = scratch[t_id, 4]
         grad = scratch[t_id, 5]
         for c in range(4):
-            _sum_slices(terms[c], k, r, sums[c])
+            _sum_slices_within(terms[c], k, r, reach, sums[c])
+        zero = np.float32(0.0)
         for j in range(n_j):
             # ∂(Σ w·NCC²)/∂J(x) = I·Σα − J·Σγ + Σγμ_J − Σαμ_I, times the loss's scale
-            f, jw, s_a, s_am, s_g, s_gm = fixed[k, j], warped[k, j], sums[0, j], sums[1, j], sums[2, j], sums[3, j]
+            lo, hi = reach[0, k, j], reach[1, k, j]
             out = g_j[j]
-            for i in range(n_i):
+            for i in range(lo):
+                out[i] = zero
+            for i in range(n_i - hi):
+                out[hi + i] = zero
+            f, jw = fixed[k, j, lo:hi], warped[k, j, lo:hi]
+            s_a, s_am, s_g, s_gm = sums[0, j, lo:hi], sums[1, j, lo:hi], sums[2, j, lo:hi], sums[3, j, lo:hi]
+            out = out[lo:hi]
+            for i in range(hi - lo):
                 out[i] = scale * (f[i] * s_a[i] - jw[i] * s_g[i] + (s_gm[i] - s_am[i]))
         # Neighbours clamped at the border: there the difference is 0, as the term has none.
         km, kp = max(k - 1, 0), min(k + 1, n_k - 1)
@@ -469,7 +502,7 @@ class FusedAdam:
                                   1.0 - b2, self.lr / (1.0 - b1**self.t), np.sqrt(1.0 - b2**self.t), self.eps],
                                  np.float32)
             _update_pass(self.terms, self.fixed, self.warped, self.dj_du, self.u, self._next, self.m1, self.m2,
-                         self.radius, constants, self._scratch)
+                         self.radius, self.extents[1], constants, self._scratch)
         self.u, self._next = self._next, self.u
         return similarity
 

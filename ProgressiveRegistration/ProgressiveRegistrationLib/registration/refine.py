@@ -171,7 +171,8 @@ def _normalised(image: sitk.Image, spacing_mm: float, hu_range: tuple[float, flo
     lo, hi = hu_range
     if image.GetPixelID() != sitk.sitkFloat32:  # callers pass float32 copies, made once for all levels
         image = sitk.Cast(image, sitk.sitkFloat32)
-    small = sitk.BinShrink(image, shrink_factors(image, spacing_mm, finest))
+    factors = shrink_factors(image, spacing_mm, finest)
+    small = sitk.BinShrink(image, factors) if factors != (1, 1, 1) else image  # 1, 1, 1: a copy
     return sitk.ShiftScale(sitk.Clamp(small, sitk.sitkFloat32, lo, hi), -lo, 1.0 / (hi - lo))
 
 
