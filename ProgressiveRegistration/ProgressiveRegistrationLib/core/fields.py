@@ -67,18 +67,25 @@ def _corners(u, c, a0, a1, b0, b1, c0, c1, tk, tj, ti):
                + (u[c, a1, b1, c0] * (1 - ti) + u[c, a1, b1, c1] * ti) * tj) * tk)
 
 
-def _separable_kernel(u, i0, i1, fi, j0, j1, fj, k0, k1, fk, base, add, out):
-    """``out[k, j, i, c] = (base[k, j, i, c] if add) + u_c`` at the cells (:func:`axis_cells`)."""
-    nk, nj, ni, nc = out.shape
+def _separable_kernel(u, i0, i1, fi, j0, j1, fj, k0, k1, fk, m, affine, base, add, out):
+    """``out[k, j, i, r] = (base[k, j, i, r] if add) + Σ_c m[r, c]·u_c + affine[r]·(i, j, k, 1)``
+    with the three planes ``u_c`` of ``u`` (``(3, D, H, W)``) trilinear at the cells of
+    :func:`axis_cells` along i, j and k: resampling (``m = I``, ``affine = 0``) and the
+    transform's displacement (:func:`.transforms.displacement_lps`) in one pass."""
+    nk, nj, ni = out.shape[:3]
     for k in prange(nk):
         a0, a1, tk = k0[k], k1[k], fk[k]
         for j in range(nj):
             b0, b1, tj = j0[j], j1[j], fj[j]
             for i in range(ni):
                 c0, c1, ti = i0[i], i1[i], fi[i]
-                for c in range(nc):
-                    value = _corners(u, c, a0, a1, b0, b1, c0, c1, tk, tj, ti)
-                    out[k, j, i, c] = base[k, j, i, c] + value if add else value
+                v0 = _corners(u, 0, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                v1 = _corners(u, 1, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                v2 = _corners(u, 2, a0, a1, b0, b1, c0, c1, tk, tj, ti)
+                for r in range(3):
+                    value = (m[r, 0] * v0 + m[r, 1] * v1 + m[r, 2] * v2
+                             + affine[r, 0] * i + affine[r, 1] * j + affine[r, 2] * k + affine[r, 3])
+                    out[k, j, i, r] = base[k, j, i, r] + value if add else value
 
 
 if numba is not None:
@@ -92,7 +99,7 @@ def resample_separable(values: torch.Tensor, index_map: np.ndarray, shape_zyx: t
     ``shape_zyx`` grid, at the source index ``index_map · p`` (4x4 and axis-aligned,
     :func:`is_axis_aligned`), clamped to the source grid (grid_sample's 'border',
     ``align_corners=True``): ``(D', H', W', C)`` float32 on ``values``' device; ``add``: a
-    ``(D', H', W', C)`` float32 array added to the samples (CPU only).
+    ``(D', H', W', 3)`` float32 array added to the samples (CPU, three channels).
 
     The weights of an axis-aligned map are a product of one weight per axis, computed once
     per axis: on the CPU with numba one compiled pass writes the result; elsewhere it is
@@ -102,12 +109,13 @@ def resample_separable(values: torch.Tensor, index_map: np.ndarray, shape_zyx: t
     """
     m = np.asarray(index_map, dtype=np.float64)
     cells = [axis_cells(m[2 - d, 2 - d], m[2 - d, 3], shape_zyx[d], values.shape[d]) for d in range(3)]  # k, j, i
-    if values.device.type == "cpu" and numba is not None:
+    if values.device.type == "cpu" and numba is not None and values.shape[3] == 3:
         planes = np.ascontiguousarray(values.detach().to(torch.float32).permute(3, 0, 1, 2).numpy())
-        out = np.empty((*shape_zyx, values.shape[3]), np.float32)
+        out = np.empty((*shape_zyx, 3), np.float32)
         base = out if add is None else np.ascontiguousarray(add, dtype=np.float32)
         (k0, k1, fk), (j0, j1, fj), (i0, i1, fi) = cells
-        _separable_kernel(planes, i0, i1, fi, j0, j1, fj, k0, k1, fk, base, add is not None, out)
+        _separable_kernel(planes, i0, i1, fi, j0, j1, fj, k0, k1, fk, np.eye(3), np.zeros((3, 4)), base,
+                          add is not None, out)
         return torch.from_numpy(out)
     if add is not None:
         raise ValueError("resample_separable: `add` is for CPU tensors")

@@ -25,7 +25,7 @@ from . import fields
 from .atomic import write_file
 from .errors import InputError
 from .grid import Grid
-from .jit import numba, prange
+from .jit import numba
 
 TRANSFORM_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".h5")
 
@@ -68,31 +68,9 @@ def _displacement_axis_aligned(u_vox: torch.Tensor, moving_crop: Grid, out: Grid
         cells += fields.axis_cells(out_to_crop[a, a], out_to_crop[a, 3], n, n_crop[a])
     m = moving_crop.index_to_lps
     result = np.empty((*out.shape_zyx, 3), dtype=np.float32)
-    _axis_aligned_kernel(u, *cells, np.ascontiguousarray(m[:3, :3]), m @ out_to_crop - out.index_to_lps, result)
+    fields._separable_kernel(u, *cells, np.ascontiguousarray(m[:3, :3]), m @ out_to_crop - out.index_to_lps, result,
+                             False, result)
     return result
-
-
-def _axis_aligned_kernel(u, i0, i1, fi, j0, j1, fj, k0, k1, fk, m, affine, out):
-    """``out[k, j, i] = m · u(fk, fj, fi corners) + affine · (i, j, k, 1)`` (see above)."""
-    nk, nj, ni = out.shape[:3]
-    for k in prange(nk):
-        a0, a1, tk = k0[k], k1[k], fk[k]
-        for j in range(nj):
-            b0, b1, tj = j0[j], j1[j], fj[j]
-            for i in range(ni):
-                c0, c1, ti = i0[i], i1[i], fi[i]
-                v0 = _corners(u, 0, a0, a1, b0, b1, c0, c1, tk, tj, ti)
-                v1 = _corners(u, 1, a0, a1, b0, b1, c0, c1, tk, tj, ti)
-                v2 = _corners(u, 2, a0, a1, b0, b1, c0, c1, tk, tj, ti)
-                for r in range(3):
-                    out[k, j, i, r] = (m[r, 0] * v0 + m[r, 1] * v1 + m[r, 2] * v2
-                                       + affine[r, 0] * i + affine[r, 1] * j + affine[r, 2] * k + affine[r, 3])
-
-
-_corners = fields._corners
-
-if numba is not None:
-    _axis_aligned_kernel = numba.njit(parallel=True, cache=True)(_axis_aligned_kernel)
 
 
 def _displacement_general(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, out: Grid,
