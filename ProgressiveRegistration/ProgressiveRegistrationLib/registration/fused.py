@@ -151,6 +151,17 @@ def _sum_slices_within(src, k, r, extents, dst):
 
 
 @_njit
+def _clear_outside(row, lo, hi):
+    """``row[:lo]`` and ``row[hi:]`` set to 0 (each as a loop from 0, see :func:`_warp_pass`)."""
+    zero = np.float32(0.0)
+    for i in range(lo):
+        row[i] = zero
+    rest = row[hi:]
+    for i in range(rest.shape[0]):
+        rest[i] = zero
+
+
+@_njit
 def _box_slice(src, tmp, dst, r):
     """``dst`` = the i,j box sums of the ``(H, W)`` slice ``src`` (``tmp``: a buffer of its shape)."""
     _box_rows(src, tmp, r)
@@ -223,10 +234,8 @@ def _warp_pass(moving, index_to_moving, mm_to_vox, fixed, u, r, reach, warped, d
                 fz_row[t] = z - np.float32(k0)
                 cell[t] = (k0 * np.int32(nj) + j0) * np.int32(ni) + i0
             s_j, s_jj, s_ij = buf[0, j], buf[1, j], buf[2, j]
-            for i in range(lo):
-                s_j[i] = s_jj[i] = s_ij[i] = zero
-            for i in range(n_i - hi):
-                s_j[hi + i] = s_jj[hi + i] = s_ij[hi + i] = zero
+            for row in (s_j, s_jj, s_ij):
+                _clear_outside(row, lo, hi)
             out, d0, d1, d2 = warped[k, j, lo:hi], dj_du[0, k, j, lo:hi], dj_du[1, k, j, lo:hi], dj_du[2, k, j, lo:hi]
             s_j, s_jj, s_ij, f = s_j[lo:hi], s_jj[lo:hi], s_ij[lo:hi], fixed[k, j, lo:hi]
             for t in range(n):
@@ -267,7 +276,7 @@ def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
     ``windows``: ``(4, D, H, W)`` count, ΣI, B (the fixed image's variance sum), weight;
     ``weighted``: ``(2, D, H)`` int64, per row the windows ``[lo, hi)`` that hold all its
     weight (:func:`row_extents`); the terms are 0 outside, as they would be computed."""
-    n_k, n_j, n_i = windows.shape[1], windows.shape[2], windows.shape[3]
+    n_k, n_j = windows.shape[1], windows.shape[2]
     zero, one, two = np.float32(0.0), np.float32(1.0), np.float32(2.0)
     eps = np.float32(eps)
     for k in prange(n_k):
@@ -282,10 +291,8 @@ def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
             s_w, s_ww, s_fw = sums[0, j], sums[1, j], sums[2, j]
             alpha, alpha_mu, gamma, gamma_mu = buf[0, j], buf[1, j], buf[2, j], buf[3, j]
             lo, hi = weighted[0, k, j], weighted[1, k, j]
-            for i in range(lo):
-                alpha[i] = alpha_mu[i] = gamma[i] = gamma_mu[i] = zero
-            for i in range(n_i - hi):
-                alpha[hi + i] = alpha_mu[hi + i] = gamma[hi + i] = gamma_mu[hi + i] = zero
+            for row in (alpha, alpha_mu, gamma, gamma_mu):
+                _clear_outside(row, lo, hi)
             # Views from the extent's first window, looped from 0 (see _warp_pass).
             n, s_f, b, w = n[lo:hi], s_f[lo:hi], b[lo:hi], w[lo:hi]
             s_w, s_ww, s_fw = s_w[lo:hi], s_ww[lo:hi], s_fw[lo:hi]
@@ -336,15 +343,11 @@ def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, const
         grad = scratch[t_id, 5]
         for c in range(4):
             _sum_slices_within(terms[c], k, r, reach, sums[c])
-        zero = np.float32(0.0)
         for j in range(n_j):
             # ∂(Σ w·NCC²)/∂J(x) = I·Σα − J·Σγ + Σγμ_J − Σαμ_I, times the loss's scale
             lo, hi = reach[0, k, j], reach[1, k, j]
             out = g_j[j]
-            for i in range(lo):
-                out[i] = zero
-            for i in range(n_i - hi):
-                out[hi + i] = zero
+            _clear_outside(out, lo, hi)
             f, jw = fixed[k, j, lo:hi], warped[k, j, lo:hi]
             s_a, s_am, s_g, s_gm = sums[0, j, lo:hi], sums[1, j, lo:hi], sums[2, j, lo:hi], sums[3, j, lo:hi]
             out = out[lo:hi]
@@ -405,7 +408,7 @@ def _row_extents(weight, r, extents):
 def row_extents(weight: np.ndarray, radius: int, restrict: bool = True) -> np.ndarray:
     """``(2, 2, D, H)`` int64 row extents of a ``(D, H, W)`` window weight (:func:`_row_extents`);
     ``restrict=False``: every row whole (the passes then compute everywhere, the reference)."""
-    extents = np.empty((2, 2, *weight.shape[:2]), np.int64)  # int32 bounds keep the loops from vectorising
+    extents = np.empty((2, 2, *weight.shape[:2]), np.int64)
     if restrict:
         _row_extents(np.ascontiguousarray(weight, np.float32), int(radius), extents)
     else:

@@ -303,23 +303,21 @@ class Refinement:
     def sample_on(self, out: Grid, add: np.ndarray | None = None) -> np.ndarray:
         """``v`` on another grid, ``[k, j, i, 3]`` mm float32, trilinear, extended by its border
         values beyond the crop (as the network's field is); plus ``add`` (a field on ``out``)."""
-        index_map = self.grid.lps_to_index @ out.index_to_lps
-        if fields.is_axis_aligned(index_map):
-            return fields.resample_separable(self.v_mm, index_map, out.shape_zyx, add).numpy()
-        v = resample_field(self.v_mm, self.grid, out).numpy()
-        return v if add is None else v + add
+        return resample_field(self.v_mm, self.grid, out, add).numpy()
 
 
-def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+def resample_field(v_mm: torch.Tensor, grid: Grid, target: Grid, add: np.ndarray | None = None) -> torch.Tensor:
     """Trilinear samples of a ``(D, H, W, 3)`` field on ``grid`` at every voxel of ``target``
-    (on ``v_mm``'s device), extended by its border values; separable where the grids share
-    their axes (every grid of a registration is cut from the fixed image's, so always there)."""
+    (on ``v_mm``'s device), extended by its border values, plus ``add`` (a CPU field on
+    ``target``); separable where the grids share their axes (every grid of a registration is
+    cut from the fixed image's, so always there)."""
     index_map = grid.lps_to_index @ target.index_to_lps
     if fields.is_axis_aligned(index_map):
-        return fields.resample_separable(v_mm.to(torch.float32), index_map, target.shape_zyx)
+        return fields.resample_separable(v_mm.to(torch.float32), index_map, target.shape_zyx, add)
     q = fields.grid_points(target, index_map, v_mm.device).movedim(-1, 0)
     out = fields.sample(v_mm.movedim(-1, 0).to(torch.float32), q.to(torch.float32), padding_mode="border")
-    return out.movedim(0, -1).contiguous()
+    out = out.movedim(0, -1).contiguous()
+    return out if add is None else out + torch.from_numpy(add)
 
 
 def _grid_sample(volume: torch.Tensor, q_vox: torch.Tensor, slabs: int) -> torch.Tensor:
@@ -417,17 +415,19 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     lin = to_vox[:, :3]
     diagonal = np.allclose(lin, np.diag(np.diag(lin)), atol=1e-12 * np.abs(lin).max())
     mm_to_vox = torch.tensor(np.diag(lin) if diagonal else lin, dtype=torch.float32, device=device)
+    fixed_sums = count = windows = None
     if compiled:
         # The window statistics of the compiled passes, computed once: their count and
         # variance sum B decide which windows are informative, as window_sums' do below.
         windows = fused.window_statistics(f.numpy(), mask.numpy(), config.radius_vox, torch.get_num_threads())
         mask = mask * torch.from_numpy(windows[2] > config.eps * windows[0])
-        weight = mask / mask.sum().clamp_min(1.0)
+    else:
+        fixed_sums, count = window_sums(f, config.radius_vox)
+        mask = mask * informative(fixed_sums, count, config.eps)
+    weight = mask / mask.sum().clamp_min(1.0)
+    if windows is not None:
         windows[3] = weight.numpy()
-        return _Level(grid, f, m, weight, base, mm_to_vox, to_vox, d_net, None, None, windows)
-    fixed_sums, count = window_sums(f, config.radius_vox)
-    mask = mask * informative(fixed_sums, count, config.eps)
-    return _Level(grid, f, m, mask / mask.sum().clamp_min(1.0), base, mm_to_vox, to_vox, d_net, fixed_sums, count)
+    return _Level(grid, f, m, weight, base, mm_to_vox, to_vox, d_net, fixed_sums, count, windows)
 
 
 def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int) -> tuple[torch.Tensor, torch.Tensor]:
