@@ -57,3 +57,21 @@ def test_a_bad_manifest_is_one_error_line_and_nothing_written(tmp_path):
     r = progreg("batch", tmp_path / "m.csv", "--out", out, "--workers", 1)
     assert_bad_input(r, out)
     assert "5 problem(s)" in r.stderr and not out.exists()
+
+
+def test_ids_that_are_the_studys_own_files_are_refused_before_any_case_runs(tmp_path):
+    (tmp_path / "f.nrrd").write_text("x")
+    (tmp_path / "m.csv").write_text("id,fixed,moving\n"
+                                    "ok,f.nrrd,f.nrrd\n"
+                                    "cohort.csv,f.nrrd,f.nrrd\n"
+                                    "Cohort.HTML,f.nrrd,f.nrrd\n")  # the same file on macOS and Windows
+    with pytest.raises(InputError) as err:
+        read_manifest(tmp_path / "m.csv")
+    message = str(err.value)
+    for says in ("line 3: id 'cohort.csv' is the name of the study's own cohort.csv",
+                 "line 4: id 'Cohort.HTML' is the name of the study's own cohort.html", "2 problem(s)"):
+        assert says in message, (says, message)
+    out = tmp_path / "out"
+    r = progreg("batch", tmp_path / "m.csv", "--out", out, "--workers", 1)
+    assert_bad_input(r, out)
+    assert "'cohort.csv'" in r.stderr and not out.exists()

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import MODULE_DIR, progreg
+from conftest import MODULE_DIR, assert_bad_input, progreg
 
 pytest.importorskip("distributed", reason="dask[distributed] is part of the test extras")
 
@@ -134,3 +134,50 @@ def test_a_worker_killed_mid_case_leaves_no_partial_output_and_the_case_is_done_
     assert not list((out / "k0").glob(f"{STAGING_PREFIX}*")) and (out / "k0" / "transform.nrrd").is_file()
     assert sorted(os.listdir(out / "k0")) == sorted([".progreg-outputs.json", MARKER_NAME, *json.loads(
         (out / "k0" / "summary.json").read_text())["files"]])
+
+
+# --- the output folder: checked before any case runs, its study table written whole or not at all ----
+
+def test_a_case_folder_linked_from_elsewhere_is_refused_before_any_case_runs(tmp_path):
+    (tmp_path / "f.nrrd").write_text("x")  # never read: the refusal comes first
+    (tmp_path / "m.csv").write_text("id,fixed,moving\np0,f.nrrd,f.nrrd\np1,f.nrrd,f.nrrd\n")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "transform.nrrd").write_text("the user's own")
+    (out / "p1").symlink_to(elsewhere, target_is_directory=True)
+    r = progreg("batch", tmp_path / "m.csv", "--out", out, "--workers", 1, "--quiet", *OPTIONS)  # no cluster starts
+    assert_bad_input(r)
+    assert "p1 is a symbolic link to" in r.stderr and str(elsewhere.resolve()) in r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["p1"]
+    assert [p.name for p in elsewhere.iterdir()] == ["transform.nrrd"]
+
+
+def test_a_full_disk_while_the_study_table_is_written_is_one_line_and_no_half_table(tmp_path, monkeypatch):
+    """Every case done by an earlier run (no cluster starts); the disk is full when the table is written."""
+    import errno
+
+    from ProgressiveRegistrationLib.batch import cohort
+    from ProgressiveRegistrationLib.batch.manifest import read_manifest
+    from ProgressiveRegistrationLib.batch.runner import Settings, case_row, fingerprint
+    from ProgressiveRegistrationLib.core.atomic import write_file
+
+    (tmp_path / "f.nrrd").write_text("x")
+    (tmp_path / "m.csv").write_text("id,fixed,moving\np0,f.nrrd,f.nrrd\np1,f.nrrd,f.nrrd\n")
+    out = tmp_path / "out"
+    settings = Settings(refinement=None, report=False)  # what OPTIONS ask for
+    for case in read_manifest(tmp_path / "m.csv"):
+        (out / case.id).mkdir(parents=True)
+        (out / case.id / MARKER_NAME).write_text(json.dumps({"fingerprint": fingerprint(case, settings),
+                                                             "row": case_row(case, "done")}))
+
+    def half_then_full(tmp):
+        with open(tmp, "w") as f:
+            f.write("id,kind,sta")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cohort, "write_csv", lambda path, rows: write_file(path, half_then_full))
+    r = progreg("batch", tmp_path / "m.csv", "--out", out, "--workers", 1, "--quiet", *OPTIONS)
+    assert_bad_input(r)
+    assert f"no space left on device while writing {out / 'cohort.csv'}" in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == ["p0", "p1"]  # no half table, no temporary, no staging, no lock

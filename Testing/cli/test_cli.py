@@ -252,3 +252,117 @@ def test_cuda_without_a_gpu_is_one_notice_and_the_cpu_result(small_pair, tiny_mo
         other = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / device / "transform.nrrd")))
         assert np.array_equal(cpu, other), device
         assert summaries[device]["tre_after_mm"] == summaries["cpu"]["tre_after_mm"]
+
+
+# --- outputs that cannot be written where asked: one line, nothing outside --out ----------------
+
+def _fail_under(monkeypatch, root, code):
+    """Creating a file or folder under ``root`` fails with ``code`` as the kernel says it (a
+    read-only file system, no permission), whoever runs the test (root too)."""
+    import os
+
+    root = os.path.abspath(root)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def check(path):
+        path = os.path.abspath(os.fsdecode(path))
+        if path == root or path.startswith(root + os.sep):
+            raise OSError(code, os.strerror(code), path)
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            check(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        check(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+
+def test_register_4d_refuses_a_phase_folder_linked_from_elsewhere(tmp_path):
+    for k in range(2):
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32)), str(tmp_path / f"phase{k}.nrrd"))
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "transform.nrrd").write_text("the user's own")
+    (out / "phase_1").symlink_to(elsewhere, target_is_directory=True)
+    r = progreg("register-4d", tmp_path / "phase0.nrrd", tmp_path / "phase1.nrrd", "--out", out)
+    assert_bad_input(r)
+    assert "phase_1 is a symbolic link to" in r.stderr and str(elsewhere.resolve()) in r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["phase_1"]
+    assert [p.name for p in elsewhere.iterdir()] == ["transform.nrrd"]
+    assert (elsewhere / "transform.nrrd").read_text() == "the user's own"
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """ITK reports a full disk as a RuntimeError without the errno: with no space left, it is one."""
+    import shutil
+
+    def itk_full(image, path, *args):
+        with open(path, "wb") as f:
+            f.write(b"half an image")
+        raise RuntimeError(f"ITK ERROR: ImageFileWriter: Could not write {path}")
+
+    monkeypatch.setattr(sitk, "WriteImage", itk_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100 << 30, 100 << 30, 0))
+    from conftest import SAMPLE
+
+    out = tmp_path / "out"
+    r = progreg("synth", SAMPLE, "--out", out, "--size", 16)
+    assert_bad_input(r, out)
+    assert "no space left on device while writing" in r.stderr and str(out) in r.stderr and "staging" not in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_train_into_a_read_only_file_system_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    read_only = tmp_path / "mount"
+    read_only.mkdir()
+    _fail_under(monkeypatch, read_only, errno.EROFS)
+    for out in (read_only, read_only / "run"):
+        r = progreg("train", "--smoke", "--quiet", "--out", out)
+        assert_bad_input(r, read_only)
+        assert f"--out {out}: cannot write there (read-only file system)" in r.stderr, r.stderr
+    assert list(read_only.iterdir()) == []
+
+
+def test_train_into_a_folder_without_permission_is_one_line(tmp_path):
+    import os
+
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        pytest.skip("root writes into a folder without write permission (the read-only test above runs everywhere)")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        r = progreg("train", "--smoke", "--quiet", "--out", locked / "run")
+    finally:
+        locked.chmod(0o755)
+    assert_bad_input(r, locked)
+    assert "cannot write there (permission denied)" in r.stderr
+
+
+def test_a_permission_error_anywhere_in_a_command_is_one_line_naming_the_path(tmp_path, monkeypatch):
+    import errno
+
+    from ProgressiveRegistrationLib.cli import data
+
+    def denied(args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "pair.json"))
+
+    monkeypatch.setattr(data, "cmd_synth", denied)
+    r = progreg("synth", "x.nrrd", "--out", tmp_path / "out")
+    assert_bad_input(r)
+    assert f"cannot write to {tmp_path / 'out' / 'pair.json'}: permission denied" in r.stderr
+
+    def other(args):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(data, "cmd_synth", other)
+    with pytest.raises(ConnectionRefusedError):  # not a write: not said as one
+        progreg("synth", "x.nrrd", "--out", tmp_path / "out")

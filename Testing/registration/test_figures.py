@@ -1,4 +1,4 @@
-"""Figures: the overview's slices are the slices of a full resample."""
+"""Figures: the overview's slices are the slices of a full resample; folds are marked where they are."""
 
 from __future__ import annotations
 
@@ -21,3 +21,55 @@ def test_overview_slice_equals_the_slice_of_a_full_resample():
                                                 -1024.0, sitk.sitkFloat32))
     for j in (0, 17, 29):
         np.testing.assert_allclose(_coronal_on(image, grid, j), full[:, j, :], atol=1e-3)
+
+
+def _red(png: bytes) -> np.ndarray:
+    import io
+
+    from matplotlib.image import imread
+
+    rgb = imread(io.BytesIO(png))[..., :3]
+    return (rgb[..., 0] > 0.85) & (rgb[..., 1] < 0.25) & (rgb[..., 2] < 0.25)
+
+
+def test_folding_voxels_are_marked_where_they_are(tiny_model):
+    """A fold planted at the centre of the lungs (where the review's three planes cross) is
+    drawn in red on the review's det J column; the folds' own figure marks it too; a field
+    without folds has no red there."""
+    import dataclasses
+
+    from ProgressiveRegistrationLib.model.modelfile import load_model
+    from ProgressiveRegistrationLib.registration.engine import register_images
+    from ProgressiveRegistrationLib.registration.figures import folding_figure, folding_points_lps, review_figure
+    from ProgressiveRegistrationLib.registration.quality import folding_clusters, quality_maps
+    from ProgressiveRegistrationLib.simulation.breathing import simulate
+
+    pair = simulate(sitk.ReadImage(str(SAMPLE)), seed=6, n_landmarks=4)
+    result = register_images(pair.inhale, pair.exhale, load_model(tiny_model), refinement=None)
+    clean = quality_maps(result, pair.inhale, pair.exhale)
+    assert folding_points_lps(result).shape == (0, 3) and not _red(review_figure(result, clean)).any()
+    centre = tuple(np.round(np.argwhere(clean.lungs).mean(0)).astype(int))
+    assert clean.grid == result.out_grid  # a small grid: the maps are on the transform's grid
+    jac = result.jacobian.copy()
+    jac[centre] = -0.5
+    folded = dataclasses.replace(result, jacobian=jac)
+    np.testing.assert_allclose(folding_points_lps(folded), result.out_grid.points_to_lps(
+        np.array([centre[::-1]], dtype=float)))
+    maps = dataclasses.replace(clean, jacobian=jac)
+    assert _red(review_figure(folded, maps)).sum() > 3 * 20  # a circle (and the voxel) on each of the 3 planes
+    _, clusters = folding_clusters(folded)
+    assert len(clusters) == 1 and clusters[0]["worst_det_j"] == -0.5
+    assert _red(folding_figure(folded, maps, clusters)).sum() > 3 * 20
+
+
+def test_plane_points_follow_the_pictures_orientation():
+    from ProgressiveRegistrationLib.registration.figures import _in_plane
+
+    pts = np.array([[3.0, 4.0, 5.0], [3.0, 4.0, 9.0], [7.2, 4.0, 5.0]])  # (i, j, k)
+    shape = (10, 20, 30)  # (nk, nj, ni)
+    x, y = _in_plane("axial", (5, 0, 0), shape, False, pts)
+    assert x.tolist() == [3.0, 7.2] and y.tolist() == [4.0, 4.0]
+    x, y = _in_plane("coronal", (0, 4, 0), shape, True, pts)  # superior at the top: rows flipped
+    assert x.tolist() == [3.0, 3.0, 7.2] and y.tolist() == [4.0, 0.0, 4.0]
+    x, y = _in_plane("sagittal", (0, 0, 3), shape, False, pts)
+    assert x.tolist() == [4.0, 4.0] and y.tolist() == [5.0, 9.0]

@@ -17,6 +17,7 @@ from ProgressiveRegistrationLib.core.transforms import transform_points  # noqa:
 from ProgressiveRegistrationLib.model.modelfile import load_model  # noqa: E402
 from ProgressiveRegistrationLib.registration.engine import register_images  # noqa: E402
 from ProgressiveRegistrationLib.registration.outputs import read_tre_csv  # noqa: E402
+from ProgressiveRegistrationLib.registration.quality import tolerance_text, value_text  # noqa: E402
 from ProgressiveRegistrationLib.slicer import mrml  # noqa: E402
 
 RAS = np.array([-1.0, -1.0, 1.0])
@@ -330,9 +331,37 @@ def test_the_quality_checks_and_the_doubt_map_come_with_the_in_process_result(sc
     table = r.quality_table.GetTable()
     rows = {table.GetValue(i, 0).ToString(): table.GetValue(i, 3).ToString() for i in range(table.GetNumberOfRows())}
     assert rows == {**{c["label"]: c["verdict"] for c in quality["checks"]}, "overall": quality["overall"]}
+    # Value and tolerance as the report shows them: the digits agree with the verdict.
+    shown = {table.GetValue(i, 0).ToString(): (table.GetValue(i, 1).ToString(), table.GetValue(i, 2).ToString())
+             for i in range(table.GetNumberOfRows())}
+    assert all(shown[c["label"]] == (value_text(c), tolerance_text(c)) for c in quality["checks"])
     assert r.quality_table.GetAttribute("ProgressiveRegistration.overall") == quality["overall"]
     doubt = slicer.util.arrayFromVolume(r.quality_map)
     assert doubt.min() >= 0.0 and doubt.max() <= 2.0 and doubt.max() > 0.0
     again = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, model=tiny_model, refinement=None,
                                        quality=False)
     assert again.quality_table is None and again.quality_map is None and "quality" not in again.summary
+
+
+def test_a_moving_volume_with_a_narrower_field_of_view_gives_the_same_tre(scene):
+    """Slicer logic with the bundled model: the exhale cut to 80 % of its width (same voxels, same
+    world positions) registers as the whole one, on the landmarks inside both (refined, 0.3 mm)."""
+    from ProgressiveRegistrationLib.io.images import read_image
+    from ProgressiveRegistrationLib.io.resources import BUNDLED_SAMPLE
+    from ProgressiveRegistrationLib.registration.refine import DEFAULT
+    from ProgressiveRegistrationLib.simulation.breathing import simulate
+
+    pair = simulate(read_image(BUNDLED_SAMPLE), seed=1)
+    n = pair.exhale.GetSize()[0]
+    cut = sitk.RegionOfInterest(pair.exhale, [int(0.8 * n), *pair.exhale.GetSize()[1:]], [n - int(0.8 * n), 0, 0])
+    inside = np.asarray([cut.TransformPhysicalPointToContinuousIndex(tuple(p))[0] >= -0.5
+                         for p in pair.moving_points_lps])
+    fixed = mrml.add_volume_node(scene, pair.inhale, "inhale")
+    fpts = mrml.add_points_node(scene, pair.fixed_points_lps[inside], "F")
+    mpts = mrml.add_points_node(scene, pair.moving_points_lps[inside], "M")
+    tre = {}
+    for name, image in (("whole", pair.exhale), ("cut", cut)):
+        moving = mrml.add_volume_node(scene, image, name)
+        r = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, refinement=DEFAULT, apply_to_moving=False)
+        tre[name] = r.tre_after_mm["mean"]
+    assert abs(tre["cut"] - tre["whole"]) < 0.3 and tre["whole"] < 1.0, tre

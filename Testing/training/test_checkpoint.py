@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
+from ProgressiveRegistrationLib.core.errors import WriteError
 from ProgressiveRegistrationLib.model.config import load_config
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.model.network import ProgressiveUNet
@@ -53,3 +59,37 @@ def test_exported_model_is_the_plain_unet_of_the_arm(tmp_path):
         expect = models["progressive"](x, np.array([0.0, 0.0, 1.0]))
         got = model.net(x.contiguous(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so_in_one_line(tmp_path, monkeypatch):
+    """torch says a full disk as a RuntimeError without the errno: with no space left, it is one."""
+    cfg = load_config(None, ["synthesis.size=16", "network.levels=3", "network.base_channels=2"])
+    models, optims = _arms(cfg, 0)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, 7, cfg, [], models, optims)
+
+    def full(state, tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100 << 30, 100 << 30, 512))
+    with pytest.raises(WriteError) as err:
+        save_checkpoint(path, 8, cfg, [], models, optims)
+    assert str(err.value) == f"no space left on device while writing {path}"
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["checkpoint.pt"] and read_checkpoint(path)["iteration"] == 7
+
+
+def test_models_into_a_read_only_folder_are_one_line(tmp_path, monkeypatch):
+    cfg = load_config(None, ["synthesis.size=16", "network.levels=3", "network.base_channels=2"])
+    models, _ = _arms(cfg, 0)
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(WriteError, match=f"cannot write to {tmp_path / 'snapshots'}: read-only file system"):
+        export_models(models, cfg, 12, tmp_path / "snapshots", suffix="_000012")

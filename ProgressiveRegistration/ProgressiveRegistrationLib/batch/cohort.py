@@ -13,6 +13,7 @@ from ..core.atomic import write_text
 from ..registration.figures import png_bytes, pyplot
 from ..registration.outputs import write_csv
 from ..registration.report import badge, cell, fmt, img, page, table
+from .manifest import STUDY_FILES
 
 
 def _values(rows: list[dict], key: str) -> np.ndarray:
@@ -74,4 +75,5 @@ def cohort_page(out: Path, rows: list[dict]) -> str:
 def cohort_writers(out: Path, rows: list[dict]) -> dict[str, Callable[[Path], object]]:
     """The writers of ``cohort.csv`` and ``cohort.html`` for ``rows``."""
     records = [{k: v for k, v in r.items() if k != "skipped"} for r in rows]
-    return {"cohort.csv": lambda p: write_csv(p, records), "cohort.html": lambda p: write_text(p, cohort_page(out, rows))}
+    table_name, page_name = STUDY_FILES  # no case id is one of these (the manifest's check)
+    return {table_name: lambda p: write_csv(p, records), page_name: lambda p: write_text(p, cohort_page(out, rows))}

@@ -8,8 +8,9 @@ Columns (header names, any order):
   ``scans/p7/phase_*.nii.gz``) and optionally ``reference`` (default 0).
 
 Both kinds may share one manifest (unused cells empty). Relative paths are relative to the
-manifest's folder. Every problem (a missing column, a duplicate or unusable id, a missing
-file, a half-given landmark pair, a bad reference) is collected and reported at once.
+manifest's folder. Every problem (a missing column, a duplicate or unusable id, an id that
+is the name of a file the study writes beside the case folders, a missing file, a half-given
+landmark pair, a bad reference) is collected and reported at once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ PAIR_COLUMNS = ("fixed", "moving")
 OPTIONAL_PAIR_COLUMNS = ("fixed_landmarks", "moving_landmarks", "moving_segmentation")
 FOURD_COLUMNS = ("phases", "reference")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: The files a batch writes into its output folder beside the case folders (``OUT/<id>/``); a
+#: case id cannot be one of them (compared ignoring case: macOS and Windows file systems do).
+#: Its other names there are hidden (``.progreg*``), which an id cannot be.
+STUDY_FILES = ("cohort.csv", "cohort.html")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,9 @@ def read_manifest(path: str | Path) -> list[Case]:
         if not ID_PATTERN.match(case_id):
             problems.append(f"{where}: id {case_id!r} is empty or not usable as a folder name "
                             "(letters, digits, '.', '_', '-')")
+        elif case_id.lower() in STUDY_FILES:
+            problems.append(f"{where}: id {case_id!r} is the name of the study's own {case_id.lower()} in the "
+                            "output folder; choose another id")
         elif case_id in seen:
             problems.append(f"{where}: duplicate id {case_id!r} (also on line {seen[case_id]})")
         else:

@@ -3,7 +3,8 @@
 Each case is registered on a Dask worker by the same functions as ``progreg register`` and
 ``register-4d`` (:func:`registration.pipeline.register_files`, ``register_4d_files``) into
 ``OUT/<id>/``, atomically (:class:`core.atomic.OutputFolder`: a killed worker leaves only a
-hidden staging folder, which the next run into that folder removes). When a case's outputs
+hidden staging folder, which the next run into that folder removes; a case folder that is a
+symbolic link is refused before any case runs). When a case's outputs
 are complete, a marker ``OUT/<id>/.progreg-case.json`` records the fingerprint of its inputs
 (SHA-256 of every input file) and settings; a rerun skips the cases whose marker matches and
 redoes the failed, changed and unfinished ones. A failing case (bad input, out of memory, a
@@ -36,6 +37,7 @@ from ..core.device import pick_device
 from ..core.errors import InputError
 from ..model.modelfile import Model, load_model
 from ..registration.pipeline import register_4d_files, register_files
+from ..registration.quality import UNVERIFIED
 from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
 from ..registration.refine import RefineConfig
 from .manifest import Case
@@ -128,8 +130,7 @@ def case_row(case: Case, status: str, error: str = "", summary: dict | None = No
         changes = [p["volume_change_percent"] for p in phases]
         row["lung_volume_change_percent"] = max(changes, key=abs) if changes else None  # the extreme phase
         verdicts = [q["overall"] for q in summary.get("quality", {}).values()]
-        row["quality"] = "FAIL" if "FAIL" in verdicts else "WARN" if "WARN" in verdicts else \
-            ("PASS" if verdicts else None)
+        row["quality"] = next((v for v in ("FAIL", "WARN", UNVERIFIED, "PASS") if v in verdicts), None)
         return row
     for key in ("before", "network", "after"):
         stats = summary.get(f"tre_{key}_mm")
@@ -211,6 +212,7 @@ def run_batch(cases: list[Case], out: str | Path, settings: Settings = Settings(
     threads = max(1, cores // workers) if not scheduler else max(1, settings.threads)
     settings = dataclasses.replace(settings, threads=threads)
     with OutputFolder(out, exclusive=False) as folder:
+        folder.check_links(f"{case.id}/{MARKER_NAME}" for case in cases)  # a linked case folder: refused, now
         keys = {case.id: fingerprint(case, settings) for case in cases}
         rows: dict[str, dict] = {}
         todo = []

@@ -1,8 +1,9 @@
 """``progreg``: the command line (also ``python -m ProgressiveRegistrationLib``).
 
 Every subcommand exits 0 on success, 2 on bad input (one line on stderr, nothing
-written), 1 on an unexpected failure. The library logs; this is where its log records
-become lines on stderr.
+written), 1 on an unexpected failure. An output that cannot be written (a full disk, no
+permission, a read-only file system) is bad input too: one line naming the path. The
+library logs; this is where its log records become lines on stderr.
 
 Imports: every package but ``slicer``.
 """
@@ -16,7 +17,7 @@ import sys
 import threading
 
 from .. import __version__
-from ..core.errors import EXIT_BAD_INPUT, InputError
+from ..core.errors import EXIT_BAD_INPUT, InputError, write_error
 from .batch import add_batch
 from .common import configure_logging
 from .data import add_dirlab, add_phantom, add_series, add_synth, add_tre
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as err:
         print(f"progreg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # a write outside the library's writers (they say WriteError themselves)
+        found = write_error(err, err.filename if err.filename is not None else "an output")
+        if found is None:
+            raise
+        print(f"progreg {args.command}: error: {found}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Terminated:
         print(f"progreg {args.command}: terminated", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ..core.atomic import write_all
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
+from ..registration.outputs import json_text
 from ..registration.pipeline import register_4d_files, register_files
 from ..simulation.breathing import simulate
 from .common import add_device_option, add_refine_options, progress_printer, refinement
@@ -59,7 +59,7 @@ def cmd_register(args) -> int:
                              moving_segmentation=args.moving_segmentation, report=not args.no_report,
                              fixed_segmentation=args.fixed_segmentation, tolerances=args.tolerances)
     if args.json:
-        print(json.dumps(summary))
+        print(json_text(summary))
     elif not args.progress_json:
         print_summary(summary, args.out)
     return 0
@@ -148,7 +148,7 @@ def cmd_register_4d(args) -> int:
                                 progress_printer(args.progress_json), args.names, report=not args.no_report,
                                 tolerances=args.tolerances)
     if args.json:
-        print(json.dumps(summary))
+        print(json_text(summary))
     elif not args.progress_json:
         print(f"{len(summary['phases'])} phases, reference {summary['reference']} (order: {summary['order']})")
         print(f"{'phase':>5} {'volume change':>14} {'mean |d|':>9} {'p95 |d|':>8} {'folding':>8}  name")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
+from ..core.atomic import check_writable
 from ..core.errors import InputError
 from ..io.resources import BUNDLED_SAMPLE
 from ..model.config import load_config, save_config
@@ -81,6 +82,8 @@ def cmd_train(args) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder")
     if args.export:
+        if out.is_dir():  # before reading the checkpoint (a missing one is said by the export)
+            check_writable(out)
         for path in export_checkpoint(out):
             print(path)
         return 0

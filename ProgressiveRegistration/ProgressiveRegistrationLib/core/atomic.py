@@ -9,27 +9,43 @@ full disk, a signal or a bad input never leaves a half-written file, and a user'
 file is replaced only by a complete one.
 
 An output folder is locked while a run writes into it (a second run into the same folder
-is refused), is checked before any work (not a file, writable), and holds only one run's
-outputs: the files an earlier run of this tool wrote there that the new run does not
-write are removed; files this tool did not write are never touched.
+is refused), is checked before any work (not a file, writable, no folder inside it linked
+from elsewhere), and holds only one run's outputs: the files an earlier run of this tool
+wrote there that the new run does not write are removed; files this tool did not write are
+never touched. Nothing is written or removed through a symbolic link: an output is never
+placed into a linked folder (the link is refused, naming it), and a linked output file is
+replaced by the new file, its target left alone. The output folder itself may be a link
+(to another disk, say).
+
+A write that fails for a reason the user can act on (a full disk, a quota, no permission, a
+read-only file system) raises :class:`errors.WriteError` naming the output: one line, not a
+traceback from deep inside an image writer. ITK and torch report a full disk as a
+RuntimeError without the errno; a writer that fails with (almost) no space left on the
+device is taken to have run out of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError
+from .errors import NO_SPACE, WRITE_FAILURES, InputError, WriteError, write_error
 
 #: Hidden names inside an output folder: the lock, the staging folders, the list of outputs.
 LOCK_NAME = ".progreg.lock"
 STAGING_PREFIX = ".progreg-staging-"
 MANIFEST_NAME = ".progreg-outputs.json"
+
+#: A writer that fails with less than this free on its device has run out of space (ITK and
+#: torch say so only as a RuntimeError).
+FULL_BYTES = 1 << 20
 
 
 def _umask() -> int:
@@ -38,22 +54,81 @@ def _umask() -> int:
     return mask
 
 
+def _reason(err: OSError) -> str:
+    """An OSError's cause in words, for a one-line message."""
+    return WRITE_FAILURES.get(err.errno) or (err.strerror or str(err)).lower()
+
+
+def _out_of_space(folder: str | os.PathLike) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < FULL_BYTES
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _writing(path: str | os.PathLike, device: str | os.PathLike | None = None) -> Iterator[None]:
+    """A failed write inside becomes a :class:`WriteError` naming ``path`` where the user can act
+    on it; ``device``: a folder on the device written to, whose free space tells a writer's
+    RuntimeError about a full disk from any other (None: OSErrors only)."""
+    try:
+        yield
+    except Exception as err:
+        found = write_error(err, path)
+        if found is None and device is not None and isinstance(err, (RuntimeError, OSError)) \
+                and not isinstance(err, InputError) and _out_of_space(device):
+            found = WriteError(path, NO_SPACE)
+        if found is None:
+            raise
+        raise found from err
+
+
 def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` for a temporary path beside ``path`` (same suffix, so that writers
-    that pick the format by suffix still do), then rename it to ``path``."""
+    that pick the format by suffix still do), then rename it to ``path`` (a link there is
+    replaced, its target left alone). :class:`WriteError` for a full disk, no permission or
+    a read-only file system; the temporary file is removed whatever happens."""
     path = Path(path)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); the output gets the mode any new file of the
-    # user's gets, as if written directly.
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = None
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with _writing(path, path.parent):  # the space is looked at while the temporary still holds it
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+            os.close(fd)
+            # mkstemp makes the file private (0600); the output gets the mode any new file of the
+            # user's gets, as if written directly.
+            os.chmod(tmp, 0o666 & ~_umask())
+            write(tmp)
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def check_writable(folder: str | os.PathLike, what: str = "--out") -> None:
+    """:class:`InputError` (one line, before any work) unless a file can be created in
+    ``folder``: not a file, not on a read-only file system, permitted. The folders made for
+    the check are removed again."""
+    folder = Path(folder)
+    if str(folder).strip() == "":
+        raise InputError(f"{what}: give an output folder (an empty path would write into the current folder)")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{what} {folder}: is a file, not a folder")
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".progreg-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"{what} {folder}: cannot write there ({_reason(err)})") from None
+    finally:
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def concurrent(write: Callable[[Path], object]) -> Callable[[Path], object]:
@@ -87,13 +162,21 @@ def _lock(handle) -> bool:
         return False
 
 
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:  # another drive (Windows)
+        return False
+
+
 class OutputFolder:
     """An output folder, checked, locked and swept on entry; outputs written with :meth:`write`.
 
     ``with OutputFolder(out) as folder: ...work...; folder.write(writers)``. Entering raises
-    :class:`InputError` (before any work) when ``out`` is empty, a file, not writable, or
-    locked by another run. A folder this object created is removed again if nothing was
-    written into it. Stale staging folders of an interrupted run are removed on entry.
+    :class:`InputError` (before any work) when ``out`` is empty, a file, not writable, locked
+    by another run, or (``exclusive``) holds a folder linked from outside it or an earlier
+    output reached through a link. A folder this object created is removed again if nothing
+    was written into it. Stale staging folders of an interrupted run are removed on entry.
     ``exclusive``: the folder holds one run's outputs (the earlier run's are swept); False for
     loose files written into a folder of the user's (nothing else there is looked at).
     """
@@ -116,17 +199,69 @@ class OutputFolder:
         try:
             out.mkdir(parents=True, exist_ok=True)
             self._created = missing  # deepest first
-            self._lock_file = open(out / LOCK_NAME, "a+b")  # noqa: SIM115 (held until __exit__)
+            lock = out / LOCK_NAME
+            if lock.is_symlink():  # never opened through a link: the link goes, its target stays
+                lock.unlink()
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            self._lock_file = os.fdopen(fd, "r+b")  # held until __exit__
         except OSError as err:
             self._remove_created()
-            raise InputError(f"{self.what} {out}: cannot write there ({err.strerror or err})") from None
+            raise InputError(f"{self.what} {out}: cannot write there ({_reason(err)})") from None
         if not _lock(self._lock_file):
             self._lock_file.close()
             self._lock_file = None
             raise InputError(f"{self.what} {out}: another progreg run is writing into this folder")
+        try:
+            self._check_links()
+        except InputError:
+            self.__exit__(None, None, None)
+            raise
         for stale in out.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_symlink():
+                stale.unlink()
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
         return self
+
+    def _link_error(self, link: Path) -> InputError:
+        target = os.path.realpath(link)
+        return InputError(f"{self.what} {self.out}: {link.relative_to(self.out).as_posix()} is a symbolic link to "
+                          f"{target}; progreg writes only into real folders inside its output folder: remove the "
+                          f"link or choose another {self.what}")
+
+    def _linked_folder(self, name: str) -> Path | None:
+        """The first folder on the way to output ``name`` (below the output folder) that is a
+        symbolic link, or None."""
+        path = self.out
+        for part in Path(name).parts[:-1]:
+            path = path / part
+            if path.is_symlink():
+                return path
+        return None
+
+    def _check_links(self) -> None:
+        """Refuse (before any work) a folder linked from outside the output folder, which an
+        output would be written into, and an earlier output reached through a link, which the
+        sweep would remove through it."""
+        if not self.exclusive:  # loose files into a user's folder: each output's own path is checked when written
+            return
+        root = os.path.realpath(self.out)
+        with os.scandir(self.out) as entries:
+            for entry in entries:
+                if not entry.is_symlink() or entry.is_file():  # a linked file is replaced, never written through
+                    continue
+                if not _inside(os.path.realpath(entry.path), root):
+                    raise self._link_error(Path(entry.path))
+        self.check_links(self.previous_outputs())
+
+    def check_links(self, names) -> None:
+        """Refuse (:class:`InputError` naming it) a folder on the way to any of the outputs
+        ``names`` (relative paths) that is a symbolic link, wherever it points: an output
+        written there would land outside the folder, or in another output's place."""
+        for name in names:
+            link = self._linked_folder(name)
+            if link is not None:
+                raise self._link_error(link)
 
     def __exit__(self, *exc) -> None:
         if self._lock_file is not None:
@@ -148,8 +283,11 @@ class OutputFolder:
 
     def previous_outputs(self) -> list[str]:
         """What the last run of this tool wrote here (relative paths), from its manifest."""
+        manifest = self.out / MANIFEST_NAME
+        if manifest.is_symlink():  # not this tool's: trusted for nothing
+            return []
         try:
-            names = json.loads((self.out / MANIFEST_NAME).read_text(encoding="utf-8"))["outputs"]
+            names = json.loads(manifest.read_text(encoding="utf-8"))["outputs"]
         except (OSError, ValueError, KeyError, TypeError):
             return []
         return [n for n in names if isinstance(n, str) and not Path(n).is_absolute() and ".." not in Path(n).parts]
@@ -161,33 +299,49 @@ class OutputFolder:
 
         Writers marked :func:`concurrent` run on threads beside the others, which run in
         order on this thread; the last writer runs when every other one has finished (so
-        that a summary written last can record the time spent writing)."""
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.out))
+        that a summary written last can record the time spent writing).
+
+        :class:`InputError` before any writer runs when an output would land in a folder that
+        is a symbolic link; :class:`WriteError` naming the output for a full disk, no
+        permission or a read-only file system."""
+        self.check_links(writers)
+        with _writing(self.out):
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.out))
+
+        def run(name: str) -> None:
+            with _writing(self.out / name, staging):
+                writers[name](staging / name)
+
         try:
-            for name in writers:
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            with _writing(self.out, staging):
+                for name in writers:
+                    (staging / name).parent.mkdir(parents=True, exist_ok=True)
             names = list(writers)
             beside = [n for n in names[:-1] if getattr(writers[n], "concurrent", False)]
             with ThreadPoolExecutor(max_workers=max(1, min(len(beside), os.cpu_count() or 1))) as pool:
-                futures = [pool.submit(writers[n], staging / n) for n in beside]
+                futures = [pool.submit(run, n) for n in beside]
                 try:
                     for name in names[:-1]:
                         if name not in beside:
-                            writers[name](staging / name)
+                            run(name)
                 finally:
                     wait(futures)
             for future in futures:
                 future.result()  # the first failure, raised here
             if names:
-                writers[names[-1]](staging / names[-1])
+                run(names[-1])
             previous = self.previous_outputs() if self.exclusive else []
             for name in writers:
-                (self.out / name).parent.mkdir(parents=True, exist_ok=True)
-                (staging / name).replace(self.out / name)
+                with _writing(self.out / name):
+                    (self.out / name).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / name).replace(self.out / name)
             for name in sorted(set(previous) - set(writers), key=lambda n: -len(Path(n).parts)):
                 stale = self.out / name
-                if stale.is_file():
-                    stale.unlink()
+                if self._linked_folder(name) is not None:  # linked meanwhile: never removed through the link
+                    continue
+                if stale.is_symlink() or stale.is_file():  # a link itself goes, never its target
+                    with _writing(stale):
+                        stale.unlink()
                     for parent in stale.parents:  # folders (phase_*/) emptied by the sweep
                         if parent == self.out:
                             break

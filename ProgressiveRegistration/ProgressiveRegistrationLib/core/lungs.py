@@ -1,7 +1,9 @@
-"""Lung field and body of a thorax CT (thresholds and connected components, no learning).
+"""Lung field, body and field of view of a thorax CT (thresholds and connected components,
+no learning).
 
-Used to crop each image around its lungs before the network, and for the masks of the
-refinement's similarity, the folding statistic and the ventilation maps. The masks are made
+Used to crop the images around the lungs before the network (:mod:`registration.geometry`
+makes the two crops correspond), and for the masks of the refinement's similarity, the
+folding statistic and the ventilation maps. The masks are made
 on the image stored along the axes nearest to LPS (:func:`grid.stored_near_lps`), so that
 "axial slice" means the same thing for every storage order, and the lung box is given in
 LPS mm: a flipped or permuted copy of an image has the same masks and the same box.
@@ -16,18 +18,29 @@ import SimpleITK as sitk
 
 from .grid import Grid, stored_near_lps
 
+#: Values at or below this (HU) that reach the image's border are padding, not anatomy: a
+#: resample's fill (-1024), the scanner's outside value (-2048, -3024) and air clamped by the
+#: scanner around the body. Air inside the body is never that uniform over a whole cell.
+PADDING_HU = -1024.0
+
 
 @dataclass
 class ThoraxMasks:
-    """Lung field and body of a CT on a coarse working grid (``shrink`` voxels per cell)."""
+    """Lung field, body and field of view of a CT on a coarse working grid (``shrink``
+    voxels per cell, stored along the axes nearest to LPS); uint8 images, 1 inside.
+
+    ``fov``: the cells that hold measured data: neither padding (cells at or below
+    :data:`PADDING_HU` connected to the image's border) nor outside the image.
+    """
 
     lungs: sitk.Image
     body: sitk.Image
     shrink: tuple[int, int, int]
+    fov: sitk.Image
 
 
 def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002,
-                 outside_air_hu: float = -960.0, working_mm: float = 4.0) -> ThoraxMasks:
+                 outside_air_hu: float = -960.0, working_mm: float = 4.0, min_core: float = 0.25) -> ThoraxMasks:
     """Lung field and body of a CT image in HU, on a ~``working_mm`` copy of the image.
 
     Body: the largest connected component brighter than ``air_hu``, holes filled slice by
@@ -36,6 +49,10 @@ def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float 
     median is denser than pure air (``outside_air_hu``): parenchyma sits around -850 HU,
     air outside the body at -1000, and crops that cut through the chest enclose nothing.
     Components smaller than ``min_fraction`` of the image are dropped (bowel gas, noise).
+    Padding (:func:`field_of_view`) is neither air nor body; what it leaves of the air outside
+    the body can be a thin sheet as dense as parenchyma (partial volume at the skin), so a
+    component must also be bulky to count as lung: at least ``min_core`` of its cells survive
+    an erosion by one cell (lungs: ~0.7 at 4 mm; a sheet: almost none).
     """
     image = stored_near_lps(image)
     spacing = np.asarray(image.GetSpacing())
@@ -43,7 +60,10 @@ def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float 
     small = sitk.Cast(image, sitk.sitkFloat32)
     if max(shrink) > 1:
         small = sitk.BinShrink(small, shrink)
-    air = sitk.BinaryThreshold(small, -1100.0, air_hu, 1, 0)
+    fov = field_of_view(small)
+    # Padding is not air: lung air that touches a field of view's edge stays a component of
+    # its own (a resample's -1024 fill would otherwise join it to the outside).
+    air = sitk.And(sitk.BinaryThreshold(small, -1100.0, air_hu, 1, 0), fov)
     body = sitk.BinaryThreshold(small, air_hu, 1e9, 1, 0)
     body = sitk.Equal(sitk.RelabelComponent(sitk.ConnectedComponent(body), sortByObjectSize=True), 1)
     filled = fill_holes_per_slice(body)
@@ -52,14 +72,40 @@ def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float 
     labels = sitk.RelabelComponent(sitk.ConnectedComponent(air), minimumObjectSize=min_voxels)
     stats = sitk.LabelIntensityStatisticsImageFilter()
     stats.Execute(labels, small)
-    keep = [lab for lab in stats.GetLabels() if stats.GetMedian(lab) > outside_air_hu]
-    lungs_arr = np.isin(sitk.GetArrayViewFromImage(labels), keep) | (sitk.GetArrayViewFromImage(enclosed) > 0)
+    labels_arr = sitk.GetArrayViewFromImage(labels)
+    core = sitk.GetArrayViewFromImage(sitk.BinaryErode(air, [1, 1, 1], sitk.sitkBall)) > 0
+    cells = np.bincount(labels_arr.ravel())
+    core_cells = np.bincount(labels_arr[core], minlength=len(cells))
+    keep = [lab for lab in stats.GetLabels()
+            if stats.GetMedian(lab) > outside_air_hu and core_cells[lab] >= min_core * cells[lab]]
+    lungs_arr = np.isin(labels_arr, keep) | (sitk.GetArrayViewFromImage(enclosed) > 0)
     lungs = sitk.GetImageFromArray(lungs_arr.astype(np.uint8))
     lungs.CopyInformation(small)
     body_arr = (sitk.GetArrayViewFromImage(filled) > 0) | lungs_arr
     body_img = sitk.GetImageFromArray(body_arr.astype(np.uint8))
     body_img.CopyInformation(small)
-    return ThoraxMasks(lungs, body_img, shrink)
+    return ThoraxMasks(lungs, body_img, shrink, fov)
+
+
+def field_of_view(small: sitk.Image, padding_hu: float = PADDING_HU) -> sitk.Image:
+    """The cells of a (box-averaged) CT that hold measured data (uint8, 1 inside): all but the
+    solid regions of cells at or below ``padding_hu`` that touch the image's border.
+
+    Padding is solid: a cell averaged over padding alone keeps the padding value exactly, and
+    a region of them survives an opening by one cell. Air that the scanner clamps to -1024 is
+    speckled with noise above it and does not: it stays air (measured, outside the body).
+    A cell that mixes padding and tissue is brighter than the padding and counts as measured.
+    """
+    padding = sitk.BinaryThreshold(small, -1e30, padding_hu + 0.5, 1, 0)
+    padding = sitk.BinaryMorphologicalOpening(padding, [1, 1, 1], sitk.sitkBall)
+    labels = sitk.ConnectedComponent(padding)
+    arr = sitk.GetArrayViewFromImage(labels)
+    faces = np.concatenate([arr[0].ravel(), arr[-1].ravel(), arr[:, 0].ravel(), arr[:, -1].ravel(),
+                            arr[:, :, 0].ravel(), arr[:, :, -1].ravel()])
+    border = np.unique(faces[faces > 0])
+    fov = sitk.GetImageFromArray((~np.isin(arr, border)).astype(np.uint8))
+    fov.CopyInformation(small)
+    return fov
 
 
 def fill_holes_per_slice(mask: sitk.Image) -> sitk.Image:
@@ -84,15 +130,20 @@ def lung_mask(image: sitk.Image, **kwargs) -> sitk.Image:
     return sitk.Resample(lungs, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMasks | None = None
-                    ) -> tuple[np.ndarray, np.ndarray] | None:
-    """LPS bounds (min, max; mm) of the lung field's voxels plus a margin, within the image's
-    own extent; None without lungs.
+def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMasks | None = None,
+                    seen_by: ThoraxMasks | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """LPS bounds (min, max; mm) of the lung field's voxels plus a margin, within the LPS
+    bounds of the image's field of view (its measured data); None without lungs.
 
-    The margin is ``margin_mm`` rounded up to whole voxels of ``image`` along each LPS axis.
+    ``seen_by``: another image's masks; then only the lungs inside its field of view count,
+    and the bounds stay within the LPS bounds of that field of view, so that two images whose
+    fields of view cut the lungs differently get crops of the same anatomy. The margin is
+    ``margin_mm`` rounded up to whole voxels of ``image`` along each LPS axis.
     """
     masks = masks or thorax_masks(image)
-    lungs = sitk.GetArrayViewFromImage(masks.lungs)
+    lungs = sitk.GetArrayViewFromImage(masks.lungs) > 0
+    if seen_by is not None:
+        lungs = lungs & mask_on(seen_by.fov, Grid.from_image(masks.lungs))
     cells_kji = np.argwhere(lungs)
     if not len(cells_kji):
         return None
@@ -103,9 +154,25 @@ def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMask
     voxel_lps = 2.0 * fine.half_voxel_lps()
     margin = np.ceil(margin_mm / voxel_lps - 1e-9) * voxel_lps
     lo_image, hi_image = fine.extent_lps()
+    # Within the measured data (an oblique copy's padded corners hold none), of both images.
+    for fov in (masks.fov,) if seen_by is None else (masks.fov, seen_by.fov):
+        lo_seen, hi_seen = mask_bounds_lps(fov)
+        lo_image, hi_image = np.maximum(lo_image, lo_seen), np.minimum(hi_image, hi_seen)
     lo = np.maximum(centres.min(0) - half - margin, lo_image)
     hi = np.minimum(centres.max(0) + half + margin, hi_image)
     return lo, hi
+
+
+def mask_bounds_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """LPS bounds (min, max; mm) of a mask's cells (their extents, not their centres); the
+    whole grid's extent for an empty mask."""
+    grid = Grid.from_image(mask)
+    cells_kji = np.argwhere(sitk.GetArrayViewFromImage(mask))
+    if not len(cells_kji):
+        return grid.extent_lps()
+    centres = grid.points_to_lps(cells_kji[:, ::-1].astype(np.float64))
+    half = grid.half_voxel_lps()
+    return centres.min(0) - half, centres.max(0) + half
 
 
 def mask_on(mask: sitk.Image, grid: Grid) -> np.ndarray:

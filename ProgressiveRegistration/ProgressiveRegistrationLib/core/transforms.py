@@ -48,11 +48,19 @@ def displacement_lps(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, o
     """
     out_to_crop = fixed_crop.lps_to_index @ out.index_to_lps
     if numba is not None and np.allclose(out_to_crop[:3, :3], np.diag(np.diag(out_to_crop[:3, :3])), atol=1e-9):
-        return _displacement_axis_aligned(u_vox, moving_crop, out, out_to_crop)
+        return _displacement_axis_aligned(u_vox, fixed_crop, moving_crop, out, out_to_crop)
     return _displacement_general(u_vox, fixed_crop, moving_crop, out, slab)
 
 
-def _displacement_axis_aligned(u_vox: torch.Tensor, moving_crop: Grid, out: Grid,
+def _affine_part(fixed_crop: Grid, moving_crop: Grid, out: Grid) -> np.ndarray:
+    """``M·F⁻¹·O − O`` (4x4): the crop-to-crop affine's displacement at output index ``p``.
+    One crop for both images (an image registered to itself) gives exactly zero: the
+    refinement amplifies even 1e-14 mm of rounding where the images are nearly flat."""
+    crop_to_crop = np.eye(4) if fixed_crop == moving_crop else moving_crop.index_to_lps @ fixed_crop.lps_to_index
+    return (crop_to_crop - np.eye(4)) @ out.index_to_lps
+
+
+def _displacement_axis_aligned(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Grid, out: Grid,
                                out_to_crop: np.ndarray) -> np.ndarray:
     """The usual case: the crop is cut from the fixed image along its axes, so output axis
     a maps onto crop axis a alone and each voxel's trilinear weights are a product of three
@@ -68,8 +76,8 @@ def _displacement_axis_aligned(u_vox: torch.Tensor, moving_crop: Grid, out: Grid
         cells += fields.axis_cells(out_to_crop[a, a], out_to_crop[a, 3], n, n_crop[a])
     m = moving_crop.index_to_lps
     result = np.empty((*out.shape_zyx, 3), dtype=np.float32)
-    fields._separable_kernel(u, *cells, np.ascontiguousarray(m[:3, :3]), m @ out_to_crop - out.index_to_lps, result,
-                             False, result)
+    fields._separable_kernel(u, *cells, np.ascontiguousarray(m[:3, :3]), _affine_part(fixed_crop, moving_crop, out),
+                             result, False, result)
     return result
 
 

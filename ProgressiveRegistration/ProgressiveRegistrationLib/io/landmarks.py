@@ -12,13 +12,16 @@ Formats read (the kind is told by the content, not only the suffix):
   ``x,y,z`` with a ``# CoordinateSystem = LPS|RAS`` line.
 
 Everything is converted to LPS mm (:meth:`Landmarks.to_lps`), given the image grid (or
-just the spacing) for voxel-indexed files.
+just the spacing) for voxel-indexed files. A point that cannot be read is one
+:class:`InputError` naming the file and the point: ``file:line`` (1-based, every line
+counted, as an editor shows it) in text files, ``file: control point n (label)`` (1-based
+over the file) in ``.mrk.json``, where a point without a position or not placed
+(``positionStatus`` undefined, preview or missing: not a landmark) is refused.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -75,14 +78,28 @@ class Landmarks:
         return grid.points_to_lps(self.index0())
 
 
-def _floats(tokens: list[str], path, lineno) -> list[float]:
+def _floats(tokens: list[str], where: str) -> list[float]:
+    """The numbers of ``tokens``; ``where`` names the place in messages (``file:line``, or
+    ``file: control point n``)."""
     try:
         values = [float(t) for t in tokens]
     except ValueError:
-        raise InputError(f"{path}:{lineno}: expected numbers, got {' '.join(tokens)!r}") from None
+        if any(not t.strip() for t in tokens):
+            raise InputError(f"{where}: a coordinate is empty") from None
+        raise InputError(f"{where}: expected numbers, got {' '.join(tokens)!r}") from None
     if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}:{lineno}: NaN or infinite coordinate")
+        raise InputError(f"{where}: NaN or infinite coordinate")
     return values
+
+
+def _columns(row: list[str], needed: dict[str, int], where: str, line: str) -> list[str]:
+    """The cells of ``row`` at the ``needed`` columns (name: index), or one error naming the
+    line and what is missing."""
+    missing = [name for name, i in needed.items() if i >= len(row)]
+    if missing:
+        raise InputError(f"{where}: {len(row)} column(s) where {max(needed.values()) + 1} are needed "
+                         f"(no {', '.join(missing)}): {line.strip()!r}")
+    return [row[i] for i in needed.values()]
 
 
 def _read_dirlab(text: str, path) -> Landmarks:
@@ -93,18 +110,22 @@ def _read_dirlab(text: str, path) -> Landmarks:
             continue
         if len(tokens) != 3:
             raise InputError(f"{path}:{n}: expected 'x y z', got {line.strip()!r}")
-        pts.append(_floats(tokens, path, n))
+        pts.append(_floats(tokens, f"{path}:{n}"))
     return Landmarks(np.array(pts), "index1", source=str(path))
 
 
 def _read_elastix(text: str, path) -> Landmarks:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    kind = lines[0].lower()
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    kind = lines[0][1].lower()
     try:
-        count = int(lines[1])
+        count = int(lines[1][1])
     except (IndexError, ValueError):
-        raise InputError(f"{path}: elastix point file needs the number of points on line 2") from None
-    pts = [_floats(ln.split(), path, i + 3) for i, ln in enumerate(lines[2:])]
+        raise InputError(f"{path}: elastix point file needs the number of points after its first line") from None
+    pts = []
+    for n, ln in lines[2:]:
+        if len(ln.split()) != 3:
+            raise InputError(f"{path}:{n}: expected 'x y z', got {ln!r}")
+        pts.append(_floats(ln.split(), f"{path}:{n}"))
     if len(pts) != count:
         raise InputError(f"{path}: header says {count} points, file holds {len(pts)}")
     return Landmarks(np.array(pts), "lps" if kind == "point" else "index0", source=str(path))
@@ -115,7 +136,7 @@ def _read_transformix_output(text: str, path) -> Landmarks:
     for n, line in enumerate(text.splitlines(), 1):
         m = re.search(r"OutputPoint\s*=\s*\[([^\]]*)\]", line)
         if m:
-            pts.append(_floats(m.group(1).split(), path, n))
+            pts.append(_floats(m.group(1).split(), f"{path}:{n}"))
     return Landmarks(np.array(pts), "lps", source=str(path))
 
 
@@ -131,8 +152,8 @@ def _frame_word(value: str, path) -> str:
 def _read_fcsv(text: str, path) -> Landmarks:
     frame = "ras"  # Slicer's default before the CoordinateSystem line existed
     columns = None
-    rows = []
-    for line in text.splitlines():
+    rows = []  # (line number, cells, line)
+    for n, line in enumerate(text.splitlines(), 1):
         if line.startswith("#"):
             m = re.match(r"#\s*CoordinateSystem\s*=\s*(\S+)", line)
             if m:
@@ -141,12 +162,15 @@ def _read_fcsv(text: str, path) -> Landmarks:
             if m:
                 columns = [c.strip() for c in m.group(1).split(",")]
         elif line.strip():
-            rows.append(next(csv.reader([line])))
+            rows.append((n, next(csv.reader([line])), line))
     columns = columns or ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label"]
-    ix, iy, iz = (columns.index(c) for c in ("x", "y", "z"))
+    if not all(c in columns for c in ("x", "y", "z")):
+        raise InputError(f"{path}: its '# columns =' line names no x, y, z columns")
+    needed = {c: columns.index(c) for c in ("x", "y", "z")}
+    pts = np.array([_floats(_columns(r, needed, f"{path}:{n}", line), f"{path}:{n}")
+                    for n, r, line in rows]).reshape(-1, 3)
     il = columns.index("label") if "label" in columns else None
-    pts = np.array([_floats([r[ix], r[iy], r[iz]], path, i + 1) for i, r in enumerate(rows)]).reshape(-1, 3)
-    labels = [r[il] if il is not None and il < len(r) else str(i + 1) for i, r in enumerate(rows)]
+    labels = [r[il] if il is not None and il < len(r) else str(i + 1) for i, (_, r, _) in enumerate(rows)]
     if frame == "ras":
         pts = pts * RAS_FROM_LPS
     return Landmarks(pts, "lps", labels, source=str(path))
@@ -158,11 +182,32 @@ def _read_mrk_json(text: str, path) -> Landmarks:
         markups = doc["markups"]
     except (ValueError, KeyError, TypeError):
         raise InputError(f"{path}: not a Slicer markups JSON file") from None
+    if not isinstance(markups, list):
+        raise InputError(f"{path}: not a Slicer markups JSON file ('markups' is not a list)")
     pts, labels = [], []
     for markup in markups:
-        frame = _frame_word(markup.get("coordinateSystem", "LPS"), path)
-        for i, cp in enumerate(markup.get("controlPoints", [])):
-            p = np.array(_floats([str(v) for v in cp["position"]], path, i + 1))
+        if not isinstance(markup, dict):
+            raise InputError(f"{path}: not a Slicer markups JSON file (a markup is not an object)")
+        frame = _frame_word(str(markup.get("coordinateSystem", "LPS")), path)
+        points = markup.get("controlPoints") or []
+        if not isinstance(points, list):
+            raise InputError(f"{path}: not a Slicer markups JSON file ('controlPoints' is not a list)")
+        for cp in points:
+            # Counted over the whole file, 1-based, as the point list shows them.
+            where = f"{path}: control point {len(pts) + 1}"
+            if not isinstance(cp, dict):
+                raise InputError(f"{where}: not an object")
+            if cp.get("label"):
+                where += f" ({cp['label']})"
+            position, status = cp.get("position"), cp.get("positionStatus", "defined")
+            if position is None or status in ("undefined", "preview", "missing"):
+                # Slicer writes an unplaced point with an empty position ("") and says so in its
+                # status; any position it carries is not a landmark, and pairs must not shift.
+                said = "has no position" if position is None else f"is not placed (positionStatus {status!r})"
+                raise InputError(f"{where}: {said}; place it or delete it")
+            if not isinstance(position, list) or len(position) != 3:
+                raise InputError(f"{where}: position must be 3 numbers, got {json.dumps(position)}")
+            p = np.array(_floats([str(v) for v in position], where))
             pts.append(p * RAS_FROM_LPS if frame == "ras" else p)
             labels.append(cp.get("label") or str(len(labels) + 1))
     return Landmarks(np.array(pts).reshape(-1, 3), "lps", labels, source=str(path))
@@ -170,15 +215,14 @@ def _read_mrk_json(text: str, path) -> Landmarks:
 
 def _read_csv(text: str, path) -> Landmarks:
     frame = None
-    body = []
-    for line in text.splitlines():
+    body = []  # (line number, line)
+    for n, line in enumerate(text.splitlines(), 1):
         m = re.match(r"#\s*coordinate\s*system\s*[=:]\s*(\S+)", line, re.IGNORECASE)
         if m:
             frame = _frame_word(m.group(1), path)
         elif line.strip() and not line.startswith("#"):
-            body.append(line)
-    reader = csv.reader(io.StringIO("\n".join(body)))
-    header = [h.strip().lower() for h in next(reader, [])]
+            body.append((n, line))
+    header = [h.strip().lower() for h in next(csv.reader([body[0][1]]))] if body else []
     for names, f in ((("l", "p", "s"), "lps"), (("r", "a", "s"), "ras"), (("x", "y", "z"), frame)):
         if all(n in header for n in names):
             if f is None:
@@ -187,22 +231,35 @@ def _read_csv(text: str, path) -> Landmarks:
             break
     else:
         raise InputError(f"{path}: CSV needs columns l,p,s or r,a,s (mm), or x,y,z with a CoordinateSystem line")
-    il = header.index("label") if "label" in header else None
-    rows = [r for r in reader if r]
-    pts = np.array([_floats([r[c] for c in cols], path, i + 2) for i, r in enumerate(rows)]).reshape(-1, 3)
-    labels = [r[il] for r in rows] if il is not None else []
+    needed = dict(zip(names, cols))
+    if "label" in header:
+        needed["label"] = header.index("label")
+    pts, labels = [], []
+    for n, line in body[1:]:
+        cells = _columns(next(csv.reader([line])), needed, f"{path}:{n}", line)
+        pts.append(_floats(cells[:3], f"{path}:{n}"))
+        labels += cells[3:]
+    pts = np.array(pts).reshape(-1, 3)
     return Landmarks(pts * RAS_FROM_LPS if f == "ras" else pts, "lps", labels, source=str(path))
 
 
 def read_landmarks(path) -> Landmarks:
     """Read a landmark file in any supported format (see the module docstring)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: no such landmark file")
     try:
         text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read landmark file ({err})") from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise InputError(f"{path}: no such landmark file") from None
+    except PermissionError:
+        try:
+            p.stat()
+        except OSError:
+            raise InputError(f"{path}: permission denied (a folder on its path cannot be read)") from None
+        raise InputError(f"{path}: permission denied (the landmark file exists but cannot be read)") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read landmark file ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
     name = p.name.lower()
     first = next((ln.strip().lower() for ln in text.splitlines() if ln.strip()), "")
     if name.endswith(".json"):

@@ -16,7 +16,7 @@ import torch
 
 from ..core import fields
 from ..core.grid import Grid, box_grid_lps, resample
-from ..core.lungs import ThoraxMasks, lung_bounds_lps
+from ..core.lungs import PADDING_HU, ThoraxMasks, lung_bounds_lps
 from .config import SynthesisConfig
 
 #: Radius of the scanner-bore disc in a 512x512 slice, in pixels (paper Sec. II-F).
@@ -24,19 +24,27 @@ BORE_RADIUS_PX = 250.0
 BORE_SLICE_PX = 512.0
 
 
-def lung_crop(image: sitk.Image, cfg: SynthesisConfig, masks: ThoraxMasks | None = None) -> tuple[Grid, bool]:
+def lung_crop(image: sitk.Image, cfg: SynthesisConfig, masks: ThoraxMasks | None = None,
+              seen_by: ThoraxMasks | None = None) -> tuple[Grid, bool]:
     """(the N³ grid of ``image``'s lung crop, whether a lung field was found).
 
     ``masks``: the image's :func:`lungs.thorax_masks`, when the caller has them already.
-    Without ``cfg.crop_to_lungs`` (or without lungs) the crop is the whole image.
+    ``seen_by``: the other image's masks of a pair: only the lungs inside its field of view
+    count (:func:`lungs.lung_bounds_lps`). Without ``cfg.crop_to_lungs`` (or without lungs)
+    the crop is the whole image.
     """
-    bounds = lung_bounds_lps(image, cfg.lung_margin_mm, masks) if cfg.crop_to_lungs else None
+    bounds = lung_bounds_lps(image, cfg.lung_margin_mm, masks, seen_by) if cfg.crop_to_lungs else None
     return box_grid_lps(*(bounds or Grid.from_image(image).extent_lps()), cfg.size), bounds is not None
 
 
 def crop_hu(image: sitk.Image, grid: Grid) -> torch.Tensor:
-    """``image`` resampled (linear, -1024 HU outside) onto ``grid``: float32 ``[k, j, i]``."""
-    return torch.from_numpy(sitk.GetArrayFromImage(resample(image, grid)))
+    """``image`` resampled (linear, -1024 HU outside) onto ``grid``, values below -1024 HU
+    raised to it: float32 ``[k, j, i]``.
+
+    Nothing real is darker than air; below it lie only a scanner's outside value (-2048,
+    -3024), whose edge against the field of view would be the strongest gradient the
+    network sees."""
+    return torch.from_numpy(sitk.GetArrayFromImage(resample(image, grid))).clamp_min_(PADDING_HU)
 
 
 def network_input(volume_hu: torch.Tensor, cfg: SynthesisConfig) -> torch.Tensor:

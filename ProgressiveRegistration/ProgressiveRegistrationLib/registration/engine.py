@@ -5,7 +5,8 @@ the model (loaded once by the caller, or the bundled one).
 
 Stages (each timed, each reported to a progress callback):
 
-1. ``crop``: each image cropped around its own lung field and resampled to the model's N³;
+1. ``crop``: the pair's geometry (:mod:`.geometry`: masks, fields of view, the crops around
+   the lungs that both images show), both crops resampled to the model's N³;
 2. ``network``: Gaussian gradient magnitude of both, one forward pass -> u (voxels);
 3. ``refine`` (optional, :mod:`refine`): a short optimisation of a displacement v added to
    the network's field, on the CT itself, coarse to fine;
@@ -33,7 +34,7 @@ from ..core.checks import check_overlap, check_pairs, check_volume
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
-from ..core.lungs import ThoraxMasks, mask_on, thorax_masks
+from ..core.lungs import ThoraxMasks
 from ..core.metrics import summary, tre_mm
 from ..core.transforms import (
     displacement_image,
@@ -44,7 +45,8 @@ from ..core.transforms import (
     output_grid,
 )
 from ..model.modelfile import Model, load_model
-from ..model.preprocess import crop_hu, lung_crop, network_input
+from ..model.preprocess import crop_hu, network_input
+from .geometry import PairGeometry, pair_geometry
 from .refine import RefineConfig, refine
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Result:
-    fixed_grid: Grid
-    fixed_crop: Grid
-    moving_crop: Grid
+    geometry: PairGeometry
     out_grid: Grid
     u_vox: torch.Tensor
     displacement: sitk.Image
@@ -75,6 +75,18 @@ class Result:
     def transform(self) -> sitk.Transform:
         return field_transform(self.displacement)
 
+    @property
+    def fixed_grid(self) -> Grid:
+        return self.geometry.fixed_grid
+
+    @property
+    def fixed_crop(self) -> Grid:
+        return self.geometry.fixed_crop
+
+    @property
+    def moving_crop(self) -> Grid:
+        return self.geometry.moving_crop
+
 
 def inside_images(fixed_lps: np.ndarray, moving_lps: np.ndarray, fixed: Grid, moving: Grid) -> np.ndarray:
     """Which pairs have their fixed point within the fixed image's extent and their moving
@@ -86,25 +98,32 @@ def inside_images(fixed_lps: np.ndarray, moving_lps: np.ndarray, fixed: Grid, mo
     return inside(fixed_lps, fixed) & inside(moving_lps, moving)
 
 
-def _crop(image: sitk.Image, model: Model, what: str, notes: list[str], masks: ThoraxMasks
-          ) -> tuple[Grid, torch.Tensor]:
-    grid, found = lung_crop(image, model.synthesis, masks)
-    if not found and model.synthesis.crop_to_lungs:
-        notes.append(f"{what}: no lung field found; the whole image is used (is this a thorax CT in HU?)")
-    return grid, crop_hu(image, grid)
+#: Fixed-point iterations of :func:`symmetric_forward`'s consensus.
+CONSENSUS_ITERATIONS = 3
 
 
-def _warn_if_unusual(fixed: sitk.Image, moving: sitk.Image, fg: Grid, mg: Grid, notes: list[str]):
-    ext_f = np.asarray(fg.size) * np.asarray(fg.spacing_mm)
-    ext_m = np.asarray(mg.size) * np.asarray(mg.spacing_mm)
-    ratio = ext_m / ext_f
-    if np.any(ratio > 1.5) or np.any(ratio < 1 / 1.5):
-        notes.append(f"the lung crops differ much in size (moving/fixed extent {np.round(ratio, 2).tolist()}): "
-                     "very different fields of view?")
-    for what, img in (("fixed", fixed), ("moving", moving)):
-        sp = np.asarray(img.GetSpacing())
-        if sp.max() > 5.0 or sp.min() < 0.3:
-            notes.append(f"{what}: voxel spacing {np.round(sp, 2).tolist()} mm is far from typical thorax CT")
+def symmetric_forward(net: torch.nn.Module, x: torch.Tensor, device) -> torch.Tensor:
+    """The network's field from fixed to moving, made consistent with its field from moving to
+    fixed: ``(3, N, N, N)`` in crop voxels (fixed crop -> moving crop), on the CPU.
+
+    ``x``: ``(1, 2, N, N, N)`` fixed and moving inputs. The network runs on both orders: ``u``
+    (fixed -> moving) and ``u'`` (moving -> fixed). The result is the consensus
+    ``s(x) = ½ (u(x) − u'(x + s(x)))`` (fixed-point iteration from ``½ (u − u')``): the
+    average of the forward field and the backward field's inverse, to first order. Identical
+    inputs give ``u = u'`` and exactly ``s = 0``, whatever the network's own errors (an image
+    registered to itself is the identity), and the two directions' errors partly cancel.
+    """
+    # Two calls of one sample each, not one batch of two: a batch's samples may take other
+    # kernels and round differently, and identical inputs must give identical bits.
+    forward, backward = (net(inputs.to(device).contiguous(memory_format=torch.channels_last_3d)).float().cpu()[0]
+                         .contiguous() for inputs in (x, x.flip(1)))
+    s = 0.5 * (forward - backward)
+    # u'(x + s) as u'(x) plus the change of its samples: grid_sample at the voxel centres
+    # themselves rounds, and s = 0 must stay exactly 0.
+    at_centres = fields.warp(backward, torch.zeros_like(backward))
+    for _ in range(CONSENSUS_ITERATIONS):
+        s = 0.5 * (forward - backward - (fields.warp(backward, s) - at_centres))
+    return s.contiguous()
 
 
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
@@ -140,17 +159,16 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     check_overlap(fixed, moving)
 
     stage("crop", 0.05, "cropping both images around the lungs")
-    fixed_masks, moving_masks = fixed_masks or thorax_masks(fixed), thorax_masks(moving)
-    fixed_crop, fixed_hu = _crop(fixed, model, "fixed image", notes, fixed_masks)
-    moving_crop, moving_hu = _crop(moving, model, "moving image", notes, moving_masks)
-    _warn_if_unusual(fixed, moving, fixed_crop, moving_crop, notes)
+    geometry = pair_geometry(fixed, moving, model.synthesis, fixed_masks)
+    notes += geometry.notes
+    fixed_crop, moving_crop = geometry.fixed_crop, geometry.moving_crop
+    fixed_hu, moving_hu = crop_hu(fixed, fixed_crop), crop_hu(moving, moving_crop)
     done("crop")
 
     stage("network", 0.25, f"network forward pass ({model.size}³, {device})")
     with torch.inference_mode():
         x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
-        x_in = x.to(device).contiguous(memory_format=torch.channels_last_3d)
-        u_vox = model.net(x_in).float().cpu()[0].contiguous()
+        u_vox = symmetric_forward(model.net, x, device)
     if not torch.isfinite(u_vox).all():
         raise InputError(f"the network gave non-finite displacements (NaN or Inf) with {model.path}: "
                          "is the model file damaged?")
@@ -160,12 +178,12 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     if refinement is not None:
         stage("refine", 0.3, "refining the field on the images")
         refined = refine(fixed, moving, fixed_crop, lambda grid: displacement_lps(u_vox, fixed_crop, moving_crop, grid),
-                         lambda grid: mask_on(fixed_masks.body, grid), refinement,
+                         geometry.similarity_mask_on, refinement,
                          lambda fraction, message: report(0.3 + 0.4 * fraction, message), device=device)
         done("refine")
 
     stage("transform", 0.7, "mapping the field to the fixed image (LPS, mm)")
-    fixed_grid = Grid.from_image(fixed)
+    fixed_grid = geometry.fixed_grid
     out = output_grid(fixed_grid, fixed_crop, refined.grid.spacing_mm if refined is not None else None)
     disp = displacement_lps(u_vox, fixed_crop, moving_crop, out)
     disp_network = None
@@ -180,7 +198,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     stage("jacobian", 0.75, "Jacobian determinant and folding")
     disp_t = torch.from_numpy(disp).movedim(-1, 0)
     jac = fields.jacobian_determinant(disp_t, out.index_to_lps[:3, :3]).numpy()
-    body = mask_on(fixed_masks.body, out)
+    body = geometry.body_on(out)
     folding = fields.folding_percent(torch.from_numpy(jac), torch.from_numpy(body))
     done("jacobian")
 
@@ -190,9 +208,9 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         warped = warp.warp_moving(moving, fixed_grid, disp_image, -1024.0)
         done("warp")
 
-    result = Result(fixed_grid, fixed_crop, moving_crop, out, u_vox, disp_image, jac, body, folding, warped,
+    result = Result(geometry, out, u_vox, disp_image, jac, body, folding, warped,
                     seconds, notes, x[0, 0], x[0, 1], refinement=refined.levels if refined is not None else None,
-                    lung_mask=mask_on(fixed_masks.lungs, out))
+                    lung_mask=geometry.lungs_on(out))
     if fixed_points_lps is not None:
         stage("landmarks", 0.95, "landmark TRE")
         predicted = map_points(disp, out, fixed_points_lps)
@@ -201,7 +219,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         network = after
         if disp_network is not None:
             network = tre_mm(fixed_points_lps + field_at_points(disp_network, out, fixed_points_lps), moving_points_lps)
-        used = inside_images(fixed_points_lps, moving_points_lps, fixed_grid, Grid.from_image(moving))
+        used = inside_images(fixed_points_lps, moving_points_lps, fixed_grid, geometry.moving_grid)
         if not used.all():
             outside = np.flatnonzero(~used) + 1
             notes.append(f"landmarks: {len(outside)} of {len(used)} pairs lie outside the fixed or the moving image "

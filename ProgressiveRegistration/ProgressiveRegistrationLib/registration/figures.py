@@ -188,6 +188,54 @@ def _planes(grid, centre_kji):
             ("sagittal", lambda a: a[:, :, i], sz / sy, up)]
 
 
+#: Folding voxels drawn as markers at most (the worst first).
+FOLD_MARKERS_MAX = 20_000
+
+
+def folding_points_lps(result) -> np.ndarray:
+    """The LPS positions (mm, ``(n, 3)``) of the body voxels of the transform's grid where the
+    field folds (det J ≤ 0), the worst first, at most :data:`FOLD_MARKERS_MAX`."""
+    folded = result.body_mask & (result.jacobian <= 0)
+    if not folded.any():
+        return np.zeros((0, 3))
+    kji = np.argwhere(folded)
+    kji = kji[np.argsort(result.jacobian[folded], kind="stable")[:FOLD_MARKERS_MAX]]
+    return result.out_grid.points_to_lps(kji[:, ::-1].astype(np.float64))
+
+
+def _in_plane(name: str, centre_kji, shape_zyx, flip: bool, points_ijk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points (continuous ``(i, j, k)`` indices of the plane's grid) within half a voxel of
+    the plane ``name`` through ``centre_kji``, as (x, y) in the picture's pixel coordinates."""
+    if not len(points_ijk):
+        return np.zeros(0), np.zeros(0)
+    i, j, k = points_ijk.T
+    if name == "axial":
+        near, x, y = np.abs(k - centre_kji[0]) <= 0.5, i, j
+    elif name == "coronal":
+        near, x, y = np.abs(j - centre_kji[1]) <= 0.5, i, k
+    else:
+        near, x, y = np.abs(i - centre_kji[2]) <= 0.5, j, k
+    if flip:
+        y = shape_zyx[0] - 1 - y
+    return x[near], y[near]
+
+
+def _mark_folds(ax, name, centre_kji, grid, flip, points_lps) -> int:
+    """Red circles at the folding voxels in this plane; returns how many were drawn."""
+    x, y = _in_plane(name, centre_kji, grid.shape_zyx, flip, grid.points_to_index(points_lps) if len(points_lps)
+                     else np.zeros((0, 3)))
+    if x.size:
+        ax.scatter(x, y, s=70, facecolors="none", edgecolors="red", linewidths=1.3)
+        _plane_limits(ax, name, grid)
+    return int(x.size)
+
+
+def _plane_limits(ax, name, grid) -> None:
+    """The picture's own extent (markers drawn over it must not widen it)."""
+    ax.set_xlim(-0.5, grid.shape_zyx[2 if name != "sagittal" else 1] - 0.5)
+    ax.set_ylim(grid.shape_zyx[1 if name == "axial" else 0] - 0.5, -0.5)
+
+
 def review_figure(result, maps) -> bytes:
     """TG-132's visual review on three planes through the lungs: checkerboards and |ΔHU|
     before and after, det J (folding in red), |d| with the deformed grid, and the doubt map."""
@@ -201,8 +249,9 @@ def review_figure(result, maps) -> bytes:
     tile = np.maximum(1, np.round(16.0 / np.asarray(grid.spacing_mm)).astype(int))  # ~16 mm squares
     kk, jj, ii = np.ogrid[: grid.shape_zyx[0], : grid.shape_zyx[1], : grid.shape_zyx[2]]
     board = ((kk // tile[2]) + (jj // tile[1]) + (ii // tile[0])) % 2 == 0
+    folds = folding_points_lps(result)
     columns = ["checkerboard before", "checkerboard after", "|ΔHU| before", "|ΔHU| after",
-               "det J (folding red)", "|d| (mm), deformed grid", "doubt: 1 − local NCC"]
+               "det J (folding: red ○)", "|d| (mm), deformed grid", "doubt: 1 − local NCC"]
     fig, axes = plt.subplots(3, len(columns), figsize=(2.0 * len(columns), 6.9), squeeze=False, layout="constrained")
     window = {"cmap": "gray", "vmin": -1000, "vmax": 300}
     vmax_d = max(1.0, float(np.percentile(magnitude[body], 99))) if body.any() else 1.0
@@ -217,7 +266,8 @@ def review_figure(result, maps) -> bytes:
         diff = show(axes[r, 3], np.abs(fixed - after), cmap="magma", vmin=0, vmax=500)
         show(axes[r, 4], fixed, **window)
         jac = show(axes[r, 4], np.where(body, jacobian, np.nan), cmap="PuOr_r", vmin=0, vmax=2, alpha=0.8)
-        show(axes[r, 4], np.where(body & (jacobian <= 0), 1.0, np.nan), cmap="autumn", vmin=0, vmax=1)
+        show(axes[r, 4], np.where(body & (jacobian <= 0), 0.0, np.nan), cmap="autumn", vmin=0, vmax=1)  # red
+        _mark_folds(axes[r, 4], name, centre, grid, flip, folds)
         mag = show(axes[r, 5], magnitude, cmap="viridis", vmin=0, vmax=vmax_d)
         _deformed_grid(axes[r, 5], cut, grid, disp, flip)
         doubt = show(axes[r, 6], np.where(body, maps.residual, np.nan), cmap="inferno", vmin=0, vmax=1)
@@ -229,6 +279,43 @@ def review_figure(result, maps) -> bytes:
                 ax.set_title(columns[c], fontsize=8)
     for c, im in ((3, diff), (4, jac), (5, mag), (6, doubt)):
         fig.colorbar(im, ax=axes[-1, c], location="bottom", shrink=0.9, aspect=12)
+    return png_bytes(fig, dpi=90)
+
+
+def folding_figure(result, maps, clusters: list[dict], rows: int = 3) -> bytes:
+    """Where the field folds: per cluster (the largest first, ``clusters`` as
+    :func:`quality.folding_clusters` lists them, at most ``rows``), the three planes through
+    its worst voxel: the fixed CT, det J over it, red circles at the folding voxels of the
+    plane and a cross at the worst voxel."""
+    plt = pyplot()
+    grid, body = maps.grid, maps.body
+    folds = folding_points_lps(result)
+    shown = clusters[:rows]
+    fig, axes = plt.subplots(len(shown), 3, figsize=(8.4, 2.9 * len(shown)), squeeze=False, layout="constrained")
+    image = None
+    for r, cluster in enumerate(shown):
+        ijk = grid.points_to_index(np.asarray([cluster["worst_lps"]], dtype=np.float64))[0]
+        centre = tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(ijk[::-1], grid.shape_zyx))
+        for c, (name, cut, aspect, flip) in enumerate(_planes(grid, centre)):
+            ax = axes[r, c]
+
+            def show(a, cut=cut, flip=flip, aspect=aspect, ax=ax, **kw):
+                a = cut(a)
+                return ax.imshow(a[::-1] if flip else a, aspect=aspect, interpolation="nearest", **kw)
+
+            show(maps.fixed_hu, cmap="gray", vmin=-1000, vmax=300)
+            image = show(np.where(body, maps.jacobian, np.nan), cmap="PuOr_r", vmin=0, vmax=2, alpha=0.6)
+            _mark_folds(ax, name, centre, grid, flip, folds)
+            x, y = _in_plane(name, centre, grid.shape_zyx, flip, ijk[None])
+            ax.plot(x, y, "+", color="cyan", ms=7, mew=1.0)
+            _plane_limits(ax, name, grid)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name if r == 0 else "", fontsize=8)
+        lps = ", ".join(f"{v:.1f}" for v in cluster["worst_lps"])
+        axes[r, 0].set_ylabel(f"fold {r + 1}: {cluster['voxels']} voxels\nworst det J {cluster['worst_det_j']:.2f}\n"
+                              f"at LPS ({lps}) mm", fontsize=8)
+    fig.colorbar(image, ax=axes[:, -1].tolist(), fraction=0.04, label="det J (red ○: det J ≤ 0)")
     return png_bytes(fig, dpi=90)
 
 

@@ -3,13 +3,16 @@ summary and overview figure, each as a writer for :func:`atomic.write_all`.
 
 Formats: the transform is an ITK displacement field (LPS mm, resampling direction;
 ``transform.nrrd``/``.nii.gz``/``.h5``), ``jacobian.nrrd`` the determinant on the
-transform's grid, ``tre.csv`` one row per landmark (LPS mm), ``summary.json`` the numbers.
+transform's grid, ``tre.csv`` one row per landmark (LPS mm), ``summary.json`` the numbers
+(strict JSON: a number that is not finite, such as the TRE statistics of no landmark pair, is
+``null``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -94,6 +97,32 @@ def registration_writers(result: Result, summary: dict, fixed: sitk.Image, movin
     return _with_summary({**writers, **(extra or {})}, summary, t0)
 
 
+def json_safe(value):
+    """``value`` as strict JSON can hold it: NaN and ±infinity become None (``null``), numpy
+    numbers and arrays Python ones, tuples and sets lists, paths strings; keys strings."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def json_text(data) -> str:
+    """``data`` as strict JSON text (:func:`json_safe`; ``allow_nan=False`` guarantees no
+    ``NaN``/``Infinity`` literal, which strict parsers refuse)."""
+    return json.dumps(json_safe(data), indent=2, allow_nan=False)
+
+
 def _with_summary(writers: dict, summary: dict, t0: float) -> dict:
     """``writers`` and, last, ``summary.json``: the summary gets the list of files and the
     seconds spent writing (since ``t0``, a ``time.perf_counter()``)."""
@@ -101,7 +130,7 @@ def _with_summary(writers: dict, summary: dict, t0: float) -> dict:
 
     def write_summary(p):
         summary["seconds"]["write"] = round(time.perf_counter() - t0, 3)
-        write_text(p, json.dumps(summary, indent=2))
+        write_text(p, json_text(summary))
 
     return {**writers, "summary.json": write_summary}
 
@@ -157,7 +186,7 @@ def fourd_writers(fourd: FourD, summary: dict, reference_image: sitk.Image, poin
                          "inverse_consistency_mm": ph.inverse,
                          "stages_seconds": ph.result.seconds if ph.result is not None else {},
                          "warnings": ph.result.warnings if ph.result is not None else []}
-        writers[f"{folder}/summary.json"] = lambda p, s=phase_summary: write_text(p, json.dumps(s, indent=2))
+        writers[f"{folder}/summary.json"] = lambda p, s=phase_summary: write_text(p, json_text(s))
     rows = [phase.row() for phase in fourd.phases]
     writers["phases.csv"] = lambda p: write_csv(p, rows)
     if point_labels is not None:

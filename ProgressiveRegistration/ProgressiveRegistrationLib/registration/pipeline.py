@@ -8,6 +8,7 @@ before any work: :class:`atomic.OutputFolder`.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -78,8 +79,10 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     device, notice = pick_device(device)
     if notice and progress:
         progress(0.0, notice)
-    fixed_img = read_image(fixed, series[0], "fixed image")
-    moving_img = read_image(moving, series[1], "moving image")
+    read_notes: list[str] = []  # what the readers found (a DICOM series' missing slices), for summary.json
+    fixed_img = read_image(fixed, series[0], "fixed image", notes=read_notes)
+    moving_img = read_image(moving, series[1], "moving image", notes=read_notes)
+    fixed_grid, moving_grid = Grid.from_image(fixed_img), Grid.from_image(moving_img)
     labels = None
     if moving_segmentation is not None:
         labels = read_image(moving_segmentation, what="--moving-segmentation")
@@ -94,16 +97,23 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     point_labels: list[str] = []
     if fixed_landmarks is not None:
         fixed_pts, moving_pts, point_labels = read_point_pairs(fixed_landmarks, moving_landmarks,
-                                                         Grid.from_image(fixed_img), Grid.from_image(moving_img))
+                                                               fixed_grid, moving_grid)
     model = (model if isinstance(model, Model) else load_model(model, device)).with_size(size)
     result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, _until(progress, report),
                              warp_moving=write_warped, refinement=refinement)
+    result.warnings[:0] = read_notes
     summary = summary_of(result, model, device)
-    summary["inputs"] = {"fixed": image_info(fixed, fixed_img), "moving": image_info(moving, moving_img)}
+    summary["inputs"] = {"fixed": image_info(fixed, fixed_img, series[0]), "moving": image_info(moving, moving_img, series[1])}
+    for key, path in (("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks),
+                      ("fixed_segmentation", fixed_segmentation), ("moving_segmentation", moving_segmentation)):
+        if path is not None:
+            summary["inputs"][key] = str(path)  # the report records each file with its SHA-256
+    summary["command_line"] = command_line()
+    summary["model_meta"] = model.meta
     extra = {}
     on_fixed = None
     if labels is not None:
-        on_fixed = resample_labels(labels, result.displacement, Grid.from_image(fixed_img))
+        on_fixed = resample_labels(labels, result.displacement, result.fixed_grid)
         extra["moving_segmentation.nrrd"] = concurrent(lambda p: write_image(on_fixed, p))
     if report:
         if progress:
@@ -121,7 +131,13 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     return summary
 
 
-def read_phases(paths: list) -> tuple[list[sitk.Image], list[str], str]:
+def command_line() -> list[str]:
+    """The command as it was typed (for the report's provenance): ``progreg ARGS``, or the
+    Python program that called the library."""
+    return [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+
+
+def read_phases(paths: list, notes: list[str] | None = None) -> tuple[list[sitk.Image], list[str], str]:
     """The images of ``register-4d``'s PHASE arguments, in order: files, or DICOM folders,
     where a folder holding several series (a 4DCT export) expands to its series in phase
     order (:func:`images.phase_order`). Returns (images, names, how the order was decided).
@@ -136,11 +152,11 @@ def read_phases(paths: list) -> tuple[list[sitk.Image], list[str], str]:
             ordered, rule = phase_order(found) if len(found) > 1 else (found, "one series")
             rules.append(f"{p}: {rule}")
             for s in ordered:
-                images.append(read_series(s))
+                images.append(read_series(s, f"phase {s.description or s.uid}", notes))
                 names.append(s.description or s.uid)
                 patients.append(s.patient_id)
         else:
-            images.append(read_image(p, what=f"phase {p}"))
+            images.append(read_image(p, what=f"phase {p}", notes=notes))
             names.append(p.name)
             patients.append("")
     ids = sorted({pid for pid in patients if pid})
@@ -167,7 +183,10 @@ def _register_4d_files(phases, folder: OutputFolder, reference, points, segmenta
                        device, refinement, fmt, progress, names, report, tolerance_values, tolerances_file) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
-    images, found_names, order = read_phases(phases)
+    read_notes: list[str] = []
+    images, found_names, order = read_phases(phases, read_notes)
+    # A file per phase is hashed for the report; phases expanded from a DICOM folder are named only.
+    phase_paths = list(phases) if len(phases) == len(images) and all(Path(p).is_file() for p in phases) else None
     if names is not None and len(names) != len(images):
         raise InputError(f"--names: {len(names)} names for {len(images)} phases")
     names = list(names) if names is not None else found_names
@@ -197,7 +216,13 @@ def _register_4d_files(phases, folder: OutputFolder, reference, points, segmenta
                "points": 0 if points_lps is None else len(points_lps),
                "segmentation_phase": None if labels is None else (reference if segmentation_phase is None
                                                                   else segmentation_phase),
-               "seconds": {"register": round(time.perf_counter() - t0, 3)}}
+               "seconds": {"register": round(time.perf_counter() - t0, 3)},
+               "command_line": command_line(), "model_meta": model.meta,
+               "inputs": {"phases": [image_info(p, im) for p, im in zip(phase_paths, images)] if phase_paths else [],
+                          **({"points": str(points)} if points is not None else {}),
+                          **({"segmentation": str(segmentation)} if segmentation is not None else {})},
+               "warnings": read_notes + [f"{phase.name}: {note}" for phase in result.phases if phase.result is not None
+                                         for note in phase.result.warnings]}
     extra = {}
     if report:
         if progress:

@@ -3,8 +3,18 @@
 TG-132 (Brock et al., Med. Phys. 2017) asks, before a deformable registration is used for
 contours or dose: a visual review, landmark TRE, agreement of propagated contours, the
 Jacobian determinant and consistency. Each check here is a number judged against a
-tolerance (:data:`DEFAULT_TOLERANCES`, the report's own values where it gives them,
-overridable from a small YAML/JSON file), as PASS, WARN or FAIL.
+tolerance (:data:`DEFAULT_TOLERANCES`: TG-132's values where it gives one, the project's
+own elsewhere, each row saying which; overridable from a small YAML/JSON file), as PASS,
+WARN or FAIL.
+
+The overall verdict (:func:`quality_summary`): FAIL when the registration as a whole cannot
+be used (a check that can fail is beyond its fail limit: the mean TRE, a large share of
+landmarks beyond TG-132's 5 mm, folding above a share, the lungs' similarity not improved
+by the registration, ...); WARN when something needs a reviewer's look (a few outlier
+landmarks, named; a little folding, located); PASS otherwise; and UNVERIFIED (accuracy not
+verified) instead of PASS or WARN when no landmark pair or contour measured the accuracy.
+Rows that cannot fail, such as the inverse consistency through the field's own fixed-point
+inverse, are information, outside the verdict.
 
 Everything lives on the transform's grid (``Result.out_grid``, the fixed image's grid or a
 subsampling of it): images and maps are ``[k, j, i]`` arrays, distances in mm, positions LPS
@@ -15,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +45,31 @@ NCC_RADIUS_VOX = 2
 QUALITY_MAX_VOXELS = 2_000_000
 #: The inverse-consistency map is computed on a grid of at most this many voxels.
 CONSISTENCY_MAX_VOXELS = 300_000
+#: Folding clusters listed in the summary and the report (the largest first).
+FOLDING_CLUSTERS_LISTED = 5
+#: The lungs' NCC gain may drop by this much when the images already agreed before registration.
+NCC_ALREADY_AGREED_SLACK = 0.02
+
+#: The overall verdict when nothing measured the accuracy (no landmarks, no contours).
+UNVERIFIED = "UNVERIFIED"
+TG132 = "AAPM TG-132"
+PROJECT = "project"
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """A check's limits: PASS up to ``warn``, WARN up to ``fail``, FAIL beyond (reversed
-    when ``higher_is_better``). ``source``: where the numbers come from."""
+    """A check's limits: PASS up to ``warn``, WARN up to ``fail``, FAIL beyond (reversed when
+    ``higher_is_better``); ``fail`` None: the check can warn but never fails. ``limit``: for a
+    share check, the per-item limit (e.g. a landmark's TRE in mm) beyond which an item counts.
+    ``tg132``: which of ``"warn"``, ``"fail"``, ``"limit"`` are AAPM TG-132's numbers (the
+    rest are the project's); ``file``: the tolerance file that replaced some of them."""
 
     warn: float
-    fail: float
+    fail: float | None
     higher_is_better: bool = False
-    source: str = "project default"
+    tg132: tuple[str, ...] = ()
+    limit: float | None = None
+    file: str | None = None
 
     def verdict(self, value: float | None) -> str:
         if value is None or not math.isfinite(value):
@@ -53,48 +77,104 @@ class Tolerance:
         sign = -1.0 if self.higher_is_better else 1.0
         if sign * value <= sign * self.warn:
             return "PASS"
+        if self.fail is None:
+            return "WARN"
         return "WARN" if sign * value <= sign * self.fail else "FAIL"
 
+    @property
+    def can_fail(self) -> bool:
+        return self.fail is not None
 
-TG132 = "AAPM TG-132 (Latifi et al. 2018)"
+    @property
+    def source(self) -> str:
+        """Where the numbers come from, as the report's "tolerance from" column says it."""
+        if self.file:
+            return self.file
+        given = ["warn", "fail", "limit"] if self.limit is not None else ["warn", "fail"]
+        if self.fail is None:
+            given.remove("fail")
+        ours = [g for g in given if g not in self.tg132]
+        if not ours:
+            return TG132
+        if len(ours) == len(given):
+            return PROJECT
+        return f"{TG132} ({', '.join(g for g in given if g in self.tg132)}); {PROJECT} ({', '.join(ours)})"
+
+
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "tre_mean_mm": Tolerance(1.5, 2.0, source=TG132),
-    "tre_p95_mm": Tolerance(3.0, 4.0),
-    "tre_max_mm": Tolerance(4.0, 5.0, source=TG132),
-    "jacobian_min": Tolerance(0.2, 0.0, higher_is_better=True, source="AAPM TG-132 (no folding)"),
-    "folding_percent": Tolerance(0.0, 0.01, source="AAPM TG-132 (no folding)"),
+    "tre_mean_mm": Tolerance(1.5, 2.0, tg132=("fail",)),
+    "tre_outliers_percent": Tolerance(0.0, 10.0, tg132=("limit",), limit=5.0),
+    "tre_p95_mm": Tolerance(3.0, None),
+    "folding_percent": Tolerance(0.0, 0.01, tg132=("warn",)),
+    "jacobian_min": Tolerance(0.2, None, higher_is_better=True),
     "lung_jacobian_outside_percent": Tolerance(5.0, 10.0),
-    "inverse_consistency_mean_mm": Tolerance(0.5, 1.0),
-    "inverse_consistency_p95_mm": Tolerance(1.0, 2.0),
-    "inverse_consistency_max_mm": Tolerance(3.0, 5.0),
-    "lung_ncc_after": Tolerance(0.8, 0.6, higher_is_better=True),
-    "lung_abs_hu_difference_after": Tolerance(60.0, 100.0),
-    "dice": Tolerance(0.85, 0.8, higher_is_better=True, source="AAPM TG-132"),
-    "mean_surface_distance_mm": Tolerance(2.0, 3.0, source="AAPM TG-132"),
-    "hd95_mm": Tolerance(3.0, 5.0),
+    "lung_ncc_gain": Tolerance(0.05, 0.01, higher_is_better=True),
+    "lung_ncc_after": Tolerance(0.8, None, higher_is_better=True),
+    "lung_abs_hu_difference_after": Tolerance(60.0, None),
+    "dice": Tolerance(0.85, 0.8, higher_is_better=True, tg132=("warn", "fail")),
+    "mean_surface_distance_mm": Tolerance(2.0, 3.0, tg132=("warn", "fail")),
+    "hd95_mm": Tolerance(3.0, None),
 }
+
+#: What TG-132 says where a default tolerance is its number (the report's legend).
+TG132_BASIS = {
+    "tre_mean_mm": "mean landmark TRE ≤ 2 mm (the voxel size); the 1.5 mm warning is the project's",
+    "tre_outliers_percent": "maximum landmark TRE 5 mm; the project judges the share of landmarks beyond it "
+                            "(any: WARN, naming them; more than 10 %: FAIL)",
+    "folding_percent": "no negative Jacobian determinant (any folding warns); the project fails more than 0.01 % "
+                       "of the body",
+    "dice": "Dice 0.8–0.9",
+    "mean_surface_distance_mm": "mean distance to agreement within the contouring uncertainty, 2–3 mm",
+}
+
+#: Checks of earlier versions, and what became of them (for a tolerance file that names one).
+RETIRED = {
+    "tre_max_mm": "the maximum is reported; the landmarks beyond TG-132's 5 mm are judged by tre_outliers_percent "
+                  "({warn, fail} in %, limit in mm)",
+    "inverse_consistency_mean_mm": "the inverse consistency through the field's own inverse cannot fail; it is "
+                                   "reported as information",
+    "inverse_consistency_p95_mm": "reported as information",
+    "inverse_consistency_max_mm": "reported as information",
+}
+
+#: Which checks measure the accuracy (the others its plausibility).
+ACCURACY_CHECKS = ("tre_mean_mm", "tre_outliers_percent", "tre_p95_mm", "dice", "mean_surface_distance_mm", "hd95_mm")
 
 #: What each check measures, for the report's table.
 CHECK_LABELS = {
     "tre_mean_mm": "landmark TRE, mean (mm)",
+    "tre_outliers_percent": "landmarks with TRE > {limit} mm (%)",
     "tre_p95_mm": "landmark TRE, 95th percentile (mm)",
-    "tre_max_mm": "landmark TRE, maximum (mm)",
-    "jacobian_min": "Jacobian determinant, minimum in the body",
     "folding_percent": "folding: body voxels with det J ≤ 0 (%)",
+    "jacobian_min": "Jacobian determinant, minimum in the body",
     "lung_jacobian_outside_percent": "lung voxels with det J outside [0.5, 2] (%)",
-    "inverse_consistency_mean_mm": "inverse consistency |φ∘φ⁻¹ − id| in the lungs, mean (mm)",
-    "inverse_consistency_p95_mm": "inverse consistency in the lungs, 95th percentile (mm)",
-    "inverse_consistency_max_mm": "inverse consistency in the lungs, maximum (mm)",
-    "lung_ncc_after": "image agreement in the lungs: local NCC after",
-    "lung_abs_hu_difference_after": "image agreement in the lungs: mean |ΔHU| after",
+    "lung_ncc_gain": "similarity in the lungs: local NCC after − before",
+    "lung_ncc_after": "similarity in the lungs: local NCC after",
+    "lung_abs_hu_difference_after": "similarity in the lungs: mean |ΔHU| after",
     "dice": "contour {label}: Dice",
     "mean_surface_distance_mm": "contour {label}: mean surface distance (mm)",
     "hd95_mm": "contour {label}: Hausdorff distance, 95th percentile (mm)",
 }
 
+#: The information rows (no tolerance, outside the verdict).
+INFO_LABELS = {
+    "tre_max_mm": "landmark TRE, maximum (mm)",
+    "inverse_consistency_mean_mm": "inverse consistency |φ∘φ⁻¹ − id| in the lungs, mean (mm)",
+    "inverse_consistency_p95_mm": "inverse consistency in the lungs, 95th percentile (mm)",
+    "inverse_consistency_max_mm": "inverse consistency in the lungs, maximum (mm)",
+    "lung_volume_change_percent": "lung volume change, moving against fixed (∫ det J over the lungs, %)",
+    "lung_ncc_before": "similarity in the lungs: local NCC before registration",
+    "lung_abs_hu_difference_before": "similarity in the lungs: mean |ΔHU| before registration (HU)",
+    "residual_in_lungs_mean": "doubt (1 − local NCC) in the lungs, mean",
+}
+INVERSE_NOTE = ("cannot fail: φ⁻¹ is the fixed-point inverse of this same field (core/transforms.py), so this "
+                "measures how well that inversion converged, not the registration's accuracy; TG-132's consistency "
+                "test needs a second registration, moving to fixed")
+
 
 def load_tolerances(path: str | Path | None) -> dict[str, Tolerance]:
-    """The default tolerances, with those of ``path`` (YAML or JSON: ``{check: {warn: x, fail: y}}``) in
+    """The default tolerances, with those of ``path`` (YAML or JSON: ``{check: {warn: x, fail: y}}``;
+    ``fail: null`` makes a check warn-only; ``limit``: the per-item limit of a share check) in
     their place; InputError for an unknown check or a malformed entry."""
     tolerances = dict(DEFAULT_TOLERANCES)
     if path is None:
@@ -115,18 +195,80 @@ def load_tolerances(path: str | Path | None) -> dict[str, Tolerance]:
     if not isinstance(data, dict):
         raise InputError(f"--tolerances {path}: expected a mapping of check names to {{warn, fail}}")
     for name, entry in data.items():
+        if name in RETIRED:
+            raise InputError(f"--tolerances {path}: {name} is no longer a check: {RETIRED[name]}")
         if name not in tolerances:
             raise InputError(f"--tolerances {path}: unknown check {name!r} (known: {', '.join(tolerances)})")
-        if not isinstance(entry, dict) or set(entry) - {"warn", "fail"} or not entry:
-            raise InputError(f"--tolerances {path}: {name} needs warn and/or fail numbers")
-        try:
-            values = {k: float(v) for k, v in entry.items()}
-        except (TypeError, ValueError):
-            raise InputError(f"--tolerances {path}: {name}: warn and fail must be numbers") from None
         old = tolerances[name]
-        tolerances[name] = Tolerance(values.get("warn", old.warn), values.get("fail", old.fail), old.higher_is_better,
-                                     f"{path.name}")
+        keys = ["warn", "fail"] + (["limit"] if old.limit is not None else [])
+        if not isinstance(entry, dict) or set(entry) - set(keys) or not entry:
+            raise InputError(f"--tolerances {path}: {name} needs {' and/or '.join(keys)} numbers")
+        try:
+            values = {k: None if (k == "fail" and v is None) else float(v) for k, v in entry.items()}
+        except (TypeError, ValueError):
+            raise InputError(f"--tolerances {path}: {name}: {', '.join(keys)} must be numbers") from None
+        tolerances[name] = replace(old, warn=values.get("warn", old.warn), fail=values.get("fail", old.fail),
+                                   limit=values.get("limit", old.limit), file=path.name,
+                                   tg132=tuple(t for t in old.tg132 if t not in values))
     return tolerances
+
+
+# --- how the numbers are shown -------------------------------------------------------------
+
+def format_number(value, significant: int = 3) -> str:
+    """``value`` with ``significant`` significant digits, trailing zeros dropped (``0.002``,
+    ``1.47``, ``113``); "n/a" for NaN or infinity, "–" for None."""
+    if value is None:
+        return "–"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    v = float(value)
+    if not math.isfinite(v):
+        return "n/a"
+    if v == 0.0:
+        return "0"
+    decimals = max(0, significant - 1 - math.floor(math.log10(abs(v))))
+    text = f"{v:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _limit_text(x: float) -> str:
+    return format_number(x, 6)
+
+
+def tolerance_text(row: dict) -> str:
+    """A row's tolerance as the page and Slicer's table show it: "PASS ≤ 0, WARN ≤ 0.01, FAIL >
+    0.01" (every boundary the verdict uses, at full precision)."""
+    le, gt = ("≥", "<") if row["higher_is_better"] else ("≤", ">")
+    warn, fail = _limit_text(row["warn"]), row.get("fail")
+    if fail is None:
+        return f"PASS {le} {warn}, else WARN"
+    if float(fail) == float(row["warn"]):
+        return f"PASS {le} {warn}, FAIL {gt} {warn}"
+    return f"PASS {le} {warn}, WARN {le} {_limit_text(fail)}, FAIL {gt} {_limit_text(fail)}"
+
+
+def value_text(row: dict) -> str:
+    """A row's value with enough significant digits (three at least) that the number shown,
+    read against the tolerance shown, gives the verdict shown (0.002 % is WARN against PASS ≤ 0)."""
+    value = row["value"]
+    if value is None or not math.isfinite(float(value)):
+        return format_number(value)
+    tol = Tolerance(float(row["warn"]), None if row.get("fail") is None else float(row["fail"]),
+                    bool(row["higher_is_better"]))
+    for significant in range(3, 16):
+        text = format_number(value, significant)
+        if tol.verdict(float(text)) == tol.verdict(float(value)):
+            return text
+    return repr(float(value))
+
+
+def share_text(share: dict) -> str:
+    """"3 of 40 landmarks (7.5 %) > 2 mm"."""
+    return (f"{share['count']} of {share['of']} {share['what']} ({format_number(share['percent'])} %) "
+            f"{share['beyond']}")
 
 
 # --- maps ---------------------------------------------------------------------------------
@@ -261,20 +403,84 @@ def _surface_distances(a: np.ndarray, b: np.ndarray, reference: sitk.Image) -> n
 def _stats(values: np.ndarray) -> dict:
     v = np.asarray(values, dtype=np.float64)
     if not v.size:
-        return {"mean": float("nan"), "p95": float("nan"), "max": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "p95": float(np.percentile(v, 95)), "max": float(v.max()), "n": int(v.size)}
+        return {"mean": float("nan"), "median": float("nan"), "p95": float("nan"), "max": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "p95": float(np.percentile(v, 95)),
+            "max": float(v.max()), "n": int(v.size)}
+
+
+def _share(beyond: np.ndarray, what: str, text: str) -> dict:
+    """How many of the items ``beyond`` (a bool array over them) are beyond the limit ``text``."""
+    count, of = int(np.count_nonzero(beyond)), int(np.size(beyond))
+    return {"what": what, "beyond": text, "count": count, "of": of,
+            "percent": 100.0 * count / of if of else float("nan")}
+
+
+def _lps(grid: Grid, kji) -> list[float]:
+    """The LPS position (mm, rounded to 0.1 mm) of the voxel ``[k, j, i]`` of ``grid``."""
+    ijk = np.asarray(kji, dtype=np.float64)[..., ::-1].reshape(1, 3)
+    return [round(float(v), 1) for v in grid.points_to_lps(ijk)[0]]
+
+
+def folding_clusters(result: Result, listed: int = FOLDING_CLUSTERS_LISTED) -> tuple[int, list[dict]]:
+    """Where the field folds: the connected clusters (26-neighbourhood) of body voxels with
+    det J ≤ 0 on the transform's grid. Returns (how many clusters, the ``listed`` largest:
+    voxels, volume (mm³), centre and worst voxel (LPS mm), the worst det J there, and how
+    many of its voxels lie in the lungs)."""
+    folded = result.body_mask & (result.jacobian <= 0)
+    if not folded.any():
+        return 0, []
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(folded.astype(np.uint8)), True))
+    sizes = np.bincount(labels.ravel())[1:]
+    grid = result.out_grid
+    lungs = result.lung_mask if result.lung_mask is not None else np.zeros_like(folded)
+    voxel_mm3 = float(np.prod(grid.spacing_mm))
+    out = []
+    for label in np.argsort(-sizes, kind="stable")[:listed] + 1:
+        where = np.nonzero(labels == label)
+        jac = result.jacobian[where]
+        worst = int(np.argmin(jac))
+        out.append({"voxels": int(jac.size), "volume_mm3": round(jac.size * voxel_mm3, 2),
+                    "centre_lps": _lps(grid, np.mean(np.stack(where, -1), axis=0)),
+                    "worst_lps": _lps(grid, [w[worst] for w in where]), "worst_det_j": float(jac[worst]),
+                    "in_lungs": int(np.count_nonzero(lungs[where]))})
+    return int(sizes.size), out
+
+
+def _landmark_list(result: Result, which: np.ndarray, labels: list[str], at_most: int = 100) -> list[dict]:
+    """The landmark pairs ``which`` (indices), worst TRE first: 1-based index (the row of
+    ``tre.csv``), label, TRE after (mm), fixed position (LPS mm)."""
+    lm = result.landmarks
+    order = sorted(which, key=lambda i: -float(lm["after_mm"][i]))[:at_most]
+    return [{"index": int(i) + 1, "label": labels[i] if i < len(labels) else str(int(i) + 1),
+             "tre_mm": round(float(lm["after_mm"][i]), 3),
+             "fixed_lps": [round(float(v), 1) for v in lm["fixed_lps"][i]]} for i in order]
+
+
+def landmark_names(outliers: list[dict], shown: int = 5) -> str:
+    """"8 (15.1 mm), L23 (6.02 mm)": the outliers as the verdict names them."""
+    names = [f"{o['label']} ({format_number(o['tre_mm'])} mm)" for o in outliers[:shown]]
+    more = len(outliers) - shown
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
 def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tolerance] | None = None,
-                    contours: dict[int, dict] | None = None, tolerances_file: str | None = None) -> dict:
-    """``summary.json``'s ``quality``: the measured numbers and the check table (one row per
-    check: name, label, value, warn, fail, verdict, source)."""
+                    contours: dict[int, dict] | None = None, tolerances_file: str | None = None,
+                    labels: list[str] | None = None) -> dict:
+    """``summary.json``'s ``quality``: the measured numbers, the check table (one row per check:
+    name, label, value, warn, fail, verdict, source, kind, and where it applies the share of
+    landmarks or voxels beyond the tolerance and the outlier landmarks), the information rows
+    (outside the verdict), the folding clusters, and the overall verdict with its reasons.
+    ``labels``: the landmark pairs' names (default: their 1-based numbers)."""
     tol = tolerances or DEFAULT_TOLERANCES
-    lungs = result.lung_mask if result.lung_mask is not None and result.lung_mask.any() else result.body_mask
+    body = result.body_mask
+    lungs = result.lung_mask if result.lung_mask is not None and result.lung_mask.any() else body
     jac_lungs = result.jacobian[lungs]
+    n_clusters, clusters = folding_clusters(result)
     measured: dict = {
-        "jacobian_min": float(result.jacobian[result.body_mask].min()) if result.body_mask.any() else float("nan"),
+        "jacobian_min": float(result.jacobian[body].min()) if body.any() else float("nan"),
         "folding_percent": float(result.folding_percent),
+        "folding_voxels": int(np.count_nonzero(body & (result.jacobian <= 0))),
+        "folding_clusters": n_clusters,
         "lung_jacobian_outside_percent": float(100.0 * np.mean((jac_lungs < 0.5) | (jac_lungs > 2.0)))
         if jac_lungs.size else float("nan"),
         # ∫_lungs det J / ∫_lungs 1 − 1: the lungs' volume in the moving image against the fixed one
@@ -287,39 +493,126 @@ def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tol
         "residual_in_lungs": {"mean": float(maps.residual[maps.lungs].mean()),
                               "p95": float(np.percentile(maps.residual[maps.lungs], 95))},
     }
-    rows = []
+    rows: list[dict] = []
+    information: list[dict] = []
 
-    def row(name, value, label=None, key=None):
-        t = tol[name]
+    def row(name, value, label=None, key=None, shares=(), t=None, **extra):
+        t = t or tol[name]
         rows.append({"check": key or name, "label": label or CHECK_LABELS[name], "value": value, "warn": t.warn,
                      "fail": t.fail, "higher_is_better": t.higher_is_better, "verdict": t.verdict(value),
-                     "source": t.source})
+                     "can_fail": t.can_fail, "source": t.source,
+                     "kind": "accuracy" if name in ACCURACY_CHECKS else "plausibility", "shares": list(shares),
+                     **extra})
 
+    def info(name, value, note=""):
+        information.append({"check": name, "label": INFO_LABELS[name], "value": value, "note": note})
+
+    labels = list(labels or [])
+    not_measured = []
     if result.landmarks is not None:
-        tre = _stats(result.landmarks["after_mm"][result.landmarks["used"]])
+        used = np.flatnonzero(result.landmarks["used"])
+        after = np.asarray(result.landmarks["after_mm"], dtype=np.float64)
+        tre = _stats(after[used])
         measured["tre_mm"] = tre
-        row("tre_mean_mm", tre["mean"])
-        row("tre_p95_mm", tre["p95"])
-        row("tre_max_mm", tre["max"])
-    row("jacobian_min", measured["jacobian_min"])
-    row("folding_percent", measured["folding_percent"])
-    row("lung_jacobian_outside_percent", measured["lung_jacobian_outside_percent"])
-    ic = measured["inverse_consistency_mm"]
-    row("inverse_consistency_mean_mm", ic["mean"])
-    row("inverse_consistency_p95_mm", ic["p95"])
-    row("inverse_consistency_max_mm", ic["max"])
-    row("lung_ncc_after", measured["lung_ncc"]["after"])
-    row("lung_abs_hu_difference_after", measured["lung_abs_hu_difference"]["after"])
+        mean_tol, out_tol, p95_tol = tol["tre_mean_mm"], tol["tre_outliers_percent"], tol["tre_p95_mm"]
+        mean_limit = mean_tol.fail if mean_tol.fail is not None else mean_tol.warn
+        limit = out_tol.limit
+        beyond = used[after[used] > limit]
+        outlier_share = 100.0 * beyond.size / used.size if used.size else float("nan")
+        row("tre_mean_mm", tre["mean"],
+            shares=[_share(after[used] > mean_limit, "landmarks", f"> {_limit_text(mean_limit)} mm")])
+        row("tre_outliers_percent", outlier_share, CHECK_LABELS["tre_outliers_percent"].format(limit=_limit_text(limit)),
+            shares=[_share(after[used] > limit, "landmarks", f"> {_limit_text(limit)} mm")],
+            outliers=_landmark_list(result, beyond, labels), limit_mm=limit)
+        row("tre_p95_mm", tre["p95"], shares=[_share(after[used] > p95_tol.warn, "landmarks",
+                                                     f"> {_limit_text(p95_tol.warn)} mm")])
+        worst = _landmark_list(result, used, labels, 1)
+        info("tre_max_mm", tre["max"], f"landmark {worst[0]['label']}" if worst else "")
+        if not used.size:
+            not_measured.append("landmark TRE: no landmark pair lies inside both images")
+    else:
+        not_measured.append("landmark TRE: no landmark pairs were given")
+
+    folded_body = body & (result.jacobian <= 0)
+    fold_shares = [_share(folded_body[body], "body voxels", "with det J ≤ 0"),
+                   _share(result.jacobian[lungs] <= 0, "lung voxels", "with det J ≤ 0")]
+    row("folding_percent", measured["folding_percent"], shares=fold_shares, clusters=clusters)
+    j_tol = tol["jacobian_min"]
+    row("jacobian_min", measured["jacobian_min"],
+        shares=[_share(jac_lungs < j_tol.warn, "lung voxels", f"with det J < {_limit_text(j_tol.warn)}")])
+    row("lung_jacobian_outside_percent", measured["lung_jacobian_outside_percent"],
+        shares=[_share((jac_lungs < 0.5) | (jac_lungs > 2.0), "lung voxels", "with det J outside [0.5, 2]")])
+
+    ncc = measured["lung_ncc"]
+    gain_tol, after_tol = tol["lung_ncc_gain"], tol["lung_ncc_after"]
+    agreed_before = ncc["before"] >= after_tol.warn
+    if agreed_before:  # nothing to improve: judged only on not getting worse
+        slack = -NCC_ALREADY_AGREED_SLACK
+        gain_tol = Tolerance(slack, slack, True, file=gain_tol.file)
+    row("lung_ncc_gain", ncc["after"] - ncc["before"], t=gain_tol, before=ncc["before"], after=ncc["after"],
+        already_agreed=agreed_before,
+        note=(f"the images already agreed before registration (NCC ≥ {_limit_text(after_tol.warn)}): judged on "
+              "not getting worse" if agreed_before else "FAIL: the registration did not improve the lungs' "
+                                                         "similarity (or made it worse)"))
+    row("lung_ncc_after", ncc["after"],
+        shares=[_share(maps.ncc_after[maps.lungs] < after_tol.warn, "lung voxels",
+                       f"with local NCC < {_limit_text(after_tol.warn)}")])
+    hu_tol = tol["lung_abs_hu_difference_after"]
+    row("lung_abs_hu_difference_after", measured["lung_abs_hu_difference"]["after"],
+        shares=[_share(maps.abs_hu_after[maps.lungs] > hu_tol.warn, "lung voxels",
+                       f"with |ΔHU| > {_limit_text(hu_tol.warn)}")],
+        note="the lungs' density differs between breathing phases, so |ΔHU| stays above 0 after a perfect "
+             "registration: it can warn, not fail")
     if contours:
         measured["contours"] = {str(k): v for k, v in contours.items()}
         for label, c in contours.items():
             for name in ("dice", "mean_surface_distance_mm", "hd95_mm"):
                 row(name, c[name], CHECK_LABELS[name].format(label=label), f"{name}[{label}]")
+    else:
+        not_measured.append("contour agreement: no fixed and moving segmentations were given")
+
+    ic = measured["inverse_consistency_mm"]
+    info("inverse_consistency_mean_mm", ic["mean"], INVERSE_NOTE)
+    info("inverse_consistency_p95_mm", ic["p95"], INVERSE_NOTE)
+    info("inverse_consistency_max_mm", ic["max"], INVERSE_NOTE)
+    info("lung_ncc_before", ncc["before"])
+    info("lung_abs_hu_difference_before", measured["lung_abs_hu_difference"]["before"])
+    info("lung_volume_change_percent", measured["lung_volume_change_percent"])
+    info("residual_in_lungs_mean", measured["residual_in_lungs"]["mean"], "quality.nrrd")
+
     verdicts = [r["verdict"] for r in rows]
-    overall = "FAIL" if "FAIL" in verdicts else "WARN" if "WARN" in verdicts else "PASS"
-    return {"overall": overall, "checks": rows, "measured": measured, "tolerances_file": tolerances_file,
-            "ncc_radius_vox": NCC_RADIUS_VOX,
+    checks_verdict = "FAIL" if "FAIL" in verdicts else "WARN" if "WARN" in verdicts else "PASS"
+    verified = any(r["kind"] == "accuracy" and r["verdict"] != "n/a" for r in rows)
+    overall = checks_verdict if checks_verdict == "FAIL" or verified else UNVERIFIED
+    return {"overall": overall, "checks_verdict": checks_verdict, "accuracy_verified": verified,
+            "reasons": _reasons(rows, verified, not_measured), "not_measured": not_measured, "checks": rows,
+            "information": information, "folding_clusters": clusters, "measured": measured,
+            "tolerances_file": tolerances_file, "ncc_radius_vox": NCC_RADIUS_VOX,
             "maps_grid": {"size": list(maps.grid.size), "spacing_mm": list(maps.grid.spacing_mm)},
             "consistency_grid": {"size": list(maps.consistency_grid.size),
-                                                                   "spacing_mm": list(maps.consistency_grid.spacing_mm)}}
+                                 "spacing_mm": list(maps.consistency_grid.spacing_mm)}}
 
+
+def _reasons(rows: list[dict], verified: bool, not_measured: list[str]) -> list[str]:
+    """Why the overall verdict is what it is, one sentence per check beyond its tolerance (the
+    failures first), then what was not measured."""
+    out = []
+    for verdict in ("FAIL", "WARN"):
+        for r in rows:
+            if r["verdict"] != verdict:
+                continue
+            text = f"{verdict}: {r['label']} = {value_text(r)} ({tolerance_text(r)})"
+            if r.get("outliers"):
+                text += f"; beyond {_limit_text(r['limit_mm'])} mm: landmark {landmark_names(r['outliers'])}"
+            elif r.get("clusters"):
+                c = r["clusters"][0]
+                text += (f"; {r['shares'][0]['count']} voxels in {len(r['clusters'])}"
+                         f"{'+' if len(r['clusters']) == FOLDING_CLUSTERS_LISTED else ''} cluster(s), the largest "
+                         f"({c['voxels']} voxels) at LPS ({', '.join(f'{v:.1f}' for v in c['centre_lps'])}) mm")
+            elif r["check"] == "lung_ncc_gain":
+                text += f"; NCC {format_number(r['before'])} before, {format_number(r['after'])} after"
+            out.append(text)
+    if not verified:
+        out.append("accuracy not verified: " + "; ".join(not_measured or ["no landmark or contour check could be "
+                                                                          "measured"]))
+    return out

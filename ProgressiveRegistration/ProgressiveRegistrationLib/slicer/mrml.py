@@ -45,7 +45,7 @@ from ..io.resources import BUNDLED_SAMPLE
 from ..model.modelfile import Model, load_model
 from ..registration.engine import register_images, summary_of
 from ..registration.outputs import jacobian_image
-from ..registration.quality import quality_maps, quality_summary
+from ..registration.quality import quality_maps, quality_summary, tolerance_text, value_text
 from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
 from ..registration.refine import RefineConfig
 from ..simulation.breathing import simulate
@@ -295,7 +295,8 @@ QUALITY_COLUMNS = ("check", "value", "tolerance", "verdict", "tolerance from")
 
 def set_quality_table(node, quality: dict) -> None:
     """The report's check table (``summary["quality"]``): one row per check with its value, its
-    tolerance and PASS / WARN / FAIL, then the overall verdict."""
+    tolerance and PASS / WARN / FAIL (as the report shows them), then the overall verdict
+    (UNVERIFIED: accuracy not verified). The information rows are the report's only."""
     import vtk
 
     table = node.GetTable()
@@ -306,10 +307,7 @@ def set_quality_table(node, quality: dict) -> None:
         col.SetName(title)
         columns.append(col)
     for r in quality["checks"]:
-        op = "≥" if r["higher_is_better"] else "≤"
-        value = "n/a" if r["value"] is None or not np.isfinite(r["value"]) else f"{r['value']:.3g}"
-        for col, text in zip(columns, (r["label"], value, f"PASS {op} {r['warn']:g}, WARN {op} {r['fail']:g}",
-                                       r["verdict"], r["source"])):
+        for col, text in zip(columns, (r["label"], value_text(r), tolerance_text(r), r["verdict"], r["source"])):
             col.InsertNextValue(text)
     for col, text in zip(columns, ("overall", "", "", quality["overall"], "")):
         col.InsertNextValue(text)

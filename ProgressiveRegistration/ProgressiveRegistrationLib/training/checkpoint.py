@@ -3,7 +3,8 @@
 A checkpoint (``checkpoint.pt``) holds the iteration, the config, the log, each arm's
 weights and optimiser state, and the RNG states: everything a resumed run needs to continue
 bit for bit. Like a model file it holds only tensors and plain containers and is read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Checkpoints and models are written atomically; a full disk,
+no permission or a read-only file system is a :class:`errors.WriteError` naming the file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.atomic import write_file
-from ..core.errors import InputError
+from ..core.errors import InputError, write_error
 from ..model.config import Config, config_from_dict
 from ..model.modelfile import save_model
 from ..model.network import ProgressiveUNet
@@ -66,7 +67,10 @@ def export_models(models: dict[str, ProgressiveUNet], cfg: Config, iteration: in
                   ) -> list[Path]:
     """Write each arm's plain U-Net as ``model<suffix>.pt`` (the progressive arm, or the only
     arm) or ``model_baseline<suffix>.pt`` in ``out``: model files (:mod:`modelfile`)."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise (write_error(err, out) or err) from None
     written = []
     for arm, model in models.items():
         name = f"model{suffix}.pt" if (arm == "progressive" or len(models) == 1) else f"model_baseline{suffix}.pt"

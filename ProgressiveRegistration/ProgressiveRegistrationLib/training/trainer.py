@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core import fields
-from ..core.atomic import write_text
-from ..core.errors import InputError
+from ..core.atomic import check_writable, write_text
+from ..core.errors import InputError, write_error
 from ..core.metrics import endpoint_error_mm, masked_l2
 from ..model import schedule
 from ..model.config import Config
@@ -84,13 +84,18 @@ def landmark_tre(model: ProgressiveUNet, pairs: list[PointPair], alpha: np.ndarr
 
 
 class Trainer:
-    """One training run in the folder ``out`` (``log.csv``, ``checkpoint.pt``, models, figures)."""
+    """One training run in the folder ``out`` (``log.csv``, ``checkpoint.pt``, models, figures).
+
+    A folder that cannot be written (no permission, a read-only file system) is refused
+    (:class:`InputError`, one line) before any image is read."""
 
     def __init__(self, cfg: Config, out: Path, resume: bool = False):
         self.cfg, self.out = cfg, Path(out)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
+        if self.rank == 0:  # a folder that cannot be written is refused before any work
+            check_writable(self.out, "--out")
         tc = cfg.train
         if tc.device.startswith("cuda") and not torch.cuda.is_available():
             log.warning("CUDA is not available: training on the CPU")
@@ -122,7 +127,10 @@ class Trainer:
                        for arm, m in self.models.items()}
         self.iteration = 0
         self.log: list[dict] = []
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise (write_error(err, self.out) or err) from None
         if resume:
             ckpt = self.out / "checkpoint.pt"
             if not ckpt.is_file():
