@@ -155,7 +155,13 @@ def test_the_network_field_of_an_image_to_itself_is_exactly_zero():
     assert other.abs().max() > 0.01
 
 
-def test_an_image_registered_to_itself_by_the_network_is_the_identity(pair, model):
-    r = register_images(pair.inhale, pair.inhale, model, refinement=None, warp_moving=False)
-    d = np.linalg.norm(sitk.GetArrayFromImage(r.displacement), axis=-1)
-    assert d.max() < 1e-3
+@pytest.mark.parametrize("which", ["bundled hemithorax CT", "contrast chest crop"])
+def test_an_image_registered_to_itself_is_the_identity(pair, model, which, request):
+    """Network and refinement (default): an image and itself give the zero field, not a field
+    of up to 3.8 mm (before: the network's own errors, then the refinement's rounding in
+    near-flat windows amplified by Adam). Target: max |field| <= 0.5 mm in the body."""
+    image = pair.inhale if which.startswith("bundled") else read_image(request.getfixturevalue("chest_ct"))
+    for refinement in (None, DEFAULT):
+        r = register_images(image, image, model, refinement=refinement, warp_moving=False)
+        d = np.linalg.norm(sitk.GetArrayFromImage(r.displacement), axis=-1)
+        assert d[r.body_mask].max() <= 0.01 and d.max() <= 0.5, (refinement, d[r.body_mask].max(), d.max())

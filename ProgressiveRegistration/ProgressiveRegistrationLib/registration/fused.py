@@ -569,7 +569,7 @@ def _fixed_pass(fixed, r, sums, scratch):
 def _statistics_pass(sums, weight, r, windows, scratch):
     """``windows`` = (count, ΣI, B, weight) from the i,j-sums of :func:`_fixed_pass`."""
     n_k, n_j, n_i = weight.shape
-    zero = np.float32(0.0)
+    zero, one = np.float32(0.0), np.float32(1.0)
     for k in prange(n_k):
         full = scratch[_thread_id(), 0:3]
         for c in range(3):
@@ -579,7 +579,12 @@ def _statistics_pass(sums, weight, r, windows, scratch):
                 n, s_f, s_ff = full[0, j, i], full[1, j, i], full[2, j, i]
                 windows[0, k, j, i] = n
                 windows[1, k, j, i] = s_f
-                windows[2, k, j, i] = max(s_ff - s_f * (s_f / n), zero)
+                # The window pass's own arithmetic for C (s·(s·(1/n)), not s·(s/n)): an image
+                # warped onto itself then has C = B bit for bit. Otherwise they differ by the
+                # rounding of a sum near (ΣI)²/n, which in low-variance windows can put B just
+                # above the flat-window floor and C just below it; those windows then get
+                # α without γ, and a full Adam step between identical images.
+                windows[2, k, j, i] = max(s_ff - s_f * (s_f * (one / n)), zero)
                 windows[3, k, j, i] = weight[k, j, i]
 
 
