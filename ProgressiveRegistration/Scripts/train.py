@@ -3,8 +3,9 @@
 
     python ProgressiveRegistration/Scripts/train.py --smoke --out runs/smoke
     python ProgressiveRegistration/Scripts/train.py --config configs/cpu.yaml --out runs/cpu
-    PythonSlicer <extension>/Scripts/train.py --smoke --out /tmp/smoke
-    Slicer --no-main-window --python-script <extension>/Scripts/train.py -- --smoke --out /tmp/smoke
+    PythonSlicer <extension>/lib/Slicer-X.Y/qt-scripted-modules/Scripts/train.py --smoke --out /tmp/smoke
+    Slicer --no-main-window --python-script <extension>/lib/Slicer-X.Y/qt-scripted-modules/Scripts/train.py -- \
+        --smoke --out /tmp/smoke
     torchrun --nproc_per_node 2 ProgressiveRegistration/Scripts/train.py --config ... --out ...
 
 Kept outside the module folder's SCRIPTS (Slicer would import it as a module candidate);

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -147,6 +148,200 @@ def test_no_console_window_on_windows(monkeypatch):
     with pytest.raises(FileNotFoundError):
         jobs.BackgroundJob(["PythonSlicer.exe", "-m", "ProgressiveRegistrationLib"])
     assert started[0]["startupinfo"].wShowWindow == 0
+
+
+def _start_launcher(work: Path) -> tuple[jobs.BackgroundJob, int]:
+    """The LAUNCHER in a job, once it has said its child's pid."""
+    job = jobs.BackgroundJob([sys.executable, "-c", LAUNCHER, str(work / "alive.txt")], work_dir=work)
+    t0, lines = time.monotonic(), []
+    while not lines and time.monotonic() - t0 < 30:
+        lines += job.poll().log
+        time.sleep(0.05)
+    return job, int(lines[0])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes stand in for taskkill's")
+def test_cancel_on_windows_waits_for_the_tree_that_taskkill_leaves_running(tmp_path, monkeypatch):
+    """taskkill /F /T returns before the processes have ended (and Windows refuses to delete a
+    file they still hold): the cancel waits for the tree, then removes the work folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    job, child = _start_launcher(work)
+    events = []
+
+    def taskkill(args, **kw):  # returns at once; the processes end half a second later
+        assert args[:3] == ["taskkill", "/F", "/T"] and kw["startupinfo"].wShowWindow == 0
+        import psutil
+
+        tree = [int(args[-1]), *(p.pid for p in psutil.Process(int(args[-1])).children(recursive=True))]
+
+        def later():
+            time.sleep(0.5)
+            events.append("killed")
+            for pid in tree:
+                os.kill(pid, 9)
+
+        threading.Thread(target=later, daemon=True).start()
+        events.append("taskkill returned")
+
+    _as_windows(monkeypatch)
+    monkeypatch.setattr(subprocess, "run", taskkill)
+    job.cancel()
+    events.append("cancel returned")
+    assert events == ["taskkill returned", "killed", "cancel returned"]
+    assert not _alive(child) and not _alive(job.process.pid)
+    assert not work.exists()
+
+
+def test_the_work_folder_is_removed_once_windows_lets_go_of_its_files(tmp_path, monkeypatch):
+    """A file still open (a process not yet gone, a virus scanner) cannot be deleted on
+    Windows: the removal retries, and says so when it gives up; the owner file goes last."""
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    (work / "fixed.nrrd").write_bytes(b"x" * 100)
+    (work / "out" / "transform.nrrd").write_bytes(b"y")
+    jobs.claim_work_dir(work, [os.getpid()])
+    real_unlink, locked = Path.unlink, {"count": 3}
+
+    def unlink(self, *args, **kw):
+        if self.name == "fixed.nrrd" and locked["count"] > 0:
+            locked["count"] -= 1
+            raise PermissionError(32, "The process cannot access the file because it is being used by another process")
+        return real_unlink(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert jobs.remove_tree(work, timeout_s=5.0, poll_s=0.01) and not work.exists() and locked["count"] == 0
+
+    (work / "out").mkdir(parents=True)
+    (work / "fixed.nrrd").write_bytes(b"x")
+    jobs.claim_work_dir(work, [os.getpid()])
+    locked["count"] = 10**9
+    assert not jobs.remove_tree(work, timeout_s=0.05, poll_s=0.01)
+    assert sorted(p.name for p in work.iterdir()) == [jobs.OWNER_FILE, "fixed.nrrd"]  # still says whose it is
+
+
+def _ended_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("with_psutil", [True, False])
+def test_a_process_runs_until_it_has_ended(monkeypatch, with_psutil):
+    if not with_psutil:
+        monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    assert jobs.pid_running(os.getpid())
+    assert not jobs.pid_running(_ended_pid())
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # ended, not reaped yet
+    t0 = time.monotonic()
+    while jobs.pid_running(zombie.pid) and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    assert not jobs.pid_running(zombie.pid)
+    zombie.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not jobs.wait_for_exit([sleeper.pid], timeout_s=0.2)
+        sleeper.kill()
+        assert jobs.wait_for_exit([sleeper.pid], timeout_s=10.0)  # a zombie counts as ended
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+class _Kernel32:
+    """The three calls of the Win32 API that _windows_pid_running makes."""
+
+    def __init__(self, handle, exit_code):
+        self.handle, self.exit_code, self.closed = handle, exit_code, []
+
+    def OpenProcess(self, access, inherit, pid):
+        assert access == 0x1000  # PROCESS_QUERY_LIMITED_INFORMATION
+        return self.handle
+
+    def GetExitCodeProcess(self, handle, code):
+        code._obj.value = self.exit_code
+        return 1
+
+    def CloseHandle(self, handle):
+        self.closed.append(handle)
+
+
+def test_a_process_runs_on_windows_while_its_exit_code_is_still_active():
+    running = _Kernel32(7, 259)  # STILL_ACTIVE
+    assert jobs._windows_pid_running(1234, running, lambda: 0) and running.closed == [7]
+    assert not jobs._windows_pid_running(1234, _Kernel32(7, 0), lambda: 0)  # ended with exit code 0
+    assert not jobs._windows_pid_running(1234, _Kernel32(0, 0), lambda: 87)  # ERROR_INVALID_PARAMETER: no such process
+    assert jobs._windows_pid_running(1234, _Kernel32(0, 0), lambda: 5)  # ERROR_ACCESS_DENIED: another user's
+
+
+def test_stale_work_folders_are_those_whose_processes_have_all_ended(tmp_path):
+    """Left behind by a Slicer that ended during a run (or a file that stayed locked): removed at
+    start-up once none of their processes runs; another Slicer's running job, the kept reports
+    and other folders are left alone."""
+    mine, gone = os.getpid(), _ended_pid()
+    folders = {}
+    for key, name, pids in (("ended", "ProgressiveRegistration-2026-01-01_10+00+00.000", [gone]),
+                            ("running", "ProgressiveRegistration-2026-01-01_11+00+00.000", [gone, mine]),
+                            ("old unowned", "ProgressiveRegistration-2026-01-01_12+00+00.000", None),
+                            ("new unowned", "ProgressiveRegistration-2026-01-01_13+00+00.000", None),
+                            ("reports", "ProgressiveRegistration reports", [gone]),
+                            ("other", "Other-2026-01-01_10+00+00.000", [gone])):
+        folder = tmp_path / name
+        (folder / "out").mkdir(parents=True)
+        (folder / "phase_0.nrrd").write_bytes(b"a full CT")
+        if pids is not None:
+            jobs.claim_work_dir(folder, pids)
+        folders[key] = folder
+    old = time.time() - jobs.UNOWNED_STALE_S - 60
+    os.utime(folders["old unowned"], (old, old))
+    (tmp_path / "ProgressiveRegistration-a file").write_text("not a folder", encoding="utf-8")
+    stale = jobs.stale_work_dirs(tmp_path)
+    assert stale == [folders["ended"], folders["old unowned"]]
+    assert jobs.sweep_stale_work_dirs(tmp_path) == stale
+    assert not any(f.exists() for f in stale)
+    assert all(f.exists() for f in folders.values() if f not in stale)
+    assert (tmp_path / "ProgressiveRegistration-a file").is_file()
+
+
+def test_a_job_claims_its_work_folder_for_slicer_and_the_child(tmp_path):
+    work = tmp_path / "ProgressiveRegistration-2026-01-01_10+00+00.000"
+    work.mkdir()
+    job = jobs.BackgroundJob([sys.executable, "-c", "pass"], work_dir=work)
+    owner = json.loads((work / jobs.OWNER_FILE).read_text(encoding="utf-8"))
+    assert owner == {"pids": [os.getpid(), job.process.pid]}
+    _wait(job, 60)
+    assert jobs.stale_work_dirs(tmp_path) == []  # this process (Slicer) still runs
+    assert jobs.stale_work_dirs(tmp_path, running=lambda pid: pid == job.process.pid and jobs.pid_running(pid)) == [work]
+
+
+def test_the_child_writes_utf8_whatever_its_environment_says(tmp_path):
+    """Python on Windows writes its pipes in the ANSI code page unless told otherwise; the job is
+    read as UTF-8, so the child is told: PYTHONIOENCODING=utf-8 and PYTHONUTF8=1."""
+    code = ("import os, sys\n"
+            "print('Lunge – Ausatmung ✓ 肺', flush=True)\n"
+            "print('Fehler: Datei „Phase 50 %“ fehlt', file=sys.stderr)\n"
+            "print(sys.stdout.encoding, os.environ['PYTHONIOENCODING'], os.environ['PYTHONUTF8'], flush=True)")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252", "PYTHONUTF8": "0", "LC_ALL": "C"}
+    job = jobs.BackgroundJob([sys.executable, "-c", code], env=env)
+    lines = [line for p in _wait(job, 60) for line in p.log]
+    assert job.error() is None, lines
+    assert "Lunge – Ausatmung ✓ 肺" in lines and "Fehler: Datei „Phase 50 %“ fehlt" in lines
+    assert "utf-8 utf-8 1" in lines
+    assert env["PYTHONIOENCODING"] == "cp1252"  # the caller's dictionary is left as it was
+
+
+@pytest.mark.parametrize("current, cuda, defaulted, device, note", [
+    ("cpu", True, False, "cuda", "Device: cuda (torch sees a GPU)"),  # first run on a GPU machine
+    ("cuda", True, False, "cuda", None),
+    ("cpu", True, True, "cpu", None),  # cpu chosen after the default: it stays
+    ("cuda", False, True, "cpu", "Device: cpu (cuda was chosen, but torch sees no GPU here)"),  # a saved scene
+    ("cuda", False, False, "cpu", "Device: cpu"),
+    ("cpu", False, False, "cpu", None),
+])
+def test_a_device_change_is_one_line_in_the_log(current, cuda, defaulted, device, note):
+    got, line = jobs.default_device(current, cuda, defaulted)
+    assert got == device
+    assert (line is None) if note is None else line.startswith(note)
 
 
 def test_kept_result_files_move_to_a_folder_of_their_own(tmp_path):

@@ -365,3 +365,158 @@ def test_a_moving_volume_with_a_narrower_field_of_view_gives_the_same_tre(scene)
         r = mrml.register_volume_nodes(scene, fixed, moving, fpts, mpts, refinement=DEFAULT, apply_to_moving=False)
         tre[name] = r.tre_after_mm["mean"]
     assert abs(tre["cut"] - tre["whole"]) < 0.3 and tre["whole"] < 1.0, tre
+
+
+def _outputs_of(r) -> dict:
+    """The output nodes of a result, by role (those it has)."""
+    nodes = {"transform": r.transform, "Jacobian": r.jacobian, "TRE table": r.table, "resampled volume": r.volume,
+             "quality table": r.quality_table, "doubt map": r.quality_map}
+    return {what: node for what, node in nodes.items() if node is not None}
+
+
+def _content(node):
+    """A copy of what an output node holds: a field, a volume's voxels and geometry, a table's cells."""
+    if node.IsA("vtkMRMLGridTransformNode"):
+        return slicer.util.arrayFromGridTransform(node).copy()
+    if node.IsA("vtkMRMLScalarVolumeNode"):
+        return slicer.util.arrayFromVolume(node).copy(), mrml._ijk_to_ras(node)
+    table = node.GetTable()
+    return [[table.GetValue(i, c).ToString() for c in range(table.GetNumberOfColumns())]
+            for i in range(table.GetNumberOfRows())]
+
+
+def _same_content(a, b) -> bool:
+    if isinstance(a, list):
+        return a == b
+    if isinstance(a, tuple):
+        return all(_same_content(x, y) for x, y in zip(a, b))
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def _log_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == mrml.log.name]
+
+
+def test_outputs_of_another_pair_are_kept_and_new_nodes_made(scene, tiny_model, caplog):
+    """Pair A, then pair B given A's output nodes (as the panel gives its selected outputs): A's
+    nodes keep A's results, B's go into new nodes, one log line per node says why."""
+    from ProgressiveRegistrationLib.io.images import read_image
+    from ProgressiveRegistrationLib.io.resources import BUNDLED_SAMPLE
+    from ProgressiveRegistrationLib.simulation.breathing import simulate
+
+    fixed_a, moving_a, fa, ma = mrml.sample_pair_nodes(scene, seed=0)
+    # Pair B: other volume nodes, a shallower breath (the seed alone changes only the landmarks).
+    pair = simulate(read_image(BUNDLED_SAMPLE), seed=1, amplitude_si_mm=8.0, amplitude_ap_mm=3.0)
+    fixed_b, moving_b = mrml.add_volume_node(scene, pair.inhale, "inhale"), mrml.add_volume_node(scene, pair.exhale,
+                                                                                                "exhale")
+    fb, mb = mrml.add_points_node(scene, pair.fixed_points_lps, "F"), mrml.add_points_node(scene,
+                                                                                        pair.moving_points_lps, "M")
+    a = mrml.register_volume_nodes(scene, fixed_a, moving_a, fa, ma, model=tiny_model, refinement=None,
+                                   resample=True)
+    a_nodes = _outputs_of(a)
+    assert len(a_nodes) == 6
+    for what, node in a_nodes.items():  # every output records its pair
+        assert mrml.pair_of(node) == (fixed_a.GetID(), moving_a.GetID()), what
+        assert node.GetNodeReference(mrml.FIXED_REFERENCE) is fixed_a
+        assert node.GetNodeReference(mrml.MOVING_REFERENCE) is moving_a
+    # The transform's roles are Slicer's registration roles.
+    assert mrml.FIXED_REFERENCE == a.transform.GetFixedNodeReferenceRole()
+    assert mrml.MOVING_REFERENCE == a.transform.GetMovingNodeReferenceRole()
+    before = {what: (node.GetName(), _content(node)) for what, node in a_nodes.items()}
+
+    caplog.set_level("INFO", logger=mrml.log.name)
+    b = mrml.register_volume_nodes(scene, fixed_b, moving_b, fb, mb, model=tiny_model, refinement=None,
+                                   transform=a.transform, jacobian=a.jacobian, table=a.table, volume=a.volume,
+                                   quality_table=a.quality_table, quality_map=a.quality_map)
+    b_nodes = _outputs_of(b)
+    assert b_nodes.keys() == a_nodes.keys()
+    for what, node in b_nodes.items():
+        assert node is not a_nodes[what] and node.GetID() != a_nodes[what].GetID(), what
+        assert mrml.pair_of(node) == (fixed_b.GetID(), moving_b.GetID()), what
+        assert node.GetName().startswith(moving_b.GetName()), what
+    # A's nodes hold A's results, under A's names; A's moving volume is still under A's transform.
+    for what, node in a_nodes.items():
+        name, content = before[what]
+        assert node.GetName() == name and _same_content(_content(node), content), what
+        assert mrml.pair_of(node) == (fixed_a.GetID(), moving_a.GetID()), what
+    assert moving_a.GetParentTransformNode() is a.transform
+    assert moving_b.GetParentTransformNode() is b.transform
+    assert not _same_content(_content(b.transform), before["transform"][1])  # B's own field
+    assert not _same_content(_content(b.table), before["TRE table"][1])
+    # One line per node kept, naming it and the pair whose result it holds.
+    lines = _log_lines(caplog)
+    assert len(lines) == 6, lines
+    for what, node in a_nodes.items():
+        [line] = [text for text in lines if f"{what} '{node.GetName()}'" in text]
+        held = line.split("holds the registration of ")[1].split(", so")[0]
+        assert held == f"moving '{moving_a.GetName()}' to fixed '{fixed_a.GetName()}'", line
+        assert line.endswith(f"for moving '{moving_b.GetName()}' to fixed '{fixed_b.GetName()}'."), line
+
+    # The same pair again, with its own nodes: they are refilled, nothing is said.
+    caplog.clear()
+    count = scene.GetNumberOfNodes()
+    again = mrml.register_volume_nodes(scene, fixed_a, moving_a, fa, ma, model=tiny_model, refinement=None,
+                                       transform=a.transform, jacobian=a.jacobian, table=a.table, volume=a.volume,
+                                       quality_table=a.quality_table, quality_map=a.quality_map)
+    assert all(_outputs_of(again)[what] is node for what, node in a_nodes.items())
+    assert scene.GetNumberOfNodes() == count and not _log_lines(caplog)
+    assert moving_a.GetParentTransformNode() is a.transform
+    np.testing.assert_allclose(_content(a.transform), before["transform"][1], atol=1e-5)
+
+
+def test_new_nodes_are_used_and_a_result_of_a_removed_volume_is_kept(scene, tiny_model, caplog):
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    mine = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "my transform")
+    jacobian = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my Jacobian")
+    assert mrml.pair_of(mine) is None and mrml.pair_of(jacobian) is None
+    # A Jacobian of a scene saved before the outputs recorded their pair: a result, of a pair not known.
+    older = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "older Jacobian")
+    older.SetAttribute("ProgressiveRegistration.foldingPercent", "0.0")
+    caplog.set_level("INFO", logger=mrml.log.name)
+    assert mrml.pair_of(older) == (None, None) and mrml.own_output(older, fixed, moving, "Jacobian") is None
+    assert _log_lines(caplog) == ["The Jacobian 'older Jacobian' holds the registration of volumes that are no "
+                                  "longer known, so it is kept and a new node is made for moving 'exhale' to fixed "
+                                  "'inhale'."]
+    caplog.clear()
+    r = mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None, quality=False,
+                                   transform=mine, jacobian=jacobian)
+    assert r.transform is mine and r.jacobian is jacobian and not _log_lines(caplog)
+    assert mrml.pair_of(jacobian) == (fixed.GetID(), moving.GetID())
+    assert moving.GetParentTransformNode() is mine
+
+    # The first fixed volume is removed: its outputs still hold its result, for a pair no longer known.
+    other = mrml.add_volume_node(scene, mrml.image_from_volume_node(fixed, "f"), "other fixed")
+    scene.RemoveNode(fixed)
+    assert mrml.pair_of(jacobian) == (None, moving.GetID())
+    kept = slicer.util.arrayFromVolume(jacobian).copy()
+    r = mrml.register_volume_nodes(scene, other, moving, model=tiny_model, refinement=None, quality=False,
+                                   transform=mine, jacobian=jacobian)
+    assert r.transform is not mine and r.jacobian is not jacobian
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(jacobian), kept)
+    # The result replaces the earlier result of this module as the moving volume's parent.
+    assert moving.GetParentTransformNode() is r.transform
+    assert any("'my Jacobian' holds the registration of moving 'exhale' to fixed a removed volume" in line
+               for line in _log_lines(caplog)), _log_lines(caplog)
+
+
+def test_the_panels_path_keeps_the_outputs_of_the_pair_with_the_roles_swapped(scene, tiny_model, tmp_path, caplog):
+    """The background run's results (:func:`mrml.load_results`, what the panel calls with its
+    selected outputs) for the same volumes as fixed and moving the other way round: another pair."""
+    from ProgressiveRegistrationLib.registration.pipeline import register_files
+
+    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    a = mrml.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None, resample=True)
+    a_nodes = _outputs_of(a)
+    before = {what: _content(node) for what, node in a_nodes.items()}
+    job = mrml.export_job(scene, moving, fixed, tmp_path)
+    register_files(job.fixed_path, job.moving_path, job.out_dir, model=tiny_model, refinement=None,
+                   write_overview=False)
+    caplog.set_level("INFO", logger=mrml.log.name)
+    b = mrml.load_results(scene, job, transform=a.transform, jacobian=a.jacobian, volume=a.volume,
+                          quality_table=a.quality_table, quality_map=a.quality_map)
+    b_nodes = _outputs_of(b)
+    assert b_nodes.keys() == a_nodes.keys() and len(_log_lines(caplog)) == len(a_nodes)
+    for what, node in a_nodes.items():
+        assert b_nodes[what] is not node and mrml.pair_of(b_nodes[what]) == (moving.GetID(), fixed.GetID()), what
+        assert _same_content(_content(node), before[what]), what
+    assert moving.GetParentTransformNode() is a.transform and fixed.GetParentTransformNode() is b.transform

@@ -42,12 +42,78 @@ def _check_with_blocked(*blocked: str):
 
 def test_dependencies_are_checked_one_by_one():
     """With torch present (the PyTorch extension's usual case) a missing matplotlib is still
-    found; with everything present nothing is missing; numba is optional."""
+    found; with everything present nothing is missing; numba is optional; PyYAML and psutil,
+    which no registration imports, are neither."""
     assert _check_with_blocked() == (None, False, None, [], [])
     _, _, _, missing, optional = _check_with_blocked("matplotlib")
     assert missing == ["matplotlib>=3.7"] and optional == []
-    _, _, _, missing, optional = _check_with_blocked("yaml", "numba")
-    assert missing == ["PyYAML>=6"] and optional == ["numba>=0.59"]
+    _, _, _, missing, optional = _check_with_blocked("yaml", "psutil", "numba")
+    assert missing == [] and optional == ["numba>=0.59"]
+
+
+def test_a_registration_imports_neither_yaml_nor_psutil():
+    """What the module's background process runs (``progreg register`` with a report) loads
+    neither, so the module does not install them."""
+    code = ("import sys\n"
+            "from ProgressiveRegistrationLib.cli import register\n"
+            "from ProgressiveRegistrationLib.registration import engine, outputs, pipeline, report\n"
+            "from ProgressiveRegistrationLib.slicer import jobs, mrml, mrml4d\n"
+            "print(sorted({'yaml', 'psutil'} & {m.split('.')[0] for m in sys.modules}))")
+    blocked = BLOCKER.split("from ProgressiveRegistrationLib.slicer import requirements")[0].format(
+        blocked={"yaml", "psutil"})
+    r = subprocess.run([sys.executable, "-c", blocked + code], cwd=MODULE_DIR, capture_output=True, text=True,
+                       encoding="utf-8")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
+    names = {name for name, _ in requirements.PIP_PACKAGES + requirements.OPTIONAL_PIP_PACKAGES}
+    assert not names & {"yaml", "psutil"}
+
+
+def test_requirement_names_and_the_declined_setting():
+    assert requirements.requirement_name("numba>=0.59") == "numba"
+    assert requirements.requirement_name("PyYAML") == "pyyaml"
+    assert requirements.requirement_name("uvicorn[standard]>=1") == "uvicorn"
+    # qt.QSettings.value gives None (never set), "" (cleared), a string, or a list (a value with commas, on some platforms)
+    assert requirements.parse_names(None) == set() == requirements.parse_names("")
+    assert requirements.parse_names("numba") == {"numba"}
+    assert requirements.parse_names(" Numba , foo,") == {"numba", "foo"}
+    assert requirements.parse_names(["numba", "foo"]) == {"numba", "foo"}
+    # What the widget writes is read back as it was.
+    declined = {"numba", "foo"}
+    assert requirements.parse_names(",".join(sorted(declined))) == declined
+
+
+class _Socket:
+    def close(self):
+        pass
+
+
+def _refuse(address, timeout):
+    raise OSError(101, "Network is unreachable")
+
+
+def test_the_package_index_and_the_proxy_pip_connects_to():
+    assert requirements.package_index({}) == ("pypi.org", 443, "the package index pypi.org")
+    assert requirements.package_index({"PIP_INDEX_URL": "http://mirror.local:8080/simple"}) == \
+        ("mirror.local", 8080, "the package index mirror.local")
+    assert requirements.package_index({"HTTPS_PROXY": "http://proxy.local:3128"}) == \
+        ("proxy.local", 3128, "the proxy proxy.local")
+    assert requirements.package_index({"https_proxy": "proxy.local:3128"})[:2] == ("proxy.local", 3128)
+    tried = []
+    assert requirements.index_problem({}, lambda address, timeout: tried.append(address) or _Socket()) is None
+    assert tried == [("pypi.org", 443)]
+    problem = requirements.index_problem({}, _refuse)
+    assert problem.startswith("no connection to the package index pypi.org (OSError")
+
+
+def test_an_offline_install_says_so_and_what_to_do():
+    """Offline, pip_install raises only CalledProcessError('... returned non-zero exit status 1')
+    (slicer.util.logProcessOutput): the message says there is no connection, and what to do."""
+    error = subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", "matplotlib>=3.7"])
+    message = requirements.install_failure(["matplotlib>=3.7"], error, {}, _refuse)
+    assert message.startswith("Could not install matplotlib>=3.7: no connection to the package index pypi.org")
+    assert "internet" in message and "HTTPS_PROXY" in message and "slicer.util.pip_install" in message
+    online = requirements.install_failure(["matplotlib>=3.7"], error, {}, lambda address, timeout: _Socket())
+    assert "no connection" not in online and "non-zero exit status 1" in online and "Python console" in online
 
 
 def test_the_torch_version_is_read_without_importing_torch():

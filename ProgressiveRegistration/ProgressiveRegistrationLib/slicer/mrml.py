@@ -18,6 +18,14 @@ Outputs of a registration:
   interpolation; the engine's number, linear, is kept in the summary); the network-alone
   column is the engine's (that field is not a node).
 
+Every output node records the pair it belongs to: the node references
+:data:`FIXED_REFERENCE` and :data:`MOVING_REFERENCE` (the transform's registration roles) to
+the fixed and moving volumes, and :data:`OUTPUT_ATTRIBUTE`. An output node given for the
+results (the panel's selected outputs, or the ``transform``, ``jacobian``, ... arguments) is
+refilled only if it belongs to the same pair or to none (a new, empty node): one of another
+pair keeps that pair's results, a new node is made instead and the log says so
+(:func:`own_output`).
+
 Volumes under a linear parent transform are registered in world coordinates (their
 world geometry is exported, the user's transform is left as it is); under a non-linear
 one the registration is refused with a message. The result is set as the moving volume's
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +61,8 @@ from ..simulation.breathing import simulate
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
+log = logging.getLogger(__name__)
+
 
 # --- nodes <-> images and points ---------------------------------------------------------------
 
@@ -64,6 +75,19 @@ def _ijk_to_ras(node) -> np.ndarray:
 
 
 RESULT_ATTRIBUTE = "ProgressiveRegistration.model"
+#: The node references from every output node to the volumes of its pair: the registration
+#: roles of ``vtkMRMLTransformNode`` (``GetFixedNodeReferenceRole``, ``GetMovingNodeReferenceRole``),
+#: which the transform has as Slicer's registration modules set them, on the other outputs too.
+FIXED_REFERENCE = "spatialRegistrationFixed"
+MOVING_REFERENCE = "spatialRegistrationMoving"
+#: Attribute naming what an output node of a pair is ("transform", "Jacobian", "TRE table", ...).
+OUTPUT_ATTRIBUTE = "ProgressiveRegistration.pairOutput"
+#: Attributes by which an output node is known as one (the last three are older than
+#: :data:`OUTPUT_ATTRIBUTE`, in scenes saved before it): a node with one of them but without
+#: the references holds the result of a pair that is no longer known (its volumes were
+#: removed, or the scene did not record them).
+_OUTPUT_MARKS = (OUTPUT_ATTRIBUTE, RESULT_ATTRIBUTE, "ProgressiveRegistration.foldingPercent",
+                 "ProgressiveRegistration.overall")
 
 
 def is_result_of(transform, moving) -> bool:
@@ -147,6 +171,55 @@ def _vtk_matrix(a: np.ndarray):
 
 
 # --- output nodes --------------------------------------------------------------------------------
+
+def pair_of(node) -> tuple[str | None, str | None] | None:
+    """The IDs of the (fixed, moving) volumes whose registration result ``node`` holds (None in
+    place of a volume that was removed from the scene), or None for a node that holds no
+    registration result (a new node, or one the user made for something else)."""
+    pair = (node.GetNodeReferenceID(FIXED_REFERENCE) or None, node.GetNodeReferenceID(MOVING_REFERENCE) or None)
+    if pair != (None, None) or any(node.GetAttribute(a) is not None for a in _OUTPUT_MARKS):
+        return pair
+    return None
+
+
+def _pair_text(scene, pair) -> str:
+    if pair == (None, None):
+        return "volumes that are no longer known"
+
+    def name(node_id):
+        node = scene.GetNodeByID(node_id) if node_id else None
+        return f"'{node.GetName()}'" if node is not None else "a removed volume"
+
+    return f"moving {name(pair[1])} to fixed {name(pair[0])}"
+
+
+def own_output(node, fixed, moving, what: str):
+    """``node`` if the results of ``fixed`` and ``moving`` may go into it (it belongs to that
+    pair, or to none: :func:`pair_of`), else None, with a log line naming it and the pair it
+    belongs to (its results are kept; the caller makes a new node). ``what``: the output's
+    role, for the log."""
+    if node is None:
+        return None
+    pair = pair_of(node)
+    if pair is None or pair == (fixed.GetID(), moving.GetID()):
+        return node
+    scene = fixed.GetScene()
+    log.info("The %s '%s' holds the registration of %s, so it is kept and a new node is made for %s.", what,
+             node.GetName(), _pair_text(scene, pair), _pair_text(scene, (fixed.GetID(), moving.GetID())))
+    return None
+
+
+def _output_node(scene, node, fixed, moving, what: str, cls: str, name: str):
+    """``node`` (:func:`own_output`) or a new ``cls`` node named ``name``, marked as the ``what``
+    output of the pair ``fixed``, ``moving``."""
+    node = own_output(node, fixed, moving, what)
+    if node is None:
+        node = scene.AddNewNodeByClass(cls, scene.GenerateUniqueName(name))
+    node.SetNodeReferenceID(FIXED_REFERENCE, fixed.GetID())
+    node.SetNodeReferenceID(MOVING_REFERENCE, moving.GetID())
+    node.SetAttribute(OUTPUT_ATTRIBUTE, what)
+    return node
+
 
 def set_grid_transform(node, displacement: sitk.Image) -> None:
     """Store an ITK displacement field (LPS, resampling direction) as the node's FromParent
@@ -385,14 +458,13 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
     """The output nodes of a registration. ``landmarks``: ``labels``, ``fixed_lps``,
     ``moving_lps`` (world LPS mm), ``before_mm``, ``network_mm`` (the engine's TRE) and
     ``used`` (pairs inside both images, the statistics' pairs); ``warped``: the moving image
-    on the fixed grid, put in ``volume`` (a new node if None)."""
+    on the fixed grid, put in ``volume`` (a new node if None). A given node that belongs to
+    another pair keeps its content: a new node takes its place (:func:`own_output`)."""
     base = moving.GetName() or "moving"
-    if transform is None:
-        transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", scene.GenerateUniqueName(f"{base} registered"))
+    # The transform's references are the roles Slicer's registration modules use (vtkMRMLTransformNode.h).
+    transform = _output_node(scene, transform, fixed, moving, "transform", "vtkMRMLGridTransformNode",
+                             f"{base} registered")
     set_grid_transform(transform, displacement)
-    # The roles Slicer's registration modules use (vtkMRMLTransformNode.h).
-    transform.SetNodeReferenceID(transform.GetFixedNodeReferenceRole(), fixed.GetID())
-    transform.SetNodeReferenceID(transform.GetMovingNodeReferenceRole(), moving.GetID())
     transform.SetAttribute(RESULT_ATTRIBUTE, str(summary.get("model", "")))
     notes = list(summary.get("warnings", []))
     parent = moving.GetParentTransformNode()
@@ -409,15 +481,15 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
     fixed_grid = grid_of_volume_node(fixed, world=True)
     jac_on_fixed = sitk.Resample(jacobian, fixed_grid.reference_image(), sitk.Transform(), sitk.sitkLinear, 1.0,
                                  sitk.sitkFloat32)
-    if jacobian_node is None:
-        jacobian_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} Jacobian"))
+    jacobian_node = _output_node(scene, jacobian_node, fixed, moving, "Jacobian", "vtkMRMLScalarVolumeNode",
+                                 f"{base} Jacobian")
     set_volume_from_image(jacobian_node, jac_on_fixed)
     jacobian_node.SetAttribute("ProgressiveRegistration.foldingPercent", f"{summary['folding_percent']:.6f}")
     _style_jacobian(jacobian_node)
 
     if warped is not None:
-        if volume is None:
-            volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} resampled"))
+        volume = _output_node(scene, volume, fixed, moving, "resampled volume", "vtkMRMLScalarVolumeNode",
+                              f"{base} resampled")
         set_volume_from_image(volume, warped)
         volume.CreateDefaultDisplayNodes()
     else:
@@ -427,20 +499,19 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
     if landmarks is not None:
         after = tre_through_transform_mm(transform, landmarks["fixed_lps"], landmarks["moving_lps"])
         tre_after = tre_summary(after[np.asarray(landmarks["used"], dtype=bool)])
-        if table is None:
-            table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} TRE"))
+        table = _output_node(scene, table, fixed, moving, "TRE table", "vtkMRMLTableNode", f"{base} TRE")
         set_tre_table(table, landmarks["labels"], landmarks["before_mm"], landmarks["network_mm"], after)
     else:
         table = None
     if summary.get("quality"):
-        if quality_table is None:
-            quality_table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} quality checks"))
+        quality_table = _output_node(scene, quality_table, fixed, moving, "quality table", "vtkMRMLTableNode",
+                                     f"{base} quality checks")
         set_quality_table(quality_table, summary["quality"])
     else:
         quality_table = None
     if quality_image is not None:
-        if quality_map is None:
-            quality_map = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{base} doubt"))
+        quality_map = _output_node(scene, quality_map, fixed, moving, "doubt map", "vtkMRMLScalarVolumeNode",
+                                   f"{base} doubt")
         set_quality_volume(quality_map, quality_image)
     else:
         quality_map = None
@@ -474,7 +545,8 @@ def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
 def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None,
                           device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
                           progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT, volume=None,
-                          resample: bool = False, quality: bool = True) -> RegistrationNodes:
+                          resample: bool = False, quality: bool = True, quality_table=None,
+                          quality_map=None) -> RegistrationNodes:
     """Register two volume nodes in-process and put the results in ``scene``.
 
     The scripting API for Slicer's Python console::
@@ -487,7 +559,12 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
     ``refinement``: None for the network's one-pass field; ``resample`` (or a ``volume``
     node to fill): also the moving volume resampled onto the fixed volume's geometry
     (``r.volume``); ``quality``: the AAPM TG-132 checks as a table (``r.quality_table``, PASS /
-    WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC). Inputs are never
+    WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC).
+
+    ``transform``, ``jacobian``, ``table``, ``volume``, ``quality_table``, ``quality_map``:
+    nodes to fill instead of new ones, used only if they belong to this pair (an earlier
+    result of the same fixed and moving volumes) or to none (new, empty nodes); one that holds
+    another pair's result keeps it, a new node is made and the log says so. Inputs are never
     modified, except that the moving volume gets the result as its parent transform when
     ``apply_to_moving`` and it has none. Bad input raises InputError before any node is made.
     """
@@ -510,7 +587,8 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
         landmarks = {"labels": points[2], "fixed_lps": lm["fixed_lps"], "moving_lps": lm["moving_lps"],
                      "before_mm": lm["before_mm"], "network_mm": lm["network_mm"], "used": lm["used"]}
     return _outputs(scene, fixed, moving, result.displacement, jac, summary, landmarks, transform, jacobian, table,
-                    apply_to_moving, result.warped if resample else None, volume, quality_image)
+                    apply_to_moving, result.warped if resample else None, volume, quality_image, quality_table,
+                    quality_map)
 
 
 # --- the background-process path of the module ---------------------------------------------------
@@ -551,8 +629,8 @@ def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_land
     fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     work = Path(work_dir)
     job = Job(fixed.GetID(), moving.GetID(), str(work / "fixed.nrrd"), str(work / "moving.nrrd"), str(work / "out"))
-    sitk.WriteImage(fixed_image, job.fixed_path, True)
-    sitk.WriteImage(moving_image, job.moving_path, True)
+    sitk.WriteImage(fixed_image, job.fixed_path, False)  # uncompressed: the GUI thread waits for it
+    sitk.WriteImage(moving_image, job.moving_path, False)
     if points:
         job.fixed_landmarks_path = str(work / "fixed.mrk.json")
         job.moving_landmarks_path = str(work / "moving.mrk.json")
@@ -579,7 +657,8 @@ def _tre_csv_landmarks(path) -> dict:
 def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
                  volume=None, quality_table=None, quality_map=None) -> RegistrationNodes:
     """Turn a finished ``progreg register`` output folder into output nodes (``volume``: the node
-    for the resampled moving volume, made if the run wrote one)."""
+    for the resampled moving volume, made if the run wrote one). The given nodes are used as
+    by :func:`register_volume_nodes`: only if they belong to the job's pair or to none."""
     out = Path(job.out_dir)
     fixed, moving = scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id)
     if fixed is None or moving is None:

@@ -243,7 +243,7 @@ def export_4d_job(scene, source, reference: int, work_dir, points=None, segmenta
         job.index_name, job.index_unit, job.index_type = (source.GetIndexName(), source.GetIndexUnit(),
                                                           source.GetIndexType())
     for image, path in zip(images, job.phase_paths):
-        sitk.WriteImage(image, path, True)
+        sitk.WriteImage(image, path, False)  # uncompressed: the GUI thread waits for it
     if points_lps is not None:
         job.points_path = str(work / "points.mrk.json")
         job.point_labels = list(point_labels)
@@ -253,7 +253,7 @@ def export_4d_job(scene, source, reference: int, work_dir, points=None, segmenta
         job.segmentation_phase, job.target_phase = seg_phase, target
         job.segmentation_name = segmentation.GetName()
         job.segments = segments
-        sitk.WriteImage(labels, job.segmentation_path, True)
+        sitk.WriteImage(labels, job.segmentation_path, False)
     return job
 
 
