@@ -202,6 +202,29 @@ def rotated(image, degrees: float, axis: int):
     return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkBSpline, -1024.0, image.GetPixelID())
 
 
+def padded(image: sitk.Image, degrees: float, axis: int, outside_hu: float) -> sitk.Image:
+    """A copy stored along axes rotated by ``degrees`` about LPS ``axis`` (a resample of the same
+    world content) whose voxels outside the original field of view hold ``outside_hu`` (-1024:
+    a resample's fill; -2048: a scanner's outside value)."""
+    copy = rotated(image, degrees, axis)
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    inside = sitk.GetArrayFromImage(sitk.Resample(ones, copy, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    arr = sitk.GetArrayFromImage(copy)
+    arr[inside == 0] = outside_hu
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(copy)
+    return out
+
+
+def narrowed(image: sitk.Image, fraction: float = 0.8, keep_end: bool = True) -> sitk.Image:
+    """The same voxels at the same world positions, the field of view cut to ``fraction`` of its
+    width (along i; the end ``keep_end`` of the axis kept)."""
+    n = image.GetSize()[0]
+    width = int(round(fraction * n))
+    return sitk.RegionOfInterest(image, [width, *image.GetSize()[1:]], [n - width if keep_end else 0, 0, 0])
+
+
 #: Storage variants with every voxel where the original has it (flips, permutations: exactly).
 EXACT_RESTORINGS = {
     "flip i": lambda im: flipped(im, 0),

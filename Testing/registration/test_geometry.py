@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import rotated
+from conftest import narrowed, padded
 
 from ProgressiveRegistrationLib.core.lungs import field_of_view, thorax_masks
 from ProgressiveRegistrationLib.io.images import read_image
@@ -21,29 +21,6 @@ from ProgressiveRegistrationLib.registration.engine import register_images, symm
 from ProgressiveRegistrationLib.registration.geometry import pair_geometry
 from ProgressiveRegistrationLib.registration.refine import DEFAULT
 from ProgressiveRegistrationLib.simulation.breathing import simulate
-
-
-def padded(image: sitk.Image, degrees: float, axis: int, outside_hu: float) -> sitk.Image:
-    """A copy stored along axes rotated by ``degrees`` about LPS ``axis`` (a resample of the same
-    world content) whose voxels outside the original field of view hold ``outside_hu`` (-1024:
-    a resample's fill; -2048: a scanner's outside value)."""
-    copy = rotated(image, degrees, axis)
-    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(image)
-    inside = sitk.GetArrayFromImage(sitk.Resample(ones, copy, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
-    arr = sitk.GetArrayFromImage(copy)
-    arr[inside == 0] = outside_hu
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(copy)
-    return out
-
-
-def narrowed(image: sitk.Image, fraction: float = 0.8, keep_end: bool = True) -> sitk.Image:
-    """The same voxels at the same world positions, the field of view cut to ``fraction`` of its
-    width (along i; the end ``keep_end`` of the axis kept)."""
-    n = image.GetSize()[0]
-    width = int(round(fraction * n))
-    return sitk.RegionOfInterest(image, [width, *image.GetSize()[1:]], [n - width if keep_end else 0, 0, 0])
 
 
 @pytest.fixture(scope="module")
