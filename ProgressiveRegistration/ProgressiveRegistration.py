@@ -716,6 +716,9 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         """None if all phases can be registered, else what is missing (the button's text)."""
         if not p.phases:
             return _("Select a Sequence of volumes (one per phase)")
+        wrong = cls._lib("jobs").phases_problem(p.phases)
+        if wrong:
+            return wrong
         n = p.phases.GetNumberOfDataNodes()
         if n < 2:
             return _("The Sequence needs at least two phases")

@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import MODULE_DIR
 
+from ProgressiveRegistrationLib.core.errors import InputError
 from ProgressiveRegistrationLib.slicer import jobs
 
 
@@ -417,3 +418,35 @@ def test_results_are_not_attached_to_removed_nodes(tmp_path, tiny_model):
     with pytest.raises(InputError, match="removed from the scene"):
         mrml.load_results(scene, export)
     assert scene.GetNumberOfNodes() == n
+
+
+def test_only_sequences_of_ct_volumes_are_phases():
+    """The phases selector's check: the module's own outputs (ventilation maps are scalar volumes
+    too), transforms and label maps are refused by name before anything is exported."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
+    from ProgressiveRegistrationLib.slicer.mrml4d import phase_nodes
+
+    scene = slicer.vtkMRMLScene()
+
+    def sequence(name, cls, n=2):
+        seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+        for k in range(n):
+            seq.SetDataNodeAtValue(scene.AddNewNodeByClass(cls), str(k))
+        return seq
+
+    ct = sequence("4DCT", "vtkMRMLScalarVolumeNode")
+    assert jobs.phases_problem(ct) is None
+    ventilation = sequence("ventilation", "vtkMRMLScalarVolumeNode")
+    ventilation.SetAttribute(jobs.OUTPUT_ATTRIBUTE, "ventilation_jacobian")
+    problems = {
+        "ventilation": jobs.phases_problem(ventilation),
+        "transforms": jobs.phases_problem(sequence("transforms", "vtkMRMLGridTransformNode")),
+        "labels": jobs.phases_problem(sequence("labels", "vtkMRMLLabelMapVolumeNode")),
+        "empty": jobs.phases_problem(sequence("empty", "vtkMRMLScalarVolumeNode", 0)),
+    }
+    assert "output of this module" in problems["ventilation"]
+    assert "vtkMRMLGridTransformNode" in problems["transforms"] and "not CT volumes" in problems["transforms"]
+    assert "vtkMRMLLabelMapVolumeNode" in problems["labels"]
+    assert "no phases" in problems["empty"]
+    with pytest.raises(InputError, match="output of this module"):
+        phase_nodes(ventilation)

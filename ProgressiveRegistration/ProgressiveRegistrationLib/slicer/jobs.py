@@ -389,6 +389,27 @@ def default_device(current: str, cuda: bool, defaulted: bool) -> tuple[str, str 
     return current, None
 
 
+#: The attribute this module sets on the 4DCT outputs it makes (the value: the output's role).
+OUTPUT_ATTRIBUTE = "ProgressiveRegistration.output"
+
+
+def phases_problem(sequence) -> str | None:
+    """Why a Sequence cannot be registered as the phases of a 4DCT (one line), or None: its data
+    nodes must be scalar volumes (not label maps, transforms or tables), and it must not be one
+    of this module's own outputs (ventilation maps are scalar volumes too). Reads the node only,
+    so the panel can ask it for every selection without loading the registration stack."""
+    name = sequence.GetName()
+    role = sequence.GetAttribute(OUTPUT_ATTRIBUTE)
+    if role:
+        return f"'{name}' is an output of this module ({role}), not a 4DCT"
+    if sequence.GetNumberOfDataNodes() == 0:
+        return f"'{name}' holds no phases"
+    node = sequence.GetNthDataNode(0)
+    if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return f"'{name}' holds {node.GetClassName()} nodes, not CT volumes"
+    return None
+
+
 def phase_label(index_value: str, index_unit: str = "", index_name: str = "") -> str:
     """How a phase of a Sequence is named (in the panel, the phase table, the figure and the
     output nodes): as the sequence names it, by its index value and unit (``"50 %"``,

@@ -49,6 +49,7 @@ from ..registration.pipeline import register_4d_files
 from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
 from ..registration.refine import RefineConfig
 from ..simulation.breathing import simulate
+from . import jobs
 from .jobs import phase_label
 from .mrml import (
     LPS_TO_RAS,
@@ -63,7 +64,7 @@ from .mrml import (
 SOURCE_REFERENCE = "ProgressiveRegistration.phases"
 #: Attribute naming what an output node is ("transforms", "ventilation", ...): a second run
 #: for the same Sequence finds and refills it.
-OUTPUT_ATTRIBUTE = "ProgressiveRegistration.output"
+OUTPUT_ATTRIBUTE = jobs.OUTPUT_ATTRIBUTE
 #: The colour table of the ventilation maps.
 VENTILATION_COLORS = "ProgressiveRegistration ventilation"
 #: The ventilation maps' display range (ml per ml of reference lung): blue below 0, red above.
@@ -77,6 +78,9 @@ def phase_nodes(source) -> list:
     if isinstance(source, (list, tuple)):
         nodes = list(source)
     elif source.IsA("vtkMRMLSequenceNode"):
+        problem = jobs.phases_problem(source)
+        if problem:
+            raise InputError(f"register all phases: {problem}")
         nodes = [source.GetNthDataNode(i) for i in range(source.GetNumberOfDataNodes())]
     else:
         raise InputError(f"'{source.GetName()}' is neither a Sequence nor a list of volumes")
