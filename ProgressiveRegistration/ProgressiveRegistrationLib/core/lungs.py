@@ -141,15 +141,13 @@ def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMask
     ``margin_mm`` rounded up to whole voxels of ``image`` along each LPS axis.
     """
     masks = masks or thorax_masks(image)
+    coarse = Grid.from_image(masks.lungs)
     lungs = sitk.GetArrayViewFromImage(masks.lungs) > 0
     if seen_by is not None:
-        lungs = lungs & mask_on(seen_by.fov, Grid.from_image(masks.lungs))
-    cells_kji = np.argwhere(lungs)
-    if not len(cells_kji):
+        lungs = lungs & mask_on(seen_by.fov, coarse)
+    bounds = cells_bounds_lps(coarse, lungs)
+    if bounds is None:
         return None
-    coarse = Grid.from_image(masks.lungs)
-    centres = coarse.points_to_lps(cells_kji[:, ::-1].astype(np.float64))
-    half = coarse.half_voxel_lps()
     fine = Grid.from_image(image)
     voxel_lps = 2.0 * fine.half_voxel_lps()
     margin = np.ceil(margin_mm / voxel_lps - 1e-9) * voxel_lps
@@ -158,21 +156,26 @@ def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMask
     for fov in (masks.fov,) if seen_by is None else (masks.fov, seen_by.fov):
         lo_seen, hi_seen = mask_bounds_lps(fov)
         lo_image, hi_image = np.maximum(lo_image, lo_seen), np.minimum(hi_image, hi_seen)
-    lo = np.maximum(centres.min(0) - half - margin, lo_image)
-    hi = np.minimum(centres.max(0) + half + margin, hi_image)
+    lo = np.maximum(bounds[0] - margin, lo_image)
+    hi = np.minimum(bounds[1] + margin, hi_image)
     return lo, hi
 
 
-def mask_bounds_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """LPS bounds (min, max; mm) of a mask's cells (their extents, not their centres); the
-    whole grid's extent for an empty mask."""
-    grid = Grid.from_image(mask)
-    cells_kji = np.argwhere(sitk.GetArrayViewFromImage(mask))
+def cells_bounds_lps(grid: Grid, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """LPS bounds (min, max; mm) of the cells of ``grid`` where ``cells`` (bool ``[k, j, i]``)
+    holds: their extents, not their centres; None for no cell."""
+    cells_kji = np.argwhere(cells)
     if not len(cells_kji):
-        return grid.extent_lps()
+        return None
     centres = grid.points_to_lps(cells_kji[:, ::-1].astype(np.float64))
     half = grid.half_voxel_lps()
     return centres.min(0) - half, centres.max(0) + half
+
+
+def mask_bounds_lps(mask: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """LPS bounds (min, max; mm) of a mask's cells; the whole grid's extent for an empty mask."""
+    grid = Grid.from_image(mask)
+    return cells_bounds_lps(grid, sitk.GetArrayViewFromImage(mask) > 0) or grid.extent_lps()
 
 
 def mask_on(mask: sitk.Image, grid: Grid) -> np.ndarray:
