@@ -61,8 +61,47 @@ class ProgressiveRegistration(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Implements Eppenhof, Lafarge, Veta, Pluim: Progressively trained convolutional neural networks for "
             "deformable image registration, IEEE TMI 2019.")
-        # Once Slicer has started: the work folders of earlier runs that no process uses any more.
+        # Once Slicer has started: the work folders of earlier runs that no process uses any more,
+        # and this module's samples in the Sample Data module.
         slicer.app.connect("startupCompleted()", removeStaleWorkFolders)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#: The Sample Data module's category for this module's samples.
+SAMPLE_CATEGORY = "Lung CT registration"
+#: (sample name, thumbnail in Resources/Icons, what ProgressiveRegistrationLogic.loadSample loads)
+SAMPLES = (
+    ("Lung CT (bundled)", "SampleLungCT.png", "ct"),
+    ("Lung CT inhale/exhale pair (simulated)", "SamplePair.png", "pair"),
+    ("Lung 4DCT (simulated)", "Sample4DCT.png", "phases"),
+)
+
+
+def registerSampleData():
+    """This module's samples in the Sample Data module: the lung CT the extension carries, an
+    inhale/exhale pair simulated from it with landmark lists, and a 4DCT (a Sequence of four
+    phases). Nothing is downloaded: the CT's source is the bundled file (a file:// uri, which
+    Sample Data's urlretrieve copies, so ``SampleData.downloadSample`` loads it too); the
+    simulated samples have a custom downloader that makes their nodes (the uri and file name a
+    source must have name the bundled CT)."""
+    import SampleData
+
+    from ProgressiveRegistrationLib.io.resources import BUNDLED_SAMPLE
+
+    icons = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    ct = pathlib.Path(BUNDLED_SAMPLE)
+    for name, thumbnail, kind in SAMPLES:
+        made = {} if kind == "ct" else {"customDownloader": lambda source, kind=kind: loadSample(kind)}
+        # Keyword arguments only: the positional order changed between Slicer 5.6 and 5.8.
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=SAMPLE_CATEGORY, sampleName=name, thumbnailFileName=os.path.join(icons, thumbnail),
+            uris=ct.as_uri(), fileNames=ct.name, nodeNames="lung CT" if kind == "ct" else None, **made)
+
+
+def loadSample(kind):
+    """The Sample Data button's action: load the sample, or say in a dialog why it could not be."""
+    with slicer.util.tryWithErrorDisplay(_("Failed to load the sample."), waitCursor=True):
+        ProgressiveRegistrationLogic().loadSample(kind)
 
 
 def removeStaleWorkFolders():
@@ -745,7 +784,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise ValueError(problem)
 
-        def export(workDir):
+        def export(workDir, device):
             from ProgressiveRegistrationLib.slicer import mrml
 
             job = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, workDir, p.fixedLandmarks,
@@ -769,7 +808,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
                     log.warning(note)
                 return result
 
-            command = job.command(self._python(), self.modelFile(p), p.device, p.refine,
+            command = job.command(self._python(), self.modelFile(p), device, p.refine,
                                   warped=p.outputVolume is not None, overview=p.keepFiles)
             return job, command, load, p.movingVolume.GetName()
 
@@ -781,14 +820,14 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise ValueError(problem)
 
-        def export(workDir):
+        def export(workDir, device):
             from ProgressiveRegistrationLib.slicer import mrml4d
 
             segmentation = p.phaseSegmentation
             job = mrml4d.export_4d_job(slicer.mrmlScene, p.phases, p.referencePhase, workDir, p.phasePoints,
                                        segmentation, p.segmentationPhase if segmentation else None,
                                        p.targetPhase if segmentation else None)
-            command = job.command(self._python(), self.modelFile(p), p.device, p.refine)
+            command = job.command(self._python(), self.modelFile(p), device, p.refine)
             return job, command, lambda: mrml4d.load_4d_results(slicer.mrmlScene, job), p.phases.GetName()
 
         self._launch(p, "phases", export, onProgress, onFinished)
@@ -798,21 +837,27 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     def _launch(self, p, kind, export, onProgress, onFinished):
-        """``export(workDir)`` writes the inputs and gives (job, command, load, name); the command
-        runs in the background, ``load()`` turns the job's output folder into nodes when it has
-        finished (and with ``p.keepFiles`` the folder is kept, named after ``name``)."""
+        """``export(workDir, device)`` writes the inputs and gives (job, command, load, name); the
+        command runs in the background on ``device``, ``load()`` turns the job's output folder
+        into nodes when it has finished (and with ``p.keepFiles`` the folder is kept, named after
+        ``name``)."""
         if self.isRunning():
             raise RuntimeError(_("A registration is already running."))
         self.ensureDependencies()
-        self.defaultDevice(p, self.cudaAvailable(probe=True))
         jobs = self._lib("jobs")
+        # Whether torch sees a GPU is known here only if torch is already imported: a run does not
+        # import it into Slicer's process (seconds, with the GUI waiting); the child decides instead.
+        cuda = self.cudaAvailable()
+        if cuda is not None:
+            self.defaultDevice(p, cuda)
+        device = jobs.run_device(p.device, cuda, p.parameterNode.GetAttribute(DEVICE_DEFAULTED_ATTRIBUTE) is not None)
 
         # A new folder in Slicer's temporary path, claimed at once: a folder that outlives its
         # processes is removed at the next start-up (removeStaleWorkFolders).
         workDir = slicer.util.tempDirectory(jobs.WORK_DIR_PREFIX)
         jobs.claim_work_dir(workDir, [os.getpid()])
         try:
-            job, command, self._load, name = export(workDir)
+            job, command, self._load, name = export(workDir, device)
         except Exception:
             jobs.remove_tree(workDir)
             raise
@@ -909,13 +954,41 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         selection.SetActiveTableID(result.table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
 
+    # --- samples -----------------------------------------------------------------------
+    def loadSample(self, kind):
+        """Put a sample in the scene and show it: ``"ct"`` the bundled lung CT; ``"pair"`` it as
+        the fixed (inhale) volume and a simulated exhale as the moving one, with landmark lists F
+        and M; ``"phases"`` a 4DCT Sequence of it and three simulated exhales (5, 10, 15 mm).
+        The simulations need the registration's packages (installed after asking). Returns the nodes."""
+        if kind not in ("ct", "pair", "phases"):
+            raise ValueError(f"unknown sample {kind!r}")
+        from ProgressiveRegistrationLib.slicer import mrml, mrml4d
+
+        if kind == "ct":  # (no simulation: the CT alone needs no torch)
+            nodes = (mrml.sample_ct_node(slicer.mrmlScene),)
+            slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+            return nodes
+        self.ensureDependencies()
+        from ProgressiveRegistrationLib.slicer import inprocess
+
+        if kind == "pair":
+            nodes = inprocess.sample_pair_nodes(slicer.mrmlScene)
+            slicer.util.setSliceViewerLayers(background=nodes[0], foreground=nodes[1], foregroundOpacity=0.5, fit=True)
+            return nodes
+        sequence = inprocess.sample_phase_sequence(slicer.mrmlScene)
+        browser = mrml4d.browse(slicer.mrmlScene, sequence)
+        # qSlicerSequencesModule::showSequenceBrowser (Modules/Loadable/Sequences/qSlicerSequencesModule.h, v5.6.2 to v5.10.0)
+        slicer.modules.sequences.showSequenceBrowser(browser)
+        slicer.util.setSliceViewerLayers(background=browser.GetProxyNode(sequence), fit=True)
+        return sequence, browser
+
     # --- synchronous, for scripts and tests ---------------------------------------------
     def process(self, fixedVolume, movingVolume, fixedLandmarks=None, movingLandmarks=None, model=None,
                 device="cpu", applyToMoving=True, refine=True, outputVolume=None):
         """Register in-process (blocks); returns the Lib's result with the output nodes."""
         self.ensureDependencies(install=False)
         import ProgressiveRegistrationLib
-        from ProgressiveRegistrationLib.registration.refine import RefineConfig
+        from ProgressiveRegistrationLib.registration.refine_config import RefineConfig
 
         return ProgressiveRegistrationLib.register_volume_nodes(
             slicer.mrmlScene, fixedVolume, movingVolume, fixed_landmarks=fixedLandmarks,
@@ -963,6 +1036,8 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
         self.test_BadInput()
         self.setUp()
         self.test_PhasesWidgetPath()
+        self.setUp()
+        self.test_Samples()
 
     def _widget(self):
         slicer.util.selectModule("ProgressiveRegistration")
@@ -977,10 +1052,27 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
             time.sleep(0.05)
         self.assertFalse(logic.isRunning(), f"the registration did not finish in {minutes} minutes")
 
-    def _sampleVolumes(self):
-        from ProgressiveRegistrationLib.slicer import mrml
+    def test_Samples(self):
+        """The three samples from the Sample Data module: the CT by name, as a script would load
+        it, and each through the logic, as its button does."""
+        import SampleData
 
-        return mrml.sample_pair_nodes(slicer.mrmlScene)
+        self.delayDisplay("The samples in the Sample Data module")
+        registerSampleData()  # (Slicer did at start-up; registering again adds nothing)
+        ct = SampleData.downloadSample(SAMPLES[0][0])
+        self.assertTrue(ct.IsA("vtkMRMLScalarVolumeNode"))
+        self.assertEqual(slicer.util.arrayFromVolume(ct).shape, (64, 78, 57))
+        logic = ProgressiveRegistrationLogic()
+        fixed, moving, fixedPoints, movingPoints = logic.loadSample("pair")
+        self.assertEqual(fixedPoints.GetNumberOfControlPoints(), movingPoints.GetNumberOfControlPoints())
+        sequence, browser = logic.loadSample("phases")
+        self.assertEqual(sequence.GetNumberOfDataNodes(), 4)
+        self.assertIsNotNone(browser.GetProxyNode(sequence))
+
+    def _sampleVolumes(self):
+        from ProgressiveRegistrationLib.slicer import inprocess
+
+        return inprocess.sample_pair_nodes(slicer.mrmlScene)
 
     def test_PanelIsConnected(self):
         """Every qMRML widget of the panel has the scene (each needs its own mrmlSceneChanged
@@ -1066,9 +1158,9 @@ class ProgressiveRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_PhasesWidgetPath(self):
         self.delayDisplay("All phases of a sample 4DCT through the module panel (background process)")
-        from ProgressiveRegistrationLib.slicer import mrml4d
+        from ProgressiveRegistrationLib.slicer import inprocess
 
-        phases = mrml4d.sample_phase_sequence(slicer.mrmlScene)
+        phases = inprocess.sample_phase_sequence(slicer.mrmlScene)
         widget = self._widget()
         p = widget.logic.getParameterNode()
         widget.ui.phasesSelector.setCurrentNode(phases)  # through the panel: the selector must have the scene

@@ -810,3 +810,67 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = [c.strip() for c in commands if "Testing/run.sh" in c]
     assert test_cmd, "README shows the test command"
     assert test_cmd[0].splitlines()[-1] in ci
+
+
+# registerCustomSampleDataSource's keyword arguments (Modules/Scripted/SampleData/SampleData.py):
+# v5.6.2 has loadFileType, v5.8.1 and v5.10.0 add loadFileTypes; the rest is common to all three.
+SAMPLE_DATA_KEYWORDS = {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader",
+                        "thumbnailFileName", "loadFiles", "loadFileProperties", "checksums"}
+
+
+def _module_functions(*names: str, **namespace) -> dict:
+    """Module-level functions of the module file, compiled on their own with ``namespace``."""
+    import ast
+
+    source = (MODULE_DIR / "ProgressiveRegistration.py").read_text(encoding="utf-8")
+    lines, tree = source.splitlines(), ast.parse(source)
+    parts = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            parts += lines[node.lineno - 1:node.end_lineno]
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") in ("SAMPLES", "SAMPLE_CATEGORY")
+                                                  for t in node.targets):
+            parts += lines[node.lineno - 1:node.end_lineno]
+    scope = dict(namespace)
+    exec(compile("\n".join(parts), "ProgressiveRegistration.py", "exec"), scope)  # noqa: S102 - the module's own code
+    return scope
+
+
+def test_the_samples_are_in_the_sample_data_module():
+    """The bundled CT, the simulated pair and the 4DCT are registered with Sample Data at start-up,
+    by keyword (valid in Slicer 5.6 to 5.10), each with its thumbnail; the CT as a file Sample
+    Data copies itself, the simulations through a downloader that loads them in the logic."""
+    import pathlib
+    import types
+    import urllib.request
+
+    registered, loaded = [], []
+
+    def register(**kwargs):
+        assert set(kwargs) <= SAMPLE_DATA_KEYWORDS, set(kwargs) - SAMPLE_DATA_KEYWORDS
+        registered.append(kwargs)
+
+    sample_data = types.ModuleType("SampleData")
+    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=register)
+    scope = _module_functions("registerSampleData", os=os, pathlib=pathlib, __file__=str(MODULE_DIR / "x.py"),
+                              loadSample=loaded.append)
+    sys.modules["SampleData"] = sample_data
+    try:
+        scope["registerSampleData"]()
+    finally:
+        del sys.modules["SampleData"]
+    assert [r["sampleName"] for r in registered] == [s[0] for s in scope["SAMPLES"]]
+    assert {r["category"] for r in registered} == {scope["SAMPLE_CATEGORY"]}
+    for r in registered:
+        assert pathlib.Path(r["thumbnailFileName"]).is_file(), r["thumbnailFileName"]
+        assert isinstance(r["uris"], str) and isinstance(r["fileNames"], str)  # one file (SampleDataSource's lists)
+    ct = registered[0]
+    assert "customDownloader" not in ct and ct["nodeNames"] == "lung CT"
+    path, _ = urllib.request.urlretrieve(ct["uris"])  # what Sample Data does with the uri
+    assert pathlib.Path(path).read_bytes()[:4] == (LIB / "../Resources/Sample/lung_ct_small.mha").read_bytes()[:4]
+    for r in registered[1:]:
+        r["customDownloader"](None)
+    assert loaded == ["pair", "phases"]
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    for r in registered:
+        assert f"Resources/Icons/{pathlib.Path(r['thumbnailFileName']).name}" in cmake

@@ -5,6 +5,7 @@ the index measures it, and the script does what it says on small repositories ma
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import stat
@@ -137,6 +138,25 @@ def test_release_is_one_new_commit_of_the_committed_tree(mr, toy, tmp_path):
     assert git("status", "--porcelain", cwd=out) == ""
     again = mr.build_release(toy, tmp_path / "again", author=AUTHOR, date=DATE, large_file_mb=0.1, **QUIET)
     assert again.commit == release.commit, "the same inputs must give the same release commit"
+
+
+def test_a_release_for_a_slicer_release_branch_names_it_in_its_description_files(mr, toy, tmp_path):
+    """The Extensions Index keeps a branch per Slicer release (5.8, 5.10, ...): its entry there
+    names a branch of the release repository, and the released description files say the same."""
+    _write(toy / "Toy.json", '{\n  "scm_revision": "main",\n  "scm_type": "git"\n}\n')
+    _write(toy / "Toy.s4ext", "scm git\nscmrevision main\ncategory Registration\n")
+    git("add", "Toy.json", "Toy.s4ext", cwd=toy)
+    git("commit", "--quiet", "-m", "description files", cwd=toy)
+    out = tmp_path / "release-5.10"
+    release = mr.build_release(toy, out, author=AUTHOR, date=DATE, large_file_mb=0.1, branch="5.10", **QUIET)
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=out) == "5.10" and " on 5.10 " in release.report()
+    assert json.loads((out / "Toy.json").read_text())["scm_revision"] == "5.10"
+    assert "scmrevision 5.10\n" in (out / "Toy.s4ext").read_text() and "category Registration" in (out / "Toy.s4ext").read_text()
+    assert git("status", "--porcelain", cwd=out) == ""  # committed as rewritten
+    assert json.loads(git("show", "HEAD:Toy.json", cwd=toy))["scm_revision"] == "main"  # the source is untouched
+    with pytest.raises(mr.ReleaseError, match="not a branch name"):
+        mr.build_release(toy, tmp_path / "bad", author=AUTHOR, date=DATE, large_file_mb=0.1, branch="a b", **QUIET)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_history_counts_and_over_the_limit_fails_clearly(mr, toy, tmp_path):

@@ -36,7 +36,7 @@ from ProgressiveRegistrationLib.io.images import read_image  # noqa: E402
 from ProgressiveRegistrationLib.io.resources import BUNDLED_SAMPLE  # noqa: E402
 from ProgressiveRegistrationLib.model.modelfile import load_model  # noqa: E402
 from ProgressiveRegistrationLib.registration import engine  # noqa: E402
-from ProgressiveRegistrationLib.registration.refine import DEFAULT  # noqa: E402
+from ProgressiveRegistrationLib.registration.refine_config import DEFAULT  # noqa: E402
 from ProgressiveRegistrationLib.simulation.breathing import simulate  # noqa: E402
 
 COPIES = {

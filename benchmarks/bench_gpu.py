@@ -67,7 +67,7 @@ def run_case(model, device: str, fixed, moving, f_lps, m_lps) -> dict:
     import torch
 
     from ProgressiveRegistrationLib.registration.engine import register_images
-    from ProgressiveRegistrationLib.registration.refine import RefineConfig
+    from ProgressiveRegistrationLib.registration.refine_config import RefineConfig
 
     if device != "cpu":
         torch.cuda.synchronize()
@@ -97,7 +97,7 @@ def main() -> int:
     from bench_register import make_pair, run_ours
 
     from ProgressiveRegistrationLib.model.modelfile import load_model
-    from ProgressiveRegistrationLib.registration.refine import DEFAULT
+    from ProgressiveRegistrationLib.registration.refine_config import DEFAULT
 
     gpu_model, cpu_model = load_model(None, "cuda"), load_model(None, "cpu")
     todo = cases(args.skip_pairs)

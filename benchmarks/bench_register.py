@@ -142,7 +142,7 @@ def run_ours(paths, out: Path, threads: int, model: Path | None = None, compiled
         "t0 = time.perf_counter()\n"
         "import torch\n"
         "from ProgressiveRegistrationLib.registration.pipeline import register_files\n"
-        "from ProgressiveRegistrationLib.registration.refine import RefineConfig\n"
+        "from ProgressiveRegistrationLib.registration.refine_config import RefineConfig\n"
         f"s = register_files({str(paths[0])!r}, {str(paths[1])!r}, {str(out)!r}, {str(paths[2])!r}, {str(paths[3])!r},"
         f" model={str(model) if model else None!r}, device={device!r},"
         f" refinement={'RefineConfig()' if refine else 'None'})\n"
@@ -388,7 +388,7 @@ def other_pairs() -> list[dict]:
 
     from ProgressiveRegistrationLib.model.modelfile import load_model
     from ProgressiveRegistrationLib.registration.engine import register_images
-    from ProgressiveRegistrationLib.registration.refine import RefineConfig
+    from ProgressiveRegistrationLib.registration.refine_config import RefineConfig
 
     model = load_model()
     demo = simulate(sitk.ReadImage(str(SAMPLE)), seed=0)

@@ -36,7 +36,10 @@ from pathlib import Path, PurePosixPath
 
 MB = 1024 * 1024  # the index divides bytes by 1024 * 1024
 DEFAULT_LIMIT_MB = 100.0  # check_repository_size: size_limit_mb
-BRANCH = "main"  # the scm_revision of ProgressiveRegistration.json and .s4ext
+#: The release branch (the scm_revision of ProgressiveRegistration.json and .s4ext): main for the
+#: index's main branch (Slicer's preview), a Slicer release's name (e.g. "5.10") for the index's
+#: branch of that release.
+BRANCH = "main"
 
 #: Left out of the release even when tracked: ``fnmatch`` patterns on the path or the file name; one
 #: ending in "/" leaves out every folder whose path matches it, with all it holds. Training runs,
@@ -254,9 +257,10 @@ class Release:
     files: int
     tree_bytes: int
     measurement: Measurement
+    branch: str = BRANCH
 
     def report(self) -> str:
-        return (f"Release repository {self.out}: one commit {self.commit[:12]} on {BRANCH} (the tree of "
+        return (f"Release repository {self.out}: one commit {self.commit[:12]} on {self.branch} (the tree of "
                 f"{self.source_commit[:12]}), {self.files} files, {self.tree_bytes / MB:.1f} MB.\n"
                 + self.measurement.report())
 
@@ -292,9 +296,10 @@ def _check_out_folder(out: Path, source_top: Path) -> None:
 
 def build_release(source: Path | str, out: Path | str, revision: str = "HEAD", author: str | None = None,
                   date: str | None = None, limit_mb: float = DEFAULT_LIMIT_MB,
-                  large_file_mb: float = LARGE_FILE_MB, log=print) -> Release:
+                  large_file_mb: float = LARGE_FILE_MB, log=print, branch: str = BRANCH) -> Release:
     """Write the release repository into ``out`` (a new or empty folder) from ``revision`` of the
-    repository at ``source``: its tracked tree less LEFT_OUT, one commit on BRANCH with no parent,
+    repository at ``source``: its tracked tree less LEFT_OUT, one commit on ``branch`` with no parent
+    (its description files' scm_revision set to ``branch``: :func:`set_revision`),
     by ``author`` ('Name <email>'; default: git config user.name/user.email) at ``date`` (any
     date git reads; default: the source commit's date, so the same inputs give the same commit).
     Then clone it and measure the clone as the index does; ``Release.measurement.ok`` says
@@ -328,19 +333,36 @@ def build_release(source: Path | str, out: Path | str, revision: str = "HEAD", a
         try:
             kwargs = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
             tar.extractall(out, members=members, **kwargs)
+            set_revision(out, branch)
             problems = preflight(out)
             if problems:
                 raise ReleaseRejected("the release tree fails the index's checks:\n  " + "\n  ".join(problems))
-            commit = _commit(out, top, source_commit, name, email, date)
+            commit = _commit(out, top, source_commit, name, email, date, branch)
         except BaseException:
             _clear(out, created)  # nothing half-made stays behind
             raise
     files = [m for m in members if m.isfile() or m.issym()]
-    measurement = check_size(out, BRANCH, limit_mb)
-    return Release(out, commit, source_commit, len(files), sum(m.size for m in files), measurement)
+    measurement = check_size(out, branch, limit_mb)
+    return Release(out, commit, source_commit, len(files), sum(m.size for m in files), measurement, branch)
 
 
-def _commit(out: Path, top: Path, source_commit: str, name: str, email: str, date: str) -> str:
+def set_revision(tree: Path, branch: str) -> None:
+    """Make the description files in ``tree`` name ``branch`` as their revision: ``scm_revision``
+    of the ``.json`` (ExtensionsIndex, Slicer 5.8 and later) and ``scmrevision`` of the ``.s4ext``
+    (Slicer 5.6 and earlier), so that the files a release carries are what its index entry says."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", branch) or ".." in branch:
+        raise ReleaseError(f"--branch {branch!r}: not a branch name")
+    for path in tree.glob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        if '"scm_revision"' in text:
+            path.write_text(re.sub(r'("scm_revision"\s*:\s*)"[^"]*"', lambda m: f'{m.group(1)}"{branch}"', text),
+                            encoding="utf-8")
+    for path in tree.glob("*.s4ext"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(re.sub(r"(?m)^scmrevision .*$", f"scmrevision {branch}", text), encoding="utf-8")
+
+
+def _commit(out: Path, top: Path, source_commit: str, name: str, email: str, date: str, branch: str = BRANCH) -> str:
     """``out``'s files as the one commit of a new repository; its id."""
     version = _version(top, source_commit)
     message = (f"ProgressiveRegistration{' ' + version if version else ''}\n\n"
@@ -349,7 +371,7 @@ def _commit(out: Path, top: Path, source_commit: str, name: str, email: str, dat
     env = _isolated_env({"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": date,
                          "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email, "GIT_COMMITTER_DATE": date})
     git("init", "--quiet", str(out), env=env)
-    git("symbolic-ref", "HEAD", f"refs/heads/{BRANCH}", cwd=out, env=env)
+    git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=out, env=env)
     git("-c", "core.autocrlf=false", "add", "--force", "--all", cwd=out, env=env)
     git("-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message, cwd=out, env=env)
     return git("rev-parse", "HEAD", cwd=out)
@@ -382,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                                            "to check out (default: the clone's default branch)")
     parser.add_argument("--author", help="'Name <email>' of the release commit (default: git config user.name/user.email)")
     parser.add_argument("--date", help="date of the release commit, any format git reads (default: the released commit's date)")
+    parser.add_argument("--branch", default=BRANCH,
+                        help=f"the release branch, and the scm_revision of the released description files (default "
+                             f"{BRANCH}, for the index's main branch; a Slicer release's name, e.g. 5.10, for the "
+                             "index's branch of that release)")
     parser.add_argument("--limit-mb", type=float, default=DEFAULT_LIMIT_MB,
                         help=f"size limit in MB of 1024*1024 bytes (default {DEFAULT_LIMIT_MB:g}, the index's)")
     args = parser.parse_args(argv)
@@ -392,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             measurement = check_size(args.check_only, args.revision, args.limit_mb)
             print(measurement.report())
             return 0 if measurement.ok else 1
-        release = build_release(args.source, args.out, args.revision or "HEAD", args.author, args.date, args.limit_mb)
+        release = build_release(args.source, args.out, args.revision or "HEAD", args.author, args.date, args.limit_mb,
+                                branch=args.branch)
     except ReleaseRejected as exc:
         print(f"make_release: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -403,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     if not release.measurement.ok:
         print(f"The repository stays in {release.out} for inspection; do not push it.", file=sys.stderr)
         return 1
-    print(f"Next: push {BRANCH} of {release.out} to the release repository, then update the index entry (docs/RELEASE.md).")
+    print(f"Next: push {release.branch} of {release.out} to the release repository, then update the index entry "
+          f"(docs/RELEASE.md).")
     return 0
 
 

@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 #: name -> the module that defines it (loaded when the name is first used)
 _PUBLIC = {
-    "register_volume_nodes": "ProgressiveRegistrationLib.slicer.mrml",
-    "register_sequence_nodes": "ProgressiveRegistrationLib.slicer.mrml4d",
+    "register_volume_nodes": "ProgressiveRegistrationLib.slicer.inprocess",
+    "register_sequence_nodes": "ProgressiveRegistrationLib.slicer.inprocess",
     "register_images": "ProgressiveRegistrationLib.registration.engine",
     "register_files": "ProgressiveRegistrationLib.registration.pipeline",
     "register_4d_files": "ProgressiveRegistrationLib.registration.pipeline",

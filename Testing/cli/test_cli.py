@@ -366,3 +366,12 @@ def test_a_permission_error_anywhere_in_a_command_is_one_line_naming_the_path(tm
     monkeypatch.setattr(data, "cmd_synth", other)
     with pytest.raises(ConnectionRefusedError):  # not a write: not said as one
         progreg("synth", "x.nrrd", "--out", tmp_path / "out")
+
+
+@pytest.mark.parametrize("argv", [["--verbose", "phantom", "--out", "x"], ["phantom", "--out", "x", "--verbose"],
+                                  ["register", "f.nrrd", "--verbose", "m.nrrd", "--out", "o"]])
+def test_verbose_is_taken_before_and_after_the_subcommand(argv):
+    from ProgressiveRegistrationLib.cli import build_parser
+
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args([a for a in argv if a != "--verbose"]).verbose is False

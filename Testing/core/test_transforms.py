@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 from conftest import rotation
 
-from ProgressiveRegistrationLib.core import fields, transforms
+from ProgressiveRegistrationLib.core import fields, itk_fields, transforms
 from ProgressiveRegistrationLib.core.grid import Box, Grid, crop_grid
 from ProgressiveRegistrationLib.training.synthesis import spline_field
 
@@ -46,7 +46,7 @@ def phi_ours(x_lps, fixed_crop, moving_crop, u):
 def test_exported_field_warps_like_simpleitk(setup):
     fixed_grid, moving_grid, moving, fixed_crop, moving_crop, u = setup
     disp = transforms.displacement_lps(u, fixed_crop, moving_crop, fixed_grid)
-    tx = sitk.DisplacementFieldTransform(sitk.Cast(transforms.displacement_image(disp, fixed_grid),
+    tx = sitk.DisplacementFieldTransform(sitk.Cast(itk_fields.displacement_image(disp, fixed_grid),
                                                    sitk.sitkVectorFloat64))
     ref = sitk.GetArrayFromImage(sitk.Resample(moving, fixed_grid.reference_image(), tx, sitk.sitkLinear, 0.0,
                                                sitk.sitkFloat32))
@@ -66,20 +66,20 @@ def test_exported_field_warps_like_simpleitk(setup):
 def test_points_through_simpleitk_match_phi(setup, tmp_path):
     fixed_grid, _, _, fixed_crop, moving_crop, u = setup
     disp = transforms.displacement_lps(u, fixed_crop, moving_crop, fixed_grid)
-    image = transforms.displacement_image(disp, fixed_grid)
+    image = itk_fields.displacement_image(disp, fixed_grid)
     rng = np.random.default_rng(0)
     nodes = rng.integers(0, fixed_grid.size, size=(50, 3))
     x_nodes = fixed_grid.points_to_lps(nodes)
     x_any = fixed_grid.points_to_lps(rng.uniform(2, np.asarray(fixed_grid.size) - 3, size=(50, 3)))
     for suffix in ("nrrd", "nii.gz", "h5"):
         path = tmp_path / f"t.{suffix}"
-        transforms.write_transform(image, path)
-        tx = transforms.read_transform(path)
+        itk_fields.write_transform(image, path)
+        tx = itk_fields.read_transform(path)
         # At grid nodes the stored field is φ - x exactly; between nodes ITK interpolates it
         # linearly, which differs from φ by second-order terms (a small fraction of a voxel).
-        np.testing.assert_allclose(transforms.transform_points(tx, x_nodes), phi_ours(x_nodes, fixed_crop, moving_crop, u),
+        np.testing.assert_allclose(itk_fields.transform_points(tx, x_nodes), phi_ours(x_nodes, fixed_crop, moving_crop, u),
                                    atol=1e-4, err_msg=suffix)
-        np.testing.assert_allclose(transforms.transform_points(tx, x_any), phi_ours(x_any, fixed_crop, moving_crop, u),
+        np.testing.assert_allclose(itk_fields.transform_points(tx, x_any), phi_ours(x_any, fixed_crop, moving_crop, u),
                                    atol=0.2, err_msg=suffix)
 
 
@@ -129,7 +129,7 @@ def test_mapping_points_equals_itks_displacement_field_transform():
                         rng.uniform(-0.49, 0.0, (20, 3)), np.asarray(grid.size) - 1 + rng.uniform(0, 0.49, (20, 3)),
                         rng.uniform(-3, -0.6, (20, 3)), np.asarray(grid.size) + rng.uniform(0.6, 3, (20, 3))])
     points = grid.points_to_lps(q)
-    itk = transforms.transform_points(transforms.field_transform(transforms.displacement_image(disp, grid)), points)
+    itk = itk_fields.transform_points(itk_fields.field_transform(itk_fields.displacement_image(disp, grid)), points)
     got = transforms.map_points(disp, grid, points)
     np.testing.assert_allclose(got, itk, atol=1e-4)
     assert np.abs(got[-40:] - points[-40:]).max() == 0.0 and np.abs(got[:200] - points[:200]).max() > 1.0

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from ProgressiveRegistrationLib.core import warp
 from ProgressiveRegistrationLib.core.grid import Grid
-from ProgressiveRegistrationLib.core.transforms import displacement_image
+from ProgressiveRegistrationLib.core.itk_fields import displacement_image
 
 
 def _case(pixel_type, rng):

@@ -11,9 +11,9 @@ import SimpleITK as sitk
 from conftest import SAMPLE
 
 from ProgressiveRegistrationLib.core.errors import InputError
+from ProgressiveRegistrationLib.core.itk_fields import transform_points
 from ProgressiveRegistrationLib.core.lungs import mask_on, thorax_masks
 from ProgressiveRegistrationLib.core.metrics import tre_mm
-from ProgressiveRegistrationLib.core.transforms import transform_points
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.registration.engine import register_images, summary_of
 from ProgressiveRegistrationLib.simulation.breathing import simulate

@@ -15,12 +15,13 @@ from conftest import assert_bad_input, progreg, write_dicom_series
 from ProgressiveRegistrationLib.core import fields
 from ProgressiveRegistrationLib.core.errors import InputError
 from ProgressiveRegistrationLib.core.grid import Grid
+from ProgressiveRegistrationLib.core.itk_fields import displacement_image, field_transform
 from ProgressiveRegistrationLib.core.lungs import mask_on, thorax_masks
-from ProgressiveRegistrationLib.core.transforms import displacement_image, field_transform, invert_displacement
+from ProgressiveRegistrationLib.core.transforms import invert_displacement
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.registration.fourd import register_phases
 from ProgressiveRegistrationLib.registration.pipeline import read_phases
-from ProgressiveRegistrationLib.registration.refine import RefineConfig
+from ProgressiveRegistrationLib.registration.refine_config import RefineConfig
 from ProgressiveRegistrationLib.simulation.breathing import simulate
 from ProgressiveRegistrationLib.simulation.phantom import generate
 

@@ -19,7 +19,7 @@ from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.model.network import UNet
 from ProgressiveRegistrationLib.registration.engine import register_images, symmetric_forward
 from ProgressiveRegistrationLib.registration.geometry import pair_geometry
-from ProgressiveRegistrationLib.registration.refine import DEFAULT
+from ProgressiveRegistrationLib.registration.refine_config import DEFAULT
 from ProgressiveRegistrationLib.simulation.breathing import simulate
 
 

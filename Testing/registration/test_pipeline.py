@@ -194,9 +194,13 @@ def test_restored_images_give_the_same_network_field(demo_pair):
     base, _ = _network_tre(demo_pair.inhale, demo_pair.exhale, demo_pair, model)
     itself = register_images(demo_pair.inhale, demo_pair.inhale, model, refinement=None, warp_moving=False)
     d_itself = sitk.GetArrayFromImage(itself.displacement)[itself.body_mask]
+    # Every storage as the moving image; as the fixed image and as an image's copy, the two that
+    # between them reverse or exchange every axis (each flip alone is the moving case's).
     for how, restore in EXACT_RESTORINGS.items():
         moved, _ = _network_tre(demo_pair.inhale, restore(demo_pair.exhale), demo_pair, model)
         assert abs(moved - base) < 0.01, (how, moved, base)
+        if how not in ("NIfTI-like diag(-1,-1,1)", "sagittal storage"):
+            continue
         fixed_moved, _ = _network_tre(restore(demo_pair.inhale), demo_pair.exhale, demo_pair, model)
         assert abs(fixed_moved - base) < 0.01, (how, fixed_moved, base)
         copy = register_images(demo_pair.inhale, restore(demo_pair.inhale), model, refinement=None, warp_moving=False)

@@ -18,19 +18,17 @@ from conftest import SAMPLE
 from ProgressiveRegistrationLib.core import fields
 from ProgressiveRegistrationLib.core.errors import InputError
 from ProgressiveRegistrationLib.core.grid import Grid
-from ProgressiveRegistrationLib.core.transforms import displacement_image, invert_displacement
+from ProgressiveRegistrationLib.core.itk_fields import displacement_image
+from ProgressiveRegistrationLib.core.transforms import invert_displacement
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.registration.engine import register_images
-from ProgressiveRegistrationLib.registration.quality import (
+from ProgressiveRegistrationLib.registration.quality import contour_agreement, local_ncc, quality_maps, quality_summary
+from ProgressiveRegistrationLib.registration.tolerances import (
     DEFAULT_TOLERANCES,
     UNVERIFIED,
     Tolerance,
-    contour_agreement,
     format_number,
     load_tolerances,
-    local_ncc,
-    quality_maps,
-    quality_summary,
     tolerance_text,
     value_text,
 )

@@ -13,17 +13,20 @@ import torch
 from conftest import SAMPLE, assert_bad_input, progreg
 from scipy import ndimage
 
+from ProgressiveRegistrationLib.core.errors import InputError
 from ProgressiveRegistrationLib.core.grid import Grid
+from ProgressiveRegistrationLib.core.itk_fields import displacement_image, field_transform
 from ProgressiveRegistrationLib.core.lungs import mask_on, thorax_masks
-from ProgressiveRegistrationLib.core.transforms import displacement_image, displacement_lps, field_transform, output_grid
+from ProgressiveRegistrationLib.core.transforms import displacement_lps, output_grid
 from ProgressiveRegistrationLib.io.landmarks import write_markups_json
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.registration import refine as R
+from ProgressiveRegistrationLib.registration import refine_config as RC
 from ProgressiveRegistrationLib.registration.engine import register_images
 from ProgressiveRegistrationLib.simulation.phantom import generate
 
 #: Small levels for a small phantom (4 x 4 x 5 mm voxels).
-SMALL = R.RefineConfig(levels_mm=(8.0, 4.0), iterations=(60, 60))
+SMALL = RC.RefineConfig(levels_mm=(8.0, 4.0), iterations=(60, 60))
 
 
 # --- the loss ---------------------------------------------------------------------------------
@@ -163,16 +166,16 @@ def test_progress_reports_every_level(known_pair):
 
 
 def test_option_parsing():
-    assert R.parse_levels("8, 4,2") == (8.0, 4.0, 2.0)
-    assert R.parse_iterations("50", 3) == (50, 50, 50)
-    assert R.config_from_options("4,2", None).iterations == (R.ITERATIONS_PER_LEVEL,) * 2
-    assert R.config_from_options(None, "10") == R.RefineConfig(iterations=(10, 10, 10))
+    assert RC.parse_levels("8, 4,2") == (8.0, 4.0, 2.0)
+    assert RC.parse_iterations("50", 3) == (50, 50, 50)
+    assert RC.config_from_options("4,2", None).iterations == (RC.ITERATIONS_PER_LEVEL,) * 2
+    assert RC.config_from_options(None, "10") == RC.RefineConfig(iterations=(10, 10, 10))
     for bad in ("", "4,x", "-2", "0", "nan"):
-        with pytest.raises(R.InputError):
-            R.parse_levels(bad)
+        with pytest.raises(InputError):
+            RC.parse_levels(bad)
     for bad, n in (("-1", 2), ("1,2,3", 2), ("1.5", 1)):
-        with pytest.raises(R.InputError):
-            R.parse_iterations(bad, n)
+        with pytest.raises(InputError):
+            RC.parse_iterations(bad, n)
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -250,11 +253,11 @@ def test_command_line_defaults_are_the_code_defaults():
 
     for command in (["register", "f.nrrd", "m.nrrd", "--out", "o"], ["demo"], ["dirlab", "d"]):
         args = build_parser().parse_args(command)
-        assert refinement(args) == R.RefineConfig(), command
+        assert refinement(args) == RC.RefineConfig(), command
         args = build_parser().parse_args([*command, "--no-refine"])
         assert refinement(args) is None
     args = build_parser().parse_args(["demo", "--refine-levels", "6,3", "--refine-iterations", "10"])
-    assert refinement(args) == R.RefineConfig(levels_mm=(6.0, 3.0), iterations=(10, 10))
+    assert refinement(args) == RC.RefineConfig(levels_mm=(6.0, 3.0), iterations=(10, 10))
 
 
 def test_adam_equals_torch_optim_adam():
@@ -317,7 +320,7 @@ def test_the_refinement_uses_the_finest_rule_at_its_last_level_only():
     image = generate(7, (40, 36, 16), (1.37, 1.37, 2.5)).image
     masks = thorax_masks(image)
     out = R.refine(image, image, Grid.from_image(image), lambda g: np.zeros((*g.shape_zyx, 3), np.float32),
-                   lambda g: mask_on(masks.body, g), R.RefineConfig(levels_mm=(2.0, 2.0), iterations=(1, 1)))
+                   lambda g: mask_on(masks.body, g), RC.RefineConfig(levels_mm=(2.0, 2.0), iterations=(1, 1)))
     first, last = out.levels
     assert first["spacing_mm"][:2] == [2.74, 2.74]  # a coarser level: no finer than 0.8 × 2 mm
     assert last["spacing_mm"][:2] == [1.37, 1.37] and last["iterations"] == 1  # the last: no coarser than 1.2 × 2 mm

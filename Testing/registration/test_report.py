@@ -23,8 +23,8 @@ from conftest import SAMPLE, progreg, write_dicom_series
 from ProgressiveRegistrationLib.io.landmarks import write_markups_json
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.registration.engine import register_images, summary_of
-from ProgressiveRegistrationLib.registration.quality import DEFAULT_TOLERANCES, UNVERIFIED, value_text
 from ProgressiveRegistrationLib.registration.report import RESEARCH_NOTICE, fmt, image_info, report_writers
+from ProgressiveRegistrationLib.registration.tolerances import DEFAULT_TOLERANCES, UNVERIFIED, value_text
 from ProgressiveRegistrationLib.simulation.breathing import simulate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

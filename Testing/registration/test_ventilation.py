@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from ProgressiveRegistrationLib.core.grid import Grid
-from ProgressiveRegistrationLib.core.transforms import displacement_image
+from ProgressiveRegistrationLib.core.itk_fields import displacement_image
 from ProgressiveRegistrationLib.registration.ventilation import hu_ventilation, jacobian_ventilation, lung_volume_change
 
 GRID = Grid((40, 36, 30), (2.0, 2.0, 2.5), (-40.0, -36.0, 0.0))

@@ -8,7 +8,7 @@ import torch
 
 from ProgressiveRegistrationLib.core import fields
 from ProgressiveRegistrationLib.core.grid import Grid
-from ProgressiveRegistrationLib.core.transforms import displacement_image
+from ProgressiveRegistrationLib.core.itk_fields import displacement_image
 from ProgressiveRegistrationLib.simulation import phantom
 from ProgressiveRegistrationLib.simulation.breathing import simulate
 

@@ -345,6 +345,17 @@ def test_a_device_change_is_one_line_in_the_log(current, cuda, defaulted, device
     assert (line is None) if note is None else line.startswith(note)
 
 
+@pytest.mark.parametrize("current, cuda, defaulted, device", [
+    ("cpu", None, False, "auto"),  # torch not imported in Slicer: the run takes cuda where it sees a GPU
+    ("cpu", None, True, "cpu"),  # cpu chosen after cuda was the default: it stays
+    ("cuda", None, False, "cuda"),  # chosen: passed as it is (the run falls back to the CPU with a notice)
+    ("cpu", False, False, "cpu"),  # known: the panel's choice
+    ("cuda", True, True, "cuda"),
+])
+def test_a_run_decides_the_device_where_slicer_has_not_imported_torch(current, cuda, defaulted, device):
+    assert jobs.run_device(current, cuda, defaulted) == device
+
+
 def test_kept_result_files_move_to_a_folder_of_their_own(tmp_path):
     out = tmp_path / "work" / "out"
     out.mkdir(parents=True)
@@ -361,10 +372,10 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test e
 
 
 def test_export_run_poll_and_load_like_the_module(tmp_path, tiny_model):
-    from ProgressiveRegistrationLib.slicer import mrml
+    from ProgressiveRegistrationLib.slicer import inprocess, mrml
 
     scene = slicer.vtkMRMLScene()
-    fixed, moving, fpts, mpts = mrml.sample_pair_nodes(scene)
+    fixed, moving, fpts, mpts = inprocess.sample_pair_nodes(scene)
     work = tmp_path / "work"
     work.mkdir()
     export = mrml.export_job(scene, fixed, moving, work, fpts, mpts)
@@ -405,10 +416,10 @@ def test_export_run_poll_and_load_like_the_module(tmp_path, tiny_model):
 
 def test_results_are_not_attached_to_removed_nodes(tmp_path, tiny_model):
     from ProgressiveRegistrationLib.core.errors import InputError
-    from ProgressiveRegistrationLib.slicer import mrml
+    from ProgressiveRegistrationLib.slicer import inprocess, mrml
 
     scene = slicer.vtkMRMLScene()
-    fixed, moving, _, _ = mrml.sample_pair_nodes(scene)
+    fixed, moving, _, _ = inprocess.sample_pair_nodes(scene)
     export = mrml.export_job(scene, fixed, moving, tmp_path)
     r = subprocess.run([*export.command(sys.executable, tiny_model, refine=False)], cwd=MODULE_DIR,
                        capture_output=True, text=True, encoding="utf-8")

@@ -17,10 +17,10 @@ from conftest import MODULE_DIR
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 from ProgressiveRegistrationLib.core.errors import InputError  # noqa: E402
-from ProgressiveRegistrationLib.core.transforms import field_transform  # noqa: E402
+from ProgressiveRegistrationLib.core.itk_fields import field_transform  # noqa: E402
 from ProgressiveRegistrationLib.simulation.breathing import simulate  # noqa: E402
 from ProgressiveRegistrationLib.simulation.phantom import generate  # noqa: E402
-from ProgressiveRegistrationLib.slicer import mrml, mrml4d  # noqa: E402
+from ProgressiveRegistrationLib.slicer import inprocess, mrml, mrml4d  # noqa: E402
 
 RAS = np.array([-1.0, -1.0, 1.0])
 #: Index values of the test 4DCT: breathing phase in percent, not 0, 1, 2.
@@ -96,9 +96,12 @@ def run(images, tiny_model, tmp_path_factory):
     points = mrml.add_points_node(scene, np.array([[-10.0, 5.0, 20.0], [15.0, -12.0, 40.0]]), "target")
     for i, label in enumerate(("tumour centre", "carina")):
         points.SetNthControlPointLabel(i, label)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "4DCT study")
+    sh.CreateItem(study, seq)
     voxels_before = [slicer.util.arrayFromVolume(seq.GetNthDataNode(k)).copy() for k in range(3)]
     before = _nodes(scene)
-    r = mrml4d.register_sequence_nodes(scene, seq, reference=1, points=points, segmentation=seg,
+    r = inprocess.register_sequence_nodes(scene, seq, reference=1, points=points, segmentation=seg,
                                        segmentation_phase=0, target_phase=2, model=tiny_model, refinement=None)
     work = tmp_path_factory.mktemp("cli")
     job = mrml4d.export_4d_job(scene, seq, 1, work, points=points, segmentation=seg, segmentation_phase=0,
@@ -107,7 +110,7 @@ def run(images, tiny_model, tmp_path_factory):
                          text=True, encoding="utf-8", timeout=600)
     assert cli.returncode == 0, cli.stderr
     return SimpleNamespace(scene=scene, seq=seq, seg=seg, points=points, result=r, job=job, phases=phases,
-                           voxels_before=voxels_before, before=before, model=tiny_model)
+                           voxels_before=voxels_before, before=before, model=tiny_model, study=study)
 
 
 def test_sequence_in_nodes_out(run):
@@ -145,6 +148,14 @@ def test_sequence_in_nodes_out(run):
     loaded = mrml4d.load_4d_results(scene, job)
     assert _without_time(loaded.summary["phases"]) == _without_time(r.summary["phases"])
     assert "against 50 %" in loaded.describe()
+
+
+def test_the_outputs_join_the_sequences_study(run):
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(run.scene)
+    r = run.result
+    for node in (r.transforms, r.ventilation, r.table, r.segmentation):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == run.study, node.GetName()
+    assert sh.GetItemParent(sh.GetItemByDataNode(r.browser)) != run.study  # where Slicer's Sequences module puts it
 
 
 def test_outputs_are_indexed_as_the_source_so_the_browser_shows_one_phase(run):
@@ -223,7 +234,7 @@ def test_no_temporary_node_stays_in_the_scene(run, images):
     seq = _sequence(fresh, images[0][:2])
     seg = _segmentation(fresh, images[1])
     start = _nodes(fresh)
-    r = mrml4d.register_sequence_nodes(fresh, seq, reference=0, segmentation=seg, model=run.model, refinement=None)
+    r = inprocess.register_sequence_nodes(fresh, seq, reference=0, segmentation=seg, model=run.model, refinement=None)
     added = [n for i, n in _nodes(fresh).items() if i not in start]
     classes = sorted(n.GetClassName() for n in added)
     assert "vtkMRMLLabelMapVolumeNode" not in classes and "vtkMRMLLabelMapVolumeDisplayNode" not in classes
@@ -290,7 +301,7 @@ def test_a_list_of_volumes_is_a_sequence_too(images, tiny_model):
     phases, _ = images
     scene = slicer.vtkMRMLScene()
     nodes = [mrml.add_volume_node(scene, image, f"v{k}") for k, image in enumerate(phases[:2])]
-    r = mrml4d.register_sequence_nodes(scene, nodes, reference=0, model=tiny_model, refinement=None)
+    r = inprocess.register_sequence_nodes(scene, nodes, reference=0, model=tiny_model, refinement=None)
     assert r.transforms.GetNumberOfDataNodes() == 2 and r.summary["names"] == ["v0", "v1"]
     assert r.table.GetTable().GetNumberOfRows() == 2
     assert r.trajectories is None and r.points is None
@@ -306,5 +317,5 @@ def test_bad_input_leaves_the_scene_as_it_was(images, tiny_model):
     for source, kwargs, message in ((one, {}, "at least two"), (seq, {"reference": 3}, "out of range"),
                                     (None, {}, "select the phases"), (seq, {"segmentation": empty}, "no visible segment")):
         with pytest.raises(InputError, match=message):
-            mrml4d.register_sequence_nodes(scene, source, model=tiny_model, refinement=None, **kwargs)
+            inprocess.register_sequence_nodes(scene, source, model=tiny_model, refinement=None, **kwargs)
         assert scene.GetNumberOfNodes() == count

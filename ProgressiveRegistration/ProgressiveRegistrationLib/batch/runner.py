@@ -37,9 +37,9 @@ from ..core.device import pick_device
 from ..core.errors import InputError
 from ..model.modelfile import Model, load_model
 from ..registration.pipeline import register_4d_files, register_files
-from ..registration.quality import UNVERIFIED
-from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
-from ..registration.refine import RefineConfig
+from ..registration.refine_config import DEFAULT as DEFAULT_REFINEMENT
+from ..registration.refine_config import RefineConfig
+from ..registration.tolerances import UNVERIFIED
 from .manifest import Case
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (add_register, add_register_4d, add_batch, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom,
                 add_train):
         add(sub)
+    for command in sub.choices.values():  # --verbose after the subcommand too (not given there: the top level's)
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log the library's informational messages too")
     return parser
 
 

@@ -9,7 +9,7 @@ from ..batch.cohort import cohort_writers
 from ..batch.manifest import read_manifest
 from ..batch.runner import Settings, run_batch
 from ..core.errors import InputError
-from ..registration.quality import load_tolerances
+from ..registration.tolerances import load_tolerances
 from .common import add_refine_options, refinement
 
 

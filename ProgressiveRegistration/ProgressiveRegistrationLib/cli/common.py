@@ -7,8 +7,8 @@ import logging
 import sys
 
 from ..core.errors import InputError
-from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
-from ..registration.refine import RefineConfig, config_from_options
+from ..registration.refine_config import DEFAULT as DEFAULT_REFINEMENT
+from ..registration.refine_config import RefineConfig, config_from_options
 
 
 def progress_printer(as_json: bool):

@@ -14,8 +14,8 @@ from ..core.checks import check_pairs
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
+from ..core.itk_fields import read_transform, transform_points
 from ..core.metrics import snap_to_voxel, summary, tre_mm
-from ..core.transforms import read_transform, transform_points
 from ..io.dirlab import parse_cases
 from ..io.images import is_image_path, list_dicom_series, phase_order, read_image
 from ..io.landmarks import read_landmarks, write_markups_json

@@ -5,11 +5,15 @@ Points are ``(n, 3)`` LPS mm; fields are ``(B, 3, nz, ny, nx)`` voxels of their 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .checks import check_pairs
 from .grid import Grid
+
+if TYPE_CHECKING:  # the losses take tensors; the TRE summaries run where torch is not loaded
+    import torch
 
 
 def tre_mm(predicted_lps: np.ndarray, moving_lps: np.ndarray) -> np.ndarray:

@@ -6,28 +6,24 @@ transform (fixed -> moving, LPS mm) is (docs/CONVENTIONS.md)::
 
     φ(x) = G_m(G_f⁻¹(x) + u(G_f⁻¹(x)))
 
-and what ITK stores is ``φ(x) - x`` sampled on an output grid. Outside the fixed crop,
+and what ITK stores is ``φ(x) - x`` sampled on an output grid (its images and files:
+:mod:`.itk_fields`). Outside the fixed crop,
 ``u`` is extended by its border values, so ``φ`` is continuous everywhere and far from
 the crop tends to the crop-to-crop affine ``G_m ∘ G_f⁻¹`` plus a constant.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from . import fields
-from .atomic import write_file
-from .errors import InputError
 from .grid import Grid
+from .itk_fields import displacement_image, field_transform
 from .jit import numba
-
-TRANSFORM_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".h5")
 
 
 def output_grid(fixed: Grid, crop: Grid, finest_mm: tuple[float, float, float] | None = None) -> Grid:
@@ -106,65 +102,6 @@ def _displacement_general(u_vox: torch.Tensor, fixed_crop: Grid, moving_crop: Gr
     return result
 
 
-def displacement_image(disp_lps: np.ndarray, grid: Grid) -> sitk.Image:
-    """An ITK displacement-field image (vector float64, LPS) from ``[k, j, i, 3]`` mm."""
-    image = sitk.GetImageFromArray(np.asarray(disp_lps, dtype=np.float64), isVector=True)
-    grid.apply_to(image)
-    return image
-
-
-def field_transform(disp_image: sitk.Image) -> sitk.DisplacementFieldTransform:
-    """An ITK transform of a displacement-field image. The transform takes over the pixels
-    it is given, so it gets a float64 copy and ``disp_image`` stays intact."""
-    return sitk.DisplacementFieldTransform(sitk.Cast(disp_image, sitk.sitkVectorFloat64))
-
-
-def write_transform(disp_image: sitk.Image, path: str | os.PathLike) -> None:
-    """Write a displacement field atomically as .nrrd/.nii.gz/.mha (image) or .h5 (transform).
-
-    All are resampling-direction fields in LPS that SimpleITK reads back as a
-    DisplacementFieldTransform and Slicer loads as a grid transform.
-    """
-    name = str(path).lower()
-    if not name.endswith(TRANSFORM_SUFFIXES):
-        raise InputError(f"{path}: unknown transform format (use one of {', '.join(TRANSFORM_SUFFIXES)})")
-    if name.endswith(".h5"):
-        write_file(path, lambda tmp: sitk.WriteTransform(field_transform(disp_image), tmp))
-        return
-    image = sitk.Cast(disp_image, sitk.sitkVectorFloat32)
-    if name.endswith(".nrrd"):
-        # Slicer >= 5.10 reads this key; ITK ignores it.
-        image.SetMetaData("displacement field type", "resampling")
-        image.SetMetaData("intent_code", "1006")
-    write_file(path, lambda tmp: sitk.WriteImage(image, tmp, True))
-
-
-def read_transform(path: str | os.PathLike) -> sitk.Transform:
-    """Any ITK transform file (.h5, .tfm, .txt, .mat) or a displacement-field image."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: no such transform file")
-    name = p.name.lower()
-    try:
-        if name.endswith((".h5", ".hdf5", ".tfm", ".txt", ".mat", ".xfm")):
-            return sitk.ReadTransform(str(p))
-        image = sitk.ReadImage(str(p))
-    except RuntimeError as err:
-        raise InputError(f"{path}: not a readable transform ({str(err).strip().splitlines()[-1]})") from None
-    if image.GetNumberOfComponentsPerPixel() != image.GetDimension() or image.GetDimension() != 3:
-        raise InputError(f"{path}: a displacement field needs 3 components per voxel in 3D")
-    return field_transform(image)
-
-
-def read_displacement_field(path: str | os.PathLike) -> sitk.Image:
-    """The displacement-field image (LPS, vector float64) of a transform file we wrote."""
-    tx = read_transform(path)
-    try:
-        return sitk.DisplacementFieldTransform(tx).GetDisplacementField()
-    except (RuntimeError, TypeError):
-        raise InputError(f"{path}: not a displacement-field transform") from None
-
-
 def field_at_points(disp_lps: np.ndarray, grid: Grid, points_lps: np.ndarray) -> np.ndarray:
     """A ``[k, j, i, 3]`` displacement field on ``grid`` at ``(n, 3)`` LPS points (trilinear, as
     ITK's displacement-field transform interpolates it; border values beyond the grid)."""
@@ -191,11 +128,6 @@ def map_points(disp_lps: np.ndarray, grid: Grid, points_lps: np.ndarray) -> np.n
     q = grid.points_to_index(points)
     inside = np.all((q >= -0.5) & (q <= np.asarray(grid.size) - 0.5), axis=1)
     return points + np.where(inside[:, None], field_at_points(disp_lps, grid, points), 0.0)
-
-
-def transform_points(transform: sitk.Transform, points_lps: np.ndarray) -> np.ndarray:
-    """Apply an ITK transform to ``(n, 3)`` LPS points."""
-    return np.array([transform.TransformPoint([float(v) for v in p]) for p in np.asarray(points_lps)])
 
 
 def crop_affine(fixed_crop: Grid, moving_crop: Grid) -> np.ndarray:

@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .grid import Grid
+from .itk_fields import field_transform
 from .jit import numba, prange
-from .transforms import field_transform
 
 
 def _kernel(vol, disp, stride, fixed_to_moving, lps_to_moving, default_value, clamp, out):

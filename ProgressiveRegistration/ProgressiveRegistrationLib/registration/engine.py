@@ -34,20 +34,15 @@ from ..core.checks import check_overlap, check_pairs, check_volume
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
+from ..core.itk_fields import displacement_image, field_transform
 from ..core.lungs import ThoraxMasks
 from ..core.metrics import summary, tre_mm
-from ..core.transforms import (
-    displacement_image,
-    displacement_lps,
-    field_at_points,
-    field_transform,
-    map_points,
-    output_grid,
-)
+from ..core.transforms import displacement_lps, field_at_points, map_points, output_grid
 from ..model.modelfile import Model, load_model
 from ..model.preprocess import crop_hu, network_input
 from .geometry import PairGeometry, pair_geometry
-from .refine import RefineConfig, refine
+from .refine import refine
+from .refine_config import RefineConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from ..core.metrics import snap_to_voxel, summary, tre_mm
 from ..io import dirlab
 from ..model.modelfile import Model, load_model
 from .engine import register_images
-from .refine import RefineConfig
+from .refine_config import RefineConfig
 
 
 @dataclass

@@ -25,11 +25,12 @@ import SimpleITK as sitk
 from ..core.checks import check_labels, check_volume
 from ..core.errors import InputError
 from ..core.grid import Grid
+from ..core.itk_fields import displacement_image, transform_points
 from ..core.lungs import thorax_masks
-from ..core.transforms import displacement_image, invert_displacement, resample_labels, transform_points
+from ..core.transforms import invert_displacement, resample_labels
 from ..model.modelfile import Model
 from .engine import Result, register_images
-from .refine import RefineConfig
+from .refine_config import RefineConfig
 from .ventilation import hu_ventilation, jacobian_ventilation, lung_volume_change, on_grid, smoothed
 
 

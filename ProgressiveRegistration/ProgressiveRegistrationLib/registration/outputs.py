@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from ..core.atomic import concurrent, write_file, write_text
 from ..core.grid import Grid
-from ..core.transforms import write_transform
+from ..core.itk_fields import write_transform
 from ..io.images import write_image
 from .engine import Result
 from .figures import overview_figure, phases_figure

@@ -26,10 +26,10 @@ from ..model.modelfile import Model, load_model
 from .engine import register_images, summary_of
 from .fourd import check_phases, check_segmentation, register_phases
 from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers
-from .quality import load_tolerances
-from .refine import DEFAULT as DEFAULT_REFINEMENT
-from .refine import RefineConfig
+from .refine_config import DEFAULT as DEFAULT_REFINEMENT
+from .refine_config import RefineConfig
 from .report import fourd_report_writers, image_info, report_writers
+from .tolerances import load_tolerances
 
 
 def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed_landmarks=None, moving_landmarks=None,

@@ -3,9 +3,9 @@
 TG-132 (Brock et al., Med. Phys. 2017) asks, before a deformable registration is used for
 contours or dose: a visual review, landmark TRE, agreement of propagated contours, the
 Jacobian determinant and consistency. Each check here is a number judged against a
-tolerance (:data:`DEFAULT_TOLERANCES`: TG-132's values where it gives one, the project's
-own elsewhere, each row saying which; overridable from a small YAML/JSON file), as PASS,
-WARN or FAIL.
+tolerance (:mod:`.tolerances`: TG-132's values where it gives one, the project's own
+elsewhere, each row saying which; overridable from a small YAML/JSON file), as PASS, WARN
+or FAIL.
 
 The overall verdict (:func:`quality_summary`): FAIL when the registration as a whole cannot
 be used (a check that can fail is beyond its fail limit: the mean TRE, a large share of
@@ -23,21 +23,31 @@ subsampling of it): images and maps are ``[k, j, i]`` arrays, distances in mm, p
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.errors import InputError
 from ..core.grid import Grid, resample
 from ..core.transforms import invert_displacement
 from ..core.warp import warp_moving
 from .engine import Result
 from .refine import box_sum
+from .tolerances import (
+    ACCURACY_CHECKS,
+    CHECK_LABELS,
+    DEFAULT_TOLERANCES,
+    INFO_LABELS,
+    INVERSE_NOTE,
+    UNVERIFIED,
+    Tolerance,
+    format_number,
+    limit_text,
+    tolerance_text,
+    value_text,
+)
 
 #: Local NCC window: (2r+1)³ voxels of the transform's grid.
 NCC_RADIUS_VOX = 2
@@ -49,227 +59,6 @@ CONSISTENCY_MAX_VOXELS = 300_000
 FOLDING_CLUSTERS_LISTED = 5
 #: The lungs' NCC gain may drop by this much when the images already agreed before registration.
 NCC_ALREADY_AGREED_SLACK = 0.02
-
-#: The overall verdict when nothing measured the accuracy (no landmarks, no contours).
-UNVERIFIED = "UNVERIFIED"
-TG132 = "AAPM TG-132"
-PROJECT = "project"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A check's limits: PASS up to ``warn``, WARN up to ``fail``, FAIL beyond (reversed when
-    ``higher_is_better``); ``fail`` None: the check can warn but never fails. ``limit``: for a
-    share check, the per-item limit (e.g. a landmark's TRE in mm) beyond which an item counts.
-    ``tg132``: which of ``"warn"``, ``"fail"``, ``"limit"`` are AAPM TG-132's numbers (the
-    rest are the project's); ``file``: the tolerance file that replaced some of them."""
-
-    warn: float
-    fail: float | None
-    higher_is_better: bool = False
-    tg132: tuple[str, ...] = ()
-    limit: float | None = None
-    file: str | None = None
-
-    def verdict(self, value: float | None) -> str:
-        if value is None or not math.isfinite(value):
-            return "n/a"
-        sign = -1.0 if self.higher_is_better else 1.0
-        if sign * value <= sign * self.warn:
-            return "PASS"
-        if self.fail is None:
-            return "WARN"
-        return "WARN" if sign * value <= sign * self.fail else "FAIL"
-
-    @property
-    def can_fail(self) -> bool:
-        return self.fail is not None
-
-    @property
-    def source(self) -> str:
-        """Where the numbers come from, as the report's "tolerance from" column says it."""
-        if self.file:
-            return self.file
-        given = ["warn", "fail", "limit"] if self.limit is not None else ["warn", "fail"]
-        if self.fail is None:
-            given.remove("fail")
-        ours = [g for g in given if g not in self.tg132]
-        if not ours:
-            return TG132
-        if len(ours) == len(given):
-            return PROJECT
-        return f"{TG132} ({', '.join(g for g in given if g in self.tg132)}); {PROJECT} ({', '.join(ours)})"
-
-
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "tre_mean_mm": Tolerance(1.5, 2.0, tg132=("fail",)),
-    "tre_outliers_percent": Tolerance(0.0, 10.0, tg132=("limit",), limit=5.0),
-    "tre_p95_mm": Tolerance(3.0, None),
-    "folding_percent": Tolerance(0.0, 0.01, tg132=("warn",)),
-    "jacobian_min": Tolerance(0.2, None, higher_is_better=True),
-    "lung_jacobian_outside_percent": Tolerance(5.0, 10.0),
-    "lung_ncc_gain": Tolerance(0.05, 0.01, higher_is_better=True),
-    "lung_ncc_after": Tolerance(0.8, None, higher_is_better=True),
-    "lung_abs_hu_difference_after": Tolerance(60.0, None),
-    "dice": Tolerance(0.85, 0.8, higher_is_better=True, tg132=("warn", "fail")),
-    "mean_surface_distance_mm": Tolerance(2.0, 3.0, tg132=("warn", "fail")),
-    "hd95_mm": Tolerance(3.0, None),
-}
-
-#: What TG-132 says where a default tolerance is its number (the report's legend).
-TG132_BASIS = {
-    "tre_mean_mm": "mean landmark TRE ≤ 2 mm (the voxel size); the 1.5 mm warning is the project's",
-    "tre_outliers_percent": "maximum landmark TRE 5 mm; the project judges the share of landmarks beyond it "
-                            "(any: WARN, naming them; more than 10 %: FAIL)",
-    "folding_percent": "no negative Jacobian determinant (any folding warns); the project fails more than 0.01 % "
-                       "of the body",
-    "dice": "Dice 0.8–0.9",
-    "mean_surface_distance_mm": "mean distance to agreement within the contouring uncertainty, 2–3 mm",
-}
-
-#: Checks of earlier versions, and what became of them (for a tolerance file that names one).
-RETIRED = {
-    "tre_max_mm": "the maximum is reported; the landmarks beyond TG-132's 5 mm are judged by tre_outliers_percent "
-                  "({warn, fail} in %, limit in mm)",
-    "inverse_consistency_mean_mm": "the inverse consistency through the field's own inverse cannot fail; it is "
-                                   "reported as information",
-    "inverse_consistency_p95_mm": "reported as information",
-    "inverse_consistency_max_mm": "reported as information",
-}
-
-#: Which checks measure the accuracy (the others its plausibility).
-ACCURACY_CHECKS = ("tre_mean_mm", "tre_outliers_percent", "tre_p95_mm", "dice", "mean_surface_distance_mm", "hd95_mm")
-
-#: What each check measures, for the report's table.
-CHECK_LABELS = {
-    "tre_mean_mm": "landmark TRE, mean (mm)",
-    "tre_outliers_percent": "landmarks with TRE > {limit} mm (%)",
-    "tre_p95_mm": "landmark TRE, 95th percentile (mm)",
-    "folding_percent": "folding: body voxels with det J ≤ 0 (%)",
-    "jacobian_min": "Jacobian determinant, minimum in the body",
-    "lung_jacobian_outside_percent": "lung voxels with det J outside [0.5, 2] (%)",
-    "lung_ncc_gain": "similarity in the lungs: local NCC after − before",
-    "lung_ncc_after": "similarity in the lungs: local NCC after",
-    "lung_abs_hu_difference_after": "similarity in the lungs: mean |ΔHU| after",
-    "dice": "contour {label}: Dice",
-    "mean_surface_distance_mm": "contour {label}: mean surface distance (mm)",
-    "hd95_mm": "contour {label}: Hausdorff distance, 95th percentile (mm)",
-}
-
-#: The information rows (no tolerance, outside the verdict).
-INFO_LABELS = {
-    "tre_max_mm": "landmark TRE, maximum (mm)",
-    "inverse_consistency_mean_mm": "inverse consistency |φ∘φ⁻¹ − id| in the lungs, mean (mm)",
-    "inverse_consistency_p95_mm": "inverse consistency in the lungs, 95th percentile (mm)",
-    "inverse_consistency_max_mm": "inverse consistency in the lungs, maximum (mm)",
-    "lung_volume_change_percent": "lung volume change, moving against fixed (∫ det J over the lungs, %)",
-    "lung_ncc_before": "similarity in the lungs: local NCC before registration",
-    "lung_abs_hu_difference_before": "similarity in the lungs: mean |ΔHU| before registration (HU)",
-    "residual_in_lungs_mean": "doubt (1 − local NCC) in the lungs, mean",
-}
-INVERSE_NOTE = ("cannot fail: φ⁻¹ is the fixed-point inverse of this same field (core/transforms.py), so this "
-                "measures how well that inversion converged, not the registration's accuracy; TG-132's consistency "
-                "test needs a second registration, moving to fixed")
-
-
-def load_tolerances(path: str | Path | None) -> dict[str, Tolerance]:
-    """The default tolerances, with those of ``path`` (YAML or JSON: ``{check: {warn: x, fail: y}}``;
-    ``fail: null`` makes a check warn-only; ``limit``: the per-item limit of a share check) in
-    their place; InputError for an unknown check or a malformed entry."""
-    tolerances = dict(DEFAULT_TOLERANCES)
-    if path is None:
-        return tolerances
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--tolerances {path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as err:  # noqa: BLE001 - any parse error is the user's file
-        raise InputError(f"--tolerances {path}: cannot parse it ({type(err).__name__})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"--tolerances {path}: expected a mapping of check names to {{warn, fail}}")
-    for name, entry in data.items():
-        if name in RETIRED:
-            raise InputError(f"--tolerances {path}: {name} is no longer a check: {RETIRED[name]}")
-        if name not in tolerances:
-            raise InputError(f"--tolerances {path}: unknown check {name!r} (known: {', '.join(tolerances)})")
-        old = tolerances[name]
-        keys = ["warn", "fail"] + (["limit"] if old.limit is not None else [])
-        if not isinstance(entry, dict) or set(entry) - set(keys) or not entry:
-            raise InputError(f"--tolerances {path}: {name} needs {' and/or '.join(keys)} numbers")
-        try:
-            values = {k: None if (k == "fail" and v is None) else float(v) for k, v in entry.items()}
-        except (TypeError, ValueError):
-            raise InputError(f"--tolerances {path}: {name}: {', '.join(keys)} must be numbers") from None
-        tolerances[name] = replace(old, warn=values.get("warn", old.warn), fail=values.get("fail", old.fail),
-                                   limit=values.get("limit", old.limit), file=path.name,
-                                   tg132=tuple(t for t in old.tg132 if t not in values))
-    return tolerances
-
-
-# --- how the numbers are shown -------------------------------------------------------------
-
-def format_number(value, significant: int = 3) -> str:
-    """``value`` with ``significant`` significant digits, trailing zeros dropped (``0.002``,
-    ``1.47``, ``113``); "n/a" for NaN or infinity, "–" for None."""
-    if value is None:
-        return "–"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    v = float(value)
-    if not math.isfinite(v):
-        return "n/a"
-    if v == 0.0:
-        return "0"
-    decimals = max(0, significant - 1 - math.floor(math.log10(abs(v))))
-    text = f"{v:.{decimals}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-def _limit_text(x: float) -> str:
-    return format_number(x, 6)
-
-
-def tolerance_text(row: dict) -> str:
-    """A row's tolerance as the page and Slicer's table show it: "PASS ≤ 0, WARN ≤ 0.01, FAIL >
-    0.01" (every boundary the verdict uses, at full precision)."""
-    le, gt = ("≥", "<") if row["higher_is_better"] else ("≤", ">")
-    warn, fail = _limit_text(row["warn"]), row.get("fail")
-    if fail is None:
-        return f"PASS {le} {warn}, else WARN"
-    if float(fail) == float(row["warn"]):
-        return f"PASS {le} {warn}, FAIL {gt} {warn}"
-    return f"PASS {le} {warn}, WARN {le} {_limit_text(fail)}, FAIL {gt} {_limit_text(fail)}"
-
-
-def value_text(row: dict) -> str:
-    """A row's value with enough significant digits (three at least) that the number shown,
-    read against the tolerance shown, gives the verdict shown (0.002 % is WARN against PASS ≤ 0)."""
-    value = row["value"]
-    if value is None or not math.isfinite(float(value)):
-        return format_number(value)
-    tol = Tolerance(float(row["warn"]), None if row.get("fail") is None else float(row["fail"]),
-                    bool(row["higher_is_better"]))
-    for significant in range(3, 16):
-        text = format_number(value, significant)
-        if tol.verdict(float(text)) == tol.verdict(float(value)):
-            return text
-    return repr(float(value))
-
-
-def share_text(share: dict) -> str:
-    """"3 of 40 landmarks (7.5 %) > 2 mm"."""
-    return (f"{share['count']} of {share['of']} {share['what']} ({format_number(share['percent'])} %) "
-            f"{share['beyond']}")
-
 
 # --- maps ---------------------------------------------------------------------------------
 
@@ -520,12 +309,12 @@ def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tol
         beyond = used[after[used] > limit]
         outlier_share = 100.0 * beyond.size / used.size if used.size else float("nan")
         row("tre_mean_mm", tre["mean"],
-            shares=[_share(after[used] > mean_limit, "landmarks", f"> {_limit_text(mean_limit)} mm")])
-        row("tre_outliers_percent", outlier_share, CHECK_LABELS["tre_outliers_percent"].format(limit=_limit_text(limit)),
-            shares=[_share(after[used] > limit, "landmarks", f"> {_limit_text(limit)} mm")],
+            shares=[_share(after[used] > mean_limit, "landmarks", f"> {limit_text(mean_limit)} mm")])
+        row("tre_outliers_percent", outlier_share, CHECK_LABELS["tre_outliers_percent"].format(limit=limit_text(limit)),
+            shares=[_share(after[used] > limit, "landmarks", f"> {limit_text(limit)} mm")],
             outliers=_landmark_list(result, beyond, labels), limit_mm=limit)
         row("tre_p95_mm", tre["p95"], shares=[_share(after[used] > p95_tol.warn, "landmarks",
-                                                     f"> {_limit_text(p95_tol.warn)} mm")])
+                                                     f"> {limit_text(p95_tol.warn)} mm")])
         worst = _landmark_list(result, used, labels, 1)
         info("tre_max_mm", tre["max"], f"landmark {worst[0]['label']}" if worst else "")
         if not used.size:
@@ -539,7 +328,7 @@ def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tol
     row("folding_percent", measured["folding_percent"], shares=fold_shares, clusters=clusters)
     j_tol = tol["jacobian_min"]
     row("jacobian_min", measured["jacobian_min"],
-        shares=[_share(jac_lungs < j_tol.warn, "lung voxels", f"with det J < {_limit_text(j_tol.warn)}")])
+        shares=[_share(jac_lungs < j_tol.warn, "lung voxels", f"with det J < {limit_text(j_tol.warn)}")])
     row("lung_jacobian_outside_percent", measured["lung_jacobian_outside_percent"],
         shares=[_share((jac_lungs < 0.5) | (jac_lungs > 2.0), "lung voxels", "with det J outside [0.5, 2]")])
 
@@ -551,16 +340,16 @@ def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tol
         gain_tol = Tolerance(slack, slack, True, file=gain_tol.file)
     row("lung_ncc_gain", ncc["after"] - ncc["before"], t=gain_tol, before=ncc["before"], after=ncc["after"],
         already_agreed=agreed_before,
-        note=(f"the images already agreed before registration (NCC ≥ {_limit_text(after_tol.warn)}): judged on "
+        note=(f"the images already agreed before registration (NCC ≥ {limit_text(after_tol.warn)}): judged on "
               "not getting worse" if agreed_before else "FAIL: the registration did not improve the lungs' "
                                                          "similarity (or made it worse)"))
     row("lung_ncc_after", ncc["after"],
         shares=[_share(maps.ncc_after[maps.lungs] < after_tol.warn, "lung voxels",
-                       f"with local NCC < {_limit_text(after_tol.warn)}")])
+                       f"with local NCC < {limit_text(after_tol.warn)}")])
     hu_tol = tol["lung_abs_hu_difference_after"]
     row("lung_abs_hu_difference_after", measured["lung_abs_hu_difference"]["after"],
         shares=[_share(maps.abs_hu_after[maps.lungs] > hu_tol.warn, "lung voxels",
-                       f"with |ΔHU| > {_limit_text(hu_tol.warn)}")],
+                       f"with |ΔHU| > {limit_text(hu_tol.warn)}")],
         note="the lungs' density differs between breathing phases, so |ΔHU| stays above 0 after a perfect "
              "registration: it can warn, not fail")
     if contours:
@@ -603,7 +392,7 @@ def _reasons(rows: list[dict], verified: bool, not_measured: list[str]) -> list[
                 continue
             text = f"{verdict}: {r['label']} = {value_text(r)} ({tolerance_text(r)})"
             if r.get("outliers"):
-                text += f"; beyond {_limit_text(r['limit_mm'])} mm: landmark {landmark_names(r['outliers'])}"
+                text += f"; beyond {limit_text(r['limit_mm'])} mm: landmark {landmark_names(r['outliers'])}"
             elif r.get("clusters"):
                 c = r["clusters"][0]
                 text += (f"; {r['shares'][0]['count']} voxels in {len(r['clusters'])}"

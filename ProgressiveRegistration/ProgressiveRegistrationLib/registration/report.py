@@ -31,17 +31,14 @@ from .. import __version__
 from ..core.atomic import concurrent, write_text
 from ..io.images import list_dicom_series, write_image
 from .figures import folding_figure, phases_figure, quality_histogram, review_figure, tre_histogram
-from .quality import (
+from .quality import contour_agreement, landmark_names, quality_maps, quality_summary
+from .tolerances import (
     DEFAULT_TOLERANCES,
     TG132,
     TG132_BASIS,
     UNVERIFIED,
     Tolerance,
-    contour_agreement,
     format_number,
-    landmark_names,
-    quality_maps,
-    quality_summary,
     share_text,
     tolerance_text,
     value_text,

@@ -389,6 +389,17 @@ def default_device(current: str, cuda: bool, defaulted: bool) -> tuple[str, str 
     return current, None
 
 
+def run_device(current: str, cuda: bool | None, defaulted: bool) -> str:
+    """The ``--device`` of a background run. ``cuda`` None: not known, because torch is not
+    imported in Slicer's process (a run does not import it there: it takes seconds, with the
+    GUI waiting). A choice that is still the untouched default then becomes ``auto``: the run,
+    which imports torch anyway, takes cuda where torch sees a GPU, as :func:`default_device`
+    would have; a choice the user made is passed as it is."""
+    if cuda is None and not defaulted and current == "cpu":
+        return "auto"
+    return current
+
+
 #: The attribute this module sets on the 4DCT outputs it makes (the value: the output's role).
 OUTPUT_ATTRIBUTE = "ProgressiveRegistration.output"
 

@@ -26,6 +26,10 @@ refilled only if it belongs to the same pair or to none (a new, empty node): one
 pair keeps that pair's results, a new node is made instead and the log says so
 (:func:`own_output`).
 
+The registration in Slicer's own process and the simulated samples are in :mod:`.inprocess`:
+this module imports neither torch nor numba, so that the panel's export of a background run's
+inputs and the loading of its results keep Slicer's GUI from waiting seconds for them to load.
+
 Volumes under a linear parent transform are registered in world coordinates (their
 world geometry is exported, the user's transform is left as it is); under a non-linear
 one the registration is refused with a message. The result is set as the moving volume's
@@ -46,18 +50,12 @@ import SimpleITK as sitk
 from ..core.checks import check_volume
 from ..core.errors import InputError
 from ..core.grid import Grid
+from ..core.itk_fields import read_displacement_field
 from ..core.metrics import summary as tre_summary
-from ..core.transforms import read_displacement_field
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
-from ..model.modelfile import Model, load_model
-from ..registration.engine import register_images, summary_of
-from ..registration.outputs import jacobian_image
-from ..registration.quality import quality_maps, quality_summary, tolerance_text, value_text
-from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
-from ..registration.refine import RefineConfig
-from ..simulation.breathing import simulate
+from ..registration.tolerances import tolerance_text, value_text
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -209,12 +207,34 @@ def own_output(node, fixed, moving, what: str):
     return None
 
 
+def into_folder_of(node, reference) -> None:
+    """Put a node this module made in the subject-hierarchy folder (study, patient or folder
+    item) that holds ``reference``, an input volume, so that a patient's results stay with the
+    patient in the Data module. Nothing changes where ``reference`` is at the scene's top, nor
+    for nodes hidden from the Data module (a Sequence browser)."""
+    import slicer
+
+    if node.GetHideFromEditors():
+        return
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    ref_item = sh.GetItemByDataNode(reference)
+    parent = sh.GetItemParent(ref_item) if ref_item else 0
+    if not parent or parent == sh.GetSceneItemID():
+        return
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, parent)
+    else:
+        sh.CreateItem(parent, node)
+
+
 def _output_node(scene, node, fixed, moving, what: str, cls: str, name: str):
     """``node`` (:func:`own_output`) or a new ``cls`` node named ``name``, marked as the ``what``
     output of the pair ``fixed``, ``moving``."""
     node = own_output(node, fixed, moving, what)
     if node is None:
         node = scene.AddNewNodeByClass(cls, scene.GenerateUniqueName(name))
+        into_folder_of(node, fixed)
     node.SetNodeReferenceID(FIXED_REFERENCE, fixed.GetID())
     node.SetNodeReferenceID(MOVING_REFERENCE, moving.GetID())
     node.SetAttribute(OUTPUT_ATTRIBUTE, what)
@@ -451,7 +471,7 @@ class RegistrationNodes:
         return " ".join([text, *self.warnings])
 
 
-def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
+def output_nodes(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
              landmarks: dict | None, transform=None, jacobian_node=None, table=None,
              apply_to_moving: bool = True, warped: sitk.Image | None = None, volume=None,
              quality_image: sitk.Image | None = None, quality_table=None, quality_map=None) -> RegistrationNodes:
@@ -521,7 +541,7 @@ def _outputs(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Imag
                              quality_table, quality_map)
 
 
-def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
+def check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
     if fixed is None or moving is None:
         raise InputError("select a fixed and a moving volume")
     if fixed is moving or fixed.GetID() == moving.GetID():
@@ -540,55 +560,6 @@ def _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
             raise InputError("landmarks: the point lists are empty")
         points = (f, m, labels)
     return fixed_image, moving_image, points
-
-
-def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_landmarks=None, model=None,
-                          device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
-                          progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT, volume=None,
-                          resample: bool = False, quality: bool = True, quality_table=None,
-                          quality_map=None) -> RegistrationNodes:
-    """Register two volume nodes in-process and put the results in ``scene``.
-
-    The scripting API for Slicer's Python console::
-
-        import ProgressiveRegistrationLib as prl
-        r = prl.register_volume_nodes(slicer.mrmlScene, fixedNode, movingNode)
-        r.transform, r.jacobian, r.table   # output nodes (table is None without landmarks)
-
-    ``model``: a model file path (default: the bundled model) or a loaded ``Model``;
-    ``refinement``: None for the network's one-pass field; ``resample`` (or a ``volume``
-    node to fill): also the moving volume resampled onto the fixed volume's geometry
-    (``r.volume``); ``quality``: the AAPM TG-132 checks as a table (``r.quality_table``, PASS /
-    WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC).
-
-    ``transform``, ``jacobian``, ``table``, ``volume``, ``quality_table``, ``quality_map``:
-    nodes to fill instead of new ones, used only if they belong to this pair (an earlier
-    result of the same fixed and moving volumes) or to none (new, empty nodes); one that holds
-    another pair's result keeps it, a new node is made and the log says so. Inputs are never
-    modified, except that the moving volume gets the result as its parent transform when
-    ``apply_to_moving`` and it has none. Bad input raises InputError before any node is made.
-    """
-    fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
-    model = model if isinstance(model, Model) else load_model(model, device)
-    f_pts, m_pts = (points[0], points[1]) if points else (None, None)
-    resample = resample or volume is not None
-    result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=resample,
-                             refinement=refinement)
-    summary = summary_of(result, model, device)
-    quality_image = None
-    if quality:
-        maps = quality_maps(result, fixed_image, moving_image)
-        summary["quality"] = quality_summary(result, maps)
-        quality_image = maps.residual_image()
-    jac = jacobian_image(result)
-    landmarks = None
-    if points:
-        lm = result.landmarks
-        landmarks = {"labels": points[2], "fixed_lps": lm["fixed_lps"], "moving_lps": lm["moving_lps"],
-                     "before_mm": lm["before_mm"], "network_mm": lm["network_mm"], "used": lm["used"]}
-    return _outputs(scene, fixed, moving, result.displacement, jac, summary, landmarks, transform, jacobian, table,
-                    apply_to_moving, result.warped if resample else None, volume, quality_image, quality_table,
-                    quality_map)
 
 
 # --- the background-process path of the module ---------------------------------------------------
@@ -626,7 +597,7 @@ class Job:
 
 def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None) -> Job:
     """Write the inputs of a background ``progreg register`` run into ``work_dir``."""
-    fixed_image, moving_image, points = _check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
+    fixed_image, moving_image, points = check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     work = Path(work_dir)
     job = Job(fixed.GetID(), moving.GetID(), str(work / "fixed.nrrd"), str(work / "moving.nrrd"), str(work / "out"))
     sitk.WriteImage(fixed_image, job.fixed_path, False)  # uncompressed: the GUI thread waits for it
@@ -658,7 +629,7 @@ def load_results(scene, job: Job, transform=None, jacobian=None, table=None, app
                  volume=None, quality_table=None, quality_map=None) -> RegistrationNodes:
     """Turn a finished ``progreg register`` output folder into output nodes (``volume``: the node
     for the resampled moving volume, made if the run wrote one). The given nodes are used as
-    by :func:`register_volume_nodes`: only if they belong to the job's pair or to none."""
+    by :func:`.inprocess.register_volume_nodes`: only if they belong to the job's pair or to none."""
     out = Path(job.out_dir)
     fixed, moving = scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id)
     if fixed is None or moving is None:
@@ -669,7 +640,7 @@ def load_results(scene, job: Job, transform=None, jacobian=None, table=None, app
     landmarks = _tre_csv_landmarks(out / "tre.csv") if (out / "tre.csv").exists() else None
     warped = sitk.ReadImage(str(out / "warped_moving.nrrd")) if (out / "warped_moving.nrrd").exists() else None
     quality = sitk.ReadImage(str(out / "quality.nrrd")) if (out / "quality.nrrd").exists() else None
-    nodes = _outputs(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, landmarks,
+    nodes = output_nodes(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, landmarks,
                      transform, jacobian, table, apply_to_moving, warped, volume, quality, quality_table, quality_map)
     nodes.report_path = str(out / "report.html") if (out / "report.html").exists() else None
     return nodes
@@ -691,8 +662,6 @@ def add_points_node(scene, points_lps: np.ndarray, name: str):
     return node
 
 
-def sample_pair_nodes(scene, seed: int = 0):
-    """Bundled CT (inhale, fixed) and a simulated exhale (moving) with landmark lists."""
-    pair = simulate(read_image(BUNDLED_SAMPLE), seed=seed)
-    return (add_volume_node(scene, pair.inhale, "inhale"), add_volume_node(scene, pair.exhale, "exhale"),
-            add_points_node(scene, pair.fixed_points_lps, "F"), add_points_node(scene, pair.moving_points_lps, "M"))
+def sample_ct_node(scene):
+    """The bundled lung CT as a volume node (no simulation: torch is not needed)."""
+    return add_volume_node(scene, read_image(BUNDLED_SAMPLE), "lung CT")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,20 +39,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputError
-from ..core.transforms import read_displacement_field
+from ..core.itk_fields import read_displacement_field
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
-from ..io.resources import BUNDLED_SAMPLE
-from ..model.modelfile import Model
-from ..registration.pipeline import register_4d_files
-from ..registration.refine import DEFAULT as DEFAULT_REFINEMENT
-from ..registration.refine import RefineConfig
-from ..simulation.breathing import simulate
 from . import jobs
 from .jobs import phase_label
 from .mrml import (
     LPS_TO_RAS,
     image_from_volume_node,
+    into_folder_of,
     markups_lps,
     set_grid_transform,
     set_volume_from_image,
@@ -308,6 +302,8 @@ def _output_node(scene, earlier: dict, role: str, cls: str, name: str, source):
     node = earlier.get(role)
     if node is None:
         node = scene.AddNewNodeByClass(cls, scene.GenerateUniqueName(name))
+        if source is not None and role != "browser":  # (a browser is where Slicer's Sequences module puts it)
+            into_folder_of(node, source)
     node.SetAttribute(OUTPUT_ATTRIBUTE, role)
     if source is not None:
         node.SetNodeReferenceID(SOURCE_REFERENCE, source.GetID())
@@ -534,41 +530,10 @@ def _segmentation_node(scene, earlier: dict, labels: sitk.Image, name: str, segm
         return node
 
 
-def register_sequence_nodes(scene, source, reference: int = 0, points=None, segmentation=None,
-                            segmentation_phase: int | None = None, target_phase: int | None = None,
-                            model: str | Path | Model | None = None, device: str = "cpu",
-                            refinement: RefineConfig | None = DEFAULT_REFINEMENT, progress=None) -> FourDNodes:
-    """Register every phase of ``source`` (a Sequence of volumes or a list of volume nodes)
-    to phase ``reference``, in-process, and put the results in ``scene``::
-
-        import ProgressiveRegistrationLib.slicer.mrml4d as m4
-        r = m4.register_sequence_nodes(slicer.mrmlScene, sequenceNode, reference=5)
-        r.transforms, r.ventilation, r.table, r.segmentation
-
-    Inputs are never modified. Bad input raises InputError before any node is made.
-    """
-    with tempfile.TemporaryDirectory(prefix="progreg-4d-") as work:
-        job = export_4d_job(scene, source, reference, work, points, segmentation, segmentation_phase, target_phase)
-        register_4d_files(job.phase_paths, job.out_dir, job.reference, job.points_path, job.segmentation_path,
-                          job.segmentation_phase, model, device, refinement, progress=progress, names=job.names)
-        return load_4d_results(scene, job)
-
-
-def sample_phase_sequence(scene, amplitudes_mm=(0.0, 5.0, 10.0, 15.0)):
-    """A Sequence of the bundled CT (inhale, phase 0) and simulated exhales of it with the
-    given diaphragm motions: a small 4DCT to try the module on."""
-    import slicer
-
-    inhale = read_image(BUNDLED_SAMPLE)
-    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName("sample 4DCT"))
-    seq.SetIndexName("phase")
-    seq.SetIndexUnit("")  # (a new Sequence's index is "time" in "s")
-    seq.SetIndexType(seq.NumericIndex)
-    for k, amplitude in enumerate(amplitudes_mm):
-        image = inhale if amplitude == 0 else simulate(inhale, seed=k, amplitude_si_mm=amplitude,
-                                                        amplitude_ap_mm=amplitude / 3).exhale
-        volume = slicer.vtkMRMLScalarVolumeNode()
-        volume.SetName(f"sample phase {k}")
-        set_volume_from_image(volume, image)
-        seq.SetDataNodeAtValue(volume, str(k))
-    return seq
+def browse(scene, sequence):
+    """A Sequence browser stepping through ``sequence``, with its proxy node (the phase shown)."""
+    logic = _sequences_logic(scene)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", scene.GenerateUniqueName(f"{sequence.GetName()} browser"))
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    logic.UpdateProxyNodesFromSequences(browser)
+    return browser
