@@ -375,3 +375,22 @@ def test_verbose_is_taken_before_and_after_the_subcommand(argv):
 
     assert build_parser().parse_args(argv).verbose is True
     assert build_parser().parse_args([a for a in argv if a != "--verbose"]).verbose is False
+
+
+def test_the_parser_loads_no_engine_and_every_handler_resolves():
+    """`progreg --help` and a bad argument answer without loading torch, numba or the readers:
+    each subcommand's handler is imported when it runs, by name (and every name resolves)."""
+    import subprocess
+    import sys
+
+    from conftest import MODULE_DIR
+
+    from ProgressiveRegistrationLib.cli import build_parser, handler_of
+
+    code = ("import sys\nfrom ProgressiveRegistrationLib.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'numba', 'matplotlib', 'SimpleITK', 'distributed') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert callable(handler_of(parser.get_default("func"))), name

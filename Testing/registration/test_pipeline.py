@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import EXACT_RESTORINGS, ROTATED_RESTORINGS, SAMPLE, assert_bad_input, flipped, permuted, progreg
+from conftest import EXACT_RESTORINGS, MODULE_DIR, ROTATED_RESTORINGS, SAMPLE, assert_bad_input, flipped, permuted, progreg
 
 from ProgressiveRegistrationLib.core.atomic import MANIFEST_NAME
 from ProgressiveRegistrationLib.io.landmarks import write_markups_json
@@ -158,6 +158,21 @@ def test_unusual_pairs_warn_but_run(pair, tmp_path, tiny_model):
     r = progreg("register", pair / "fixed.nrrd", tmp_path / "half.nrrd", "--out", tmp_path / "o1", "--model", tiny_model)
     assert r.returncode == 0, r.stderr
     assert "warning" in r.stderr and "outside the moving image's field of view" in r.stderr
+    # progreg.log: the run as it went (the command, the software, the progress and the warnings,
+    # with the seconds since the start), and "done" is said once the outputs are written.
+    log = (tmp_path / "o1" / "progreg.log").read_text(encoding="utf-8")
+    summary = json.loads((tmp_path / "o1" / "summary.json").read_text(encoding="utf-8"))
+    assert log.startswith("ProgressiveRegistration ") and "progreg.log" in summary["files"]
+    assert f"\ncommand: {' '.join(summary['command_line'])}\n" in log and "torch " in log and "device: cpu" in log
+    assert "refinement levels (cells of each level, as run):\n  1. " in log
+    timeline = [line for line in log.splitlines() if line.startswith("[")]
+    seconds = [float(line[1:].split(" s]")[0]) for line in timeline]
+    assert seconds == sorted(seconds) and any("WARNING" in line and "field of view" in line for line in timeline)
+    assert any("PROGRESS" in line and "refining: level 1/" in line and "mm cells)" in line for line in timeline)
+    assert f"warnings: {len(summary['warnings'])}\n" in log and summary["warnings"][0] in log
+    assert "seconds per stage: crop " in log
+    progress = [line for line in r.stderr.splitlines() if line.startswith("[")]
+    assert progress[-2].startswith("[ 95%] writing") and progress[-1] == "[100%] done", progress[-3:]
     rng = np.random.default_rng(0)
     tissue = sitk.GetImageFromArray((40 + 10 * rng.standard_normal((40, 50, 50))).astype(np.int16))
     tissue.SetSpacing((8.0, 8.0, 8.0))  # and a spacing far from thorax CT
@@ -259,3 +274,13 @@ def test_register_4d_follows_points_alike_through_a_restored_phase(demo_pair, tm
     with open(out / "phases.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert abs(float(rows[1]["volume_change_percent"]) - float(rows[2]["volume_change_percent"])) < 0.1
+
+
+def test_the_command_line_names_progreg_when_run_as_a_module(monkeypatch):
+    from ProgressiveRegistrationLib.registration.pipeline import command_line
+
+    main = MODULE_DIR / "ProgressiveRegistrationLib" / "__main__.py"
+    monkeypatch.setattr("sys.argv", [str(main), "demo", "--out", "x"])
+    assert command_line() == ["progreg", "demo", "--out", "x"]
+    monkeypatch.setattr("sys.argv", ["/home/me/my_study.py", "--fast"])
+    assert command_line() == ["my_study.py", "--fast"]

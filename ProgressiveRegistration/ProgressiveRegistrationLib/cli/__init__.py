@@ -5,12 +5,14 @@ written), 1 on an unexpected failure. An output that cannot be written (a full d
 permission, a read-only file system) is bad input too: one line naming the path. The
 library logs; this is where its log records become lines on stderr.
 
-Imports: every package but ``slicer``.
+Imports: every package but ``slicer``; the subcommands' modules only when they run
+(:mod:`.parsers` holds the arguments).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -18,11 +20,19 @@ import threading
 
 from .. import __version__
 from ..core.errors import EXIT_BAD_INPUT, InputError, write_error
-from .batch import add_batch
 from .common import configure_logging
-from .data import add_dirlab, add_phantom, add_series, add_synth, add_tre
-from .register import add_demo, add_register, add_register_4d
-from .train import add_train
+from .parsers import (
+    add_batch,
+    add_demo,
+    add_dirlab,
+    add_phantom,
+    add_register,
+    add_register_4d,
+    add_series,
+    add_synth,
+    add_train,
+    add_tre,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +61,13 @@ def _terminate(signum, frame):
     raise Terminated
 
 
+def handler_of(name: str):
+    """The function ``"module:function"`` of this package that runs a subcommand, imported now:
+    the parser is built without the engine (``progreg --help`` answers at once)."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args) or 0)
+        return int(handler_of(args.func)(args) or 0)
     except InputError as err:
         print(f"progreg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,31 +10,7 @@ from ..batch.manifest import read_manifest
 from ..batch.runner import Settings, run_batch
 from ..core.errors import InputError
 from ..registration.tolerances import load_tolerances
-from .common import add_refine_options, refinement
-
-
-def add_batch(sub) -> None:
-    p = sub.add_parser("batch", help="register every case of a manifest (a cohort) on Dask, resumably",
-                       description="A manifest row is a pair (id, fixed, moving[, fixed_landmarks, moving_landmarks, "
-                                   "moving_segmentation]) or a 4DCT (id, phases, reference); relative paths are "
-                                   "relative to the manifest. Each case is written into OUT/<id>/ as progreg register "
-                                   "or register-4d writes it; a rerun skips the cases done with the same inputs and "
-                                   "settings. OUT/cohort.csv and OUT/cohort.html hold the study.")
-    p.add_argument("manifest", help="CSV manifest of the cases")
-    p.add_argument("--out", required=True, help="output folder (a subfolder per case)")
-    p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per two cores)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--gpus-per-worker", type=int, default=0, metavar="G",
-                   help="GPUs of each local worker (a Dask resource; each case takes one; implies --device cuda)")
-    p.add_argument("--threads-per-worker", type=int, help="torch threads per worker with --scheduler (default 1)")
-    p.add_argument("--model", help="model file (default: the bundled model)")
-    p.add_argument("--device", default="auto", help="auto (CUDA where torch sees a GPU), cpu or cuda")
-    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
-    p.add_argument("--tolerances", metavar="FILE", help="YAML/JSON file of check tolerances for the reports")
-    p.add_argument("--no-report", action="store_true", help="no quality report per case")
-    add_refine_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_batch)
+from .common import refinement
 
 
 def _bar(quiet: bool):

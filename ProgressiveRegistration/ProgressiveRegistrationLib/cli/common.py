@@ -65,6 +65,9 @@ def configure_logging(command: str, verbose: bool = False) -> logging.Handler:
     stderr: ``progreg register: warning: ...``. Returns the handler (to remove it again)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(command))
+    # The level is the handler's: a run's progreg.log (registration/runlog.py) takes the INFO records
+    # that the terminal does not show.
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
     root = logging.getLogger("ProgressiveRegistrationLib")
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)

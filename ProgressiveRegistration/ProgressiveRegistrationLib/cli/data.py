@@ -24,22 +24,9 @@ from ..registration.evaluation import evaluate_dirlab
 from ..simulation.breathing import simulate
 from ..simulation.phantom import generate
 from ..training.synthesis import make_pair, pair_generator, prepare_volume
-from .common import add_device_option, add_refine_options, refinement
+from .common import refinement
 
 # --- tre ----------------------------------------------------------------------------------
-
-def add_tre(sub):
-    p = sub.add_parser("tre", help="target registration error of two landmark files, before and after a transform",
-                       description="Landmark TRE (mm). Voxel-indexed files (DIR-Lab txt, elastix 'index') need --spacing; "
-                                   "the transform maps fixed to moving points (ITK resampling direction).")
-    p.add_argument("fixed_points")
-    p.add_argument("moving_points")
-    p.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"), help="voxel spacing in mm")
-    p.add_argument("--transform", help="ITK transform (.h5, .tfm, .txt) or displacement-field image")
-    p.add_argument("--snap", action="store_true", help="round transformed points to the nearest voxel (needs --spacing)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.set_defaults(func=cmd_tre)
-
 
 def cmd_tre(args) -> int:
     fixed_lm, moving_lm = read_landmarks(args.fixed_points), read_landmarks(args.moving_points)
@@ -70,17 +57,6 @@ def cmd_tre(args) -> int:
 
 # --- dirlab -------------------------------------------------------------------------------
 
-def add_dirlab(sub):
-    p = sub.add_parser("dirlab", help="TRE of the DIR-Lab 4DCT cases (extreme phases, 300 landmarks)")
-    p.add_argument("folder", help="folder holding Case1Pack ... Case10Pack (or Case8Deploy)")
-    p.add_argument("--cases", default="1-10", help="e.g. 1-10 or 1,3,8 (default 1-10)")
-    p.add_argument("--model", help="model for the cases whose images are present (default: the bundled model)")
-    add_device_option(p)
-    p.add_argument("--json", action="store_true")
-    add_refine_options(p)
-    p.set_defaults(func=cmd_dirlab)
-
-
 def cmd_dirlab(args) -> int:
     def progress(case, message):
         print(f"case {case}: {message}", file=sys.stderr, flush=True)
@@ -109,12 +85,6 @@ def cmd_dirlab(args) -> int:
 
 # --- series -------------------------------------------------------------------------------
 
-def add_series(sub):
-    p = sub.add_parser("series", help="list the DICOM series in a folder (UID, description, slices), in phase order")
-    p.add_argument("folder")
-    p.set_defaults(func=cmd_series)
-
-
 def cmd_series(args) -> int:
     if not Path(args.folder).is_dir():
         raise InputError(f"{args.folder}: not a directory")
@@ -130,17 +100,6 @@ def cmd_series(args) -> int:
 
 
 # --- synth --------------------------------------------------------------------------------
-
-def add_synth(sub):
-    p = sub.add_parser("synth", help="write one synthetic training pair (paper Sec. II-E) of a CT image")
-    p.add_argument("image", help="CT image (NIfTI, NRRD, MHA, DIR-Lab .img) or DICOM folder")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="network grid N (a multiple of 16 for the paper's network)")
-    p.add_argument("--series", help="DICOM series UID when the folder holds several")
-    p.add_argument("--config", help="config file whose 'synthesis' section to use")
-    p.set_defaults(func=cmd_synth)
-
 
 def cmd_synth(args) -> int:
     cfg = load_config(args.config, [f"synthesis.size={args.size}"]).synthesis
@@ -174,17 +133,6 @@ def cmd_synth(args) -> int:
 
 
 # --- phantom ------------------------------------------------------------------------------------
-
-def add_phantom(sub):
-    p = sub.add_parser("phantom", help="write a procedural thorax CT phantom (and optionally a breathing pair)")
-    p.add_argument("--out", required=True, help="output image (.nii.gz, .nrrd, .mha)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, nargs=3, default=[192, 160, 128], metavar=("NX", "NY", "NZ"))
-    p.add_argument("--spacing", type=float, nargs=3, default=[1.6, 1.6, 2.5], metavar=("SX", "SY", "SZ"))
-    p.add_argument("--exhale", help="also write a simulated exhale image here, with landmark files beside it")
-    p.add_argument("--amplitude", type=float, default=20.0, help="diaphragm motion of the exhale, mm (default 20)")
-    p.set_defaults(func=cmd_phantom)
-
 
 def cmd_phantom(args) -> int:
     for path in (args.out, args.exhale):

@@ -14,41 +14,7 @@ from ..io.resources import BUNDLED_SAMPLE
 from ..registration.outputs import json_text
 from ..registration.pipeline import register_4d_files, register_files
 from ..simulation.breathing import simulate
-from .common import add_device_option, add_refine_options, progress_printer, refinement
-
-
-def add_register(sub) -> None:
-    p = sub.add_parser("register", help="register a moving CT to a fixed CT (one network pass, then a short refinement)",
-                       description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
-                                   "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
-                                   "jacobian.nrrd, summary.json, overview.png, with landmarks tre.csv, and the "
-                                   "quality report: report.html (AAPM TG-132 checks), quality.nrrd, "
-                                   "inverse_consistency.nrrd.")
-    p.add_argument("fixed", help="fixed image (e.g. inhale): file or DICOM folder")
-    p.add_argument("moving", help="moving image (e.g. exhale): file or DICOM folder")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--fixed-landmarks", help="landmarks in the fixed image (any supported format)")
-    p.add_argument("--moving-landmarks", help="corresponding landmarks in the moving image")
-    p.add_argument("--model", help="model file (default: the bundled model)")
-    add_device_option(p)
-    p.add_argument("--size", type=int, help="network grid N (default: the model's)")
-    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
-    p.add_argument("--moving-segmentation", metavar="LABELS",
-                   help="a label map on the moving image: written on the fixed grid (moving_segmentation.nrrd)")
-    p.add_argument("--fixed-segmentation", metavar="LABELS",
-                   help="a label map on the fixed image: the report compares it with the carried moving segmentation "
-                        "(Dice, mean surface distance, HD95)")
-    p.add_argument("--tolerances", metavar="FILE", help="YAML/JSON file of check tolerances for the report "
-                                                        "({check: {warn: x, fail: y}}; default: AAPM TG-132's)")
-    p.add_argument("--no-report", action="store_true", help="no quality report (report.html, quality.nrrd)")
-    p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
-    p.add_argument("--moving-series", help="DICOM series UID of the moving image")
-    add_refine_options(p)
-    p.add_argument("--no-warped", action="store_true", help="do not write warped_moving.nrrd")
-    p.add_argument("--no-overview", action="store_true", help="do not write overview.png")
-    p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=cmd_register)
+from .common import progress_printer, refinement
 
 
 def cmd_register(args) -> int:
@@ -84,16 +50,6 @@ def print_summary(summary: dict, out) -> None:
     print(f"outputs in {out}: {', '.join(summary['files'])}")
 
 
-def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="register the bundled CT sample to a simulated exhale of itself")
-    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="model file (default: the bundled model)")
-    add_device_option(p)
-    add_refine_options(p)
-    p.set_defaults(func=cmd_demo)
-
-
 def cmd_demo(args) -> int:
     refine = refinement(args)
     out = Path(args.out)
@@ -113,33 +69,6 @@ def cmd_demo(args) -> int:
                              args.model, args.device, progress=progress_printer(False), refinement=refine)
     print_summary(summary, out)
     return 0
-
-
-def add_register_4d(sub) -> None:
-    p = sub.add_parser("register-4d", help="register every phase of a 4DCT to a reference phase (motion, ventilation)",
-                       description="Registers each PHASE (moving) to the reference phase (fixed). Writes DIR/phase_<k>/ "
-                                   "(transform, jacobian.nrrd, ventilation_jacobian.nrrd, ventilation_hu.nrrd, "
-                                   "summary.json, segmentation.nrrd), and phases.csv, phases.png, summary.json and, "
-                                   "with --points, trajectories.csv. A DICOM folder holding several series expands to "
-                                   "them in phase order (see `progreg series`).")
-    p.add_argument("phases", nargs="+", metavar="PHASE", help="image file or DICOM folder (several series: all of them)")
-    p.add_argument("--reference", type=int, default=0, metavar="K", help="index of the reference phase (default 0)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--points", metavar="FILE",
-                   help="points of the reference phase (any landmark format): their position in every phase")
-    p.add_argument("--segmentation", metavar="LABELS", help="a label map to carry to every phase")
-    p.add_argument("--segmentation-phase", type=int, metavar="J",
-                   help="the phase the label map is on (default: the reference)")
-    p.add_argument("--names", nargs="+", metavar="NAME", help="the phases' names in the outputs, one per phase")
-    p.add_argument("--model", help="model file (default: the bundled model)")
-    add_device_option(p)
-    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "h5"], help="transform file format")
-    p.add_argument("--tolerances", metavar="FILE", help="YAML/JSON file of check tolerances for the reports")
-    p.add_argument("--no-report", action="store_true", help="no quality reports (report.html, per phase too)")
-    add_refine_options(p)
-    p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=cmd_register_4d)
 
 
 def cmd_register_4d(args) -> int:

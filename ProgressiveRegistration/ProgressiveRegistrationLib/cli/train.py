@@ -49,27 +49,6 @@ class ProgressBar:
             sys.stderr.write("\n")
 
 
-def add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the progressive (and baseline) network on synthetic pairs",
-                       description="Train on synthetic B-spline pairs of CT images (paper Sec. II-E/F). "
-                                   "Writes log.csv, checkpoint.pt, model.pt and figures into --out.")
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
-
-
-def add_train_arguments(p) -> None:
-    p.add_argument("--config", help="JSON or YAML config (defaults: the paper's values)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--export", action="store_true",
-                   help="only write OUT/model.pt (and model_baseline.pt) from OUT/checkpoint.pt's last snapshot")
-    p.add_argument("--smoke", action="store_true",
-                   help="a tiny run (32³, 3 levels, 120 iterations, both arms) on the bundled sample")
-    p.add_argument("--images", nargs="+", help="training images (files, folders, DICOM folders)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.iterations=500")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
 def cmd_train(args) -> int:
     overrides = list(SMOKE_OVERRIDES if args.smoke else []) + list(args.set)
     if args.images:

@@ -228,7 +228,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     for note in notes:
         if not note.startswith("landmarks:"):  # logged when found
             log.warning(note)
-    report(1.0, "done")
+    report(1.0, "registered")
     return result
 
 

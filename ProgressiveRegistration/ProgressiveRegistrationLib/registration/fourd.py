@@ -148,7 +148,7 @@ def register_phases(phases: list[sitk.Image], reference: int, model: Model, devi
     if labels is not None:
         report(0.95, "carrying the segmentation to every phase")
         propagate(result, phases, labels, labels_phase)
-    report(1.0, "done")
+    report(1.0, "every phase registered")
     return result
 
 

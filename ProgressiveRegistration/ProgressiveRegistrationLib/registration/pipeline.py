@@ -14,7 +14,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..core.atomic import OutputFolder, concurrent
+from ..core.atomic import OutputFolder, concurrent, write_text
 from ..core.checks import check_labels
 from ..core.device import pick_device
 from ..core.errors import InputError
@@ -29,6 +29,7 @@ from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers
 from .refine_config import DEFAULT as DEFAULT_REFINEMENT
 from .refine_config import RefineConfig
 from .report import fourd_report_writers, image_info, report_writers
+from .runlog import LOG_NAME, RunLog
 from .tolerances import load_tolerances
 
 
@@ -51,27 +52,38 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
     a YAML/JSON file of check tolerances.
     """
     tolerance_values = load_tolerances(tolerances)  # a bad file is refused before any work
-    with OutputFolder(out) as folder:
+    with OutputFolder(out) as folder, RunLog() as run_log:
         return _register_files(fixed, moving, folder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
-                               series, progress, refinement, write_warped, write_overview, moving_segmentation,
-                               report, fixed_segmentation, tolerance_values, tolerances)
+                               series, run_log.progress(progress), refinement, write_warped, write_overview,
+                               moving_segmentation, report, fixed_segmentation, tolerance_values, tolerances, run_log)
 
 
-#: With a report, the registration's own progress runs to this fraction, the report to 1.
-REPORT_FROM = 0.9
+#: With a report, the registration's own progress runs to this fraction, the report to WRITING_FROM.
+REPORT_FROM = 0.85
+#: Writing the outputs runs from this fraction to 1 ("done" is said when they are written).
+WRITING_FROM = 0.95
 
 
 def _until(progress, report: bool):
-    """``progress`` with the registration's fractions scaled into [0, REPORT_FROM] when a
-    report follows, so that the whole run's progress never goes back."""
-    if progress is None or not report:
-        return progress
-    return lambda fraction, message: progress(REPORT_FROM * fraction, message)
+    """``progress`` with the registration's fractions scaled into [0, REPORT_FROM] (with a
+    report) or [0, WRITING_FROM], so that the whole run's progress never goes back."""
+    if progress is None:
+        return None
+    end = REPORT_FROM if report else WRITING_FROM
+    return lambda fraction, message: progress(end * fraction, message)
+
+
+def _write(folder: OutputFolder, writers: dict, progress) -> None:
+    if progress:
+        progress(WRITING_FROM, f"writing {len(writers)} files")
+    folder.write(writers)
+    if progress:
+        progress(1.0, "done")
 
 
 def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
                     series, progress, refinement, write_warped, write_overview, moving_segmentation, report,
-                    fixed_segmentation, tolerance_values, tolerances_file) -> dict:
+                    fixed_segmentation, tolerance_values, tolerances_file, run_log: RunLog) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -123,18 +135,23 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
         extra.update(report_writers(result, summary, fixed_img, moving_img, point_labels, tolerance_values,
                                     tolerances_file, contours))
         summary["seconds"]["quality"] = round(time.perf_counter() - t0, 3)
-        if progress:
-            progress(1.0, "done")
+    extra[LOG_NAME] = lambda p: write_text(p, run_log.text(summary))
     writers = registration_writers(result, summary, fixed_img, moving_img, point_labels, fmt, write_warped,
                                    write_overview, extra)
-    folder.write(writers)
+    _write(folder, writers, progress)
     return summary
 
 
 def command_line() -> list[str]:
     """The command as it was typed (for the report's provenance): ``progreg ARGS``, or the
-    Python program that called the library."""
-    return [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+    Python program that called the library (``python -m ProgressiveRegistrationLib`` runs as
+    its ``__main__.py``, which is ``progreg``)."""
+    if not sys.argv or not sys.argv[0]:
+        return []
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py" and program.parent.name == "ProgressiveRegistrationLib":
+        return ["progreg", *sys.argv[1:]]
+    return [program.name, *sys.argv[1:]]
 
 
 def read_phases(paths: list, notes: list[str] | None = None) -> tuple[list[sitk.Image], list[str], str]:
@@ -174,13 +191,15 @@ def register_4d_files(phases: list, out: str | Path, reference: int = 0, points=
     ``names``: the phases' names in the outputs (default: file names or series descriptions).
     ``report``: ``report.html`` (one page for all phases) and each phase's own report and maps."""
     tolerance_values = load_tolerances(tolerances)
-    with OutputFolder(out) as folder:
+    with OutputFolder(out) as folder, RunLog() as run_log:
         return _register_4d_files(phases, folder, reference, points, segmentation, segmentation_phase, model, device,
-                                  refinement, fmt, progress, names, report, tolerance_values, tolerances)
+                                  refinement, fmt, run_log.progress(progress), names, report, tolerance_values,
+                                  tolerances, run_log)
 
 
 def _register_4d_files(phases, folder: OutputFolder, reference, points, segmentation, segmentation_phase, model,
-                       device, refinement, fmt, progress, names, report, tolerance_values, tolerances_file) -> dict:
+                       device, refinement, fmt, progress, names, report, tolerance_values, tolerances_file,
+                       run_log: RunLog) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     read_notes: list[str] = []
@@ -230,7 +249,6 @@ def _register_4d_files(phases, folder: OutputFolder, reference, points, segmenta
         t1 = time.perf_counter()
         extra = fourd_report_writers(result, summary, images, names, tolerance_values, tolerances_file)
         summary["seconds"]["quality"] = round(time.perf_counter() - t1, 3)
-        if progress:
-            progress(1.0, "done")
-    folder.write(fourd_writers(result, summary, images[reference], point_labels, fmt, extra))
+    extra[LOG_NAME] = lambda p: write_text(p, run_log.text(summary))
+    _write(folder, fourd_writers(result, summary, images[reference], point_labels, fmt, extra), progress)
     return summary
