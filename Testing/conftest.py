@@ -75,6 +75,25 @@ def _torch_threads():
 
 # --- helpers -----------------------------------------------------------------------------------
 
+#: How long a test waits for a process it started: generous, since a loaded 2-core machine runs a
+#: smoke training many times slower than a quiet one; one that is still running fails the test
+#: saying which command and what it had printed.
+PROCESS_TIMEOUT_S = 1800
+
+
+def run_process(args, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, **kwargs)`` with :data:`PROCESS_TIMEOUT_S`, failing clearly on it."""
+    try:
+        return subprocess.run(args, timeout=PROCESS_TIMEOUT_S, **kwargs)
+    except subprocess.TimeoutExpired as err:
+        def tail(out):
+            out = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+            return out[-3000:]
+
+        pytest.fail(f"still running after {PROCESS_TIMEOUT_S} s (a slow or loaded machine?): "
+                    f"{' '.join(map(str, args))}\nits output so far:\n{tail(err.stdout)}{tail(err.stderr)}")
+
+
 def progreg(*args, cwd=None, new_process: bool = False) -> subprocess.CompletedProcess:
     """``progreg ARGS`` as a user types it: exit code, stdout and stderr.
 
@@ -85,8 +104,8 @@ def progreg(*args, cwd=None, new_process: bool = False) -> subprocess.CompletedP
     (Dask clusters, signals, the process's environment)."""
     argv = [str(a) for a in args]
     if new_process:
-        return subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", *argv], cwd=cwd or MODULE_DIR,
-                              capture_output=True, text=True, encoding="utf-8", timeout=600)
+        return run_process([sys.executable, "-m", "ProgressiveRegistrationLib", *argv], cwd=cwd or MODULE_DIR,
+                              capture_output=True, text=True, encoding="utf-8")
     from ProgressiveRegistrationLib.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -144,10 +163,11 @@ def rotation(ax, ay, az):
 TRAIN = MODULE_DIR / "Scripts" / "train.py"  # the headless training script
 
 
-def run_train(out, *extra, env=None):
-    """``Scripts/train.py --smoke --quiet --out OUT EXTRA``: a tiny training run in a new process."""
-    return subprocess.run([sys.executable, str(TRAIN), "--smoke", "--quiet", "--out", str(out), *map(str, extra)],
-                          capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
+def run_train(out, *extra):
+    """``progreg train --smoke --quiet --out OUT EXTRA``, in this process: the command the training
+    script runs (its own start, in a new process as Slicer runs it, is
+    test_headless_slicer_command_line's); a new process per run spends seconds importing torch."""
+    return progreg("train", "--smoke", "--quiet", "--out", out, *extra)
 
 
 def read_log(out):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_process
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed: the release checks clone repositories")
 
@@ -45,7 +45,7 @@ def git(*args, cwd) -> str:
 
 
 def run_script(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300)
+    return run_process([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
 
 
 def state(repo: Path) -> tuple[str, str, str]:

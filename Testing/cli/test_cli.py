@@ -236,7 +236,7 @@ def test_cuda_without_a_gpu_is_one_notice_and_the_cpu_result(small_pair, tiny_mo
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: --device cuda runs there")
     d = small_pair[0]
-    fast = ("--model", tiny_model, "--refine-levels", "8,4", "--refine-iterations", "15", "--json", "--no-warped",
+    fast = ("--model", tiny_model, "--refine-levels", "8,4", "--refine-iterations", "15", "--json", "--no-warped", "--no-report",
             "--no-overview", "--fixed-landmarks", d / "fixed.mrk.json",
             "--moving-landmarks", d / "moving.mrk.json")
     runs = {device: _register(d, tmp_path / device, "--device", device, *fast) for device in ("cpu", "cuda", "auto")}
@@ -394,3 +394,24 @@ def test_the_parser_loads_no_engine_and_every_handler_resolves():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name, parser in sub.choices.items():
         assert callable(handler_of(parser.get_default("func"))), name
+
+
+def test_every_default_is_stated_in_the_help():
+    """Each option that has a default says it in --help (the refinement's levels say how they run)."""
+    import argparse
+
+    from ProgressiveRegistrationLib.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    missing = []
+    for name, parser in sub.choices.items():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+                continue
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+            if f"default {shown}" not in text and f"default: {shown}" not in text:
+                missing.append(f"{name} {action.option_strings[0]} ({shown})")
+    assert missing == []
+    register = " ".join(sub.choices["register"].format_help().split())
+    assert "DIR-Lab .txt (1-based voxel indices" in register and "'2' runs on 1.37 mm cells" in register

@@ -60,14 +60,13 @@ def test_field_on_another_grid_falls_back_to_itk():
 def test_numba_switch_selects_every_reference_path():
     """PROGREG_NUMBA=0 turns off every compiled kernel (transform, Jacobian, warp) at import."""
     import os
-    import subprocess
     import sys
 
-    from conftest import MODULE_DIR
+    from conftest import MODULE_DIR, run_process
 
     code = ("from ProgressiveRegistrationLib.core import fields, transforms, warp\n"
             "print([m.numba is None for m in (fields, transforms, warp)])")
     for value, expected in (("0", "[True, True, True]"), ("1", "[False, False, False]")):
-        r = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True,
-                           env={**os.environ, "PROGREG_NUMBA": value}, timeout=300)
+        r = run_process([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True,
+                           env={**os.environ, "PROGREG_NUMBA": value})
         assert r.returncode == 0 and r.stdout.strip() == expected, (value, r.stdout, r.stderr)

@@ -15,7 +15,7 @@ from conftest import assert_bad_input, progreg, rotation, write_dicom_series
 
 from ProgressiveRegistrationLib.core.errors import InputError
 from ProgressiveRegistrationLib.core.grid import Grid
-from ProgressiveRegistrationLib.io.images import list_dicom_series, read_image, write_image
+from ProgressiveRegistrationLib.io.images import DicomSeries, list_dicom_series, phase_names, read_image, write_image
 
 
 def test_dicom_series_listing_and_choice(tmp_path):
@@ -209,3 +209,17 @@ def test_unreadable_files_say_permission_denied(tmp_path):
         (tmp_path / "ct.nrrd").chmod(0o644)
         for f in (tmp_path / "dicom").iterdir():
             f.chmod(0o644)
+
+
+def test_phases_are_named_without_their_uids():
+    def series(description, **tags):
+        return DicomSeries("1.2.840.113619.2.55.3.604688119.868.1234567890.123456789012345678901234", description, (),
+                           **tags)
+
+    assert phase_names([series("T00"), series("T50")]) == ["T00", "T50"]
+    assert phase_names([series("4DCT", series_number="5"), series("4DCT", series_number="6")]) == [
+        "4DCT (series 5)", "4DCT (series 6)"]
+    assert phase_names([series("", trigger_time_ms="250"), series("")]) == ["phase 0", "phase 1"]
+    assert phase_names([series("Lung 30%", temporal_index="1"), series("Lung 30%", temporal_index="2")]) == [
+        "Lung 30% (temporal position 1)", "Lung 30% (temporal position 2)"]
+

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
-from conftest import MODULE_DIR, ROOT, SHARED
+from conftest import MODULE_DIR, ROOT, SHARED, run_process
 
 from ProgressiveRegistrationLib.core.errors import InputError
 from ProgressiveRegistrationLib.model.config import load_config
@@ -52,6 +51,6 @@ def test_configs_load_under_an_ascii_locale():
             "enc = locale.getpreferredencoding(False); assert enc.lower() in ('ansi_x3.4-1968', 'ascii'), enc; "
             "[load_config(p) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.yaml'))]")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "configs")], cwd=MODULE_DIR, env=env,
-                       capture_output=True, text=True, encoding="utf-8", timeout=120)
+    r = run_process([sys.executable, "-c", code, str(ROOT / "configs")], cwd=MODULE_DIR, env=env,
+                       capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 0, r.stderr

@@ -73,3 +73,39 @@ def test_plane_points_follow_the_pictures_orientation():
     assert x.tolist() == [3.0, 3.0, 7.2] and y.tolist() == [4.0, 0.0, 4.0]
     x, y = _in_plane("sagittal", (0, 0, 3), shape, False, pts)
     assert x.tolist() == [4.0, 4.0] and y.tolist() == [5.0, 9.0]
+
+
+def test_each_edge_names_the_side_of_the_patient_it_faces():
+    """Radiological convention for LPS storage (the patient's right on the picture's left); a
+    copy stored otherwise (NIfTI-like, sagittal) names its own edges, so every picture can be read."""
+    from ProgressiveRegistrationLib.core.grid import Grid
+    from ProgressiveRegistrationLib.registration.figures import edge_letters, slice_position
+
+    lps = Grid((40, 30, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert edge_letters(lps, "axial", False) == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    assert edge_letters(lps, "coronal", True) == {"left": "R", "right": "L", "top": "S", "bottom": "I"}
+    assert edge_letters(lps, "sagittal", True) == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
+    ras = Grid((40, 30, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    assert edge_letters(ras, "axial", False) == {"left": "L", "right": "R", "top": "P", "bottom": "A"}
+    # Sagittal storage: i runs P -> A, j runs I -> S, k runs R -> L.
+    sagittal = Grid((30, 20, 40), (1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (0, 0, 1, -1, 0, 0, 0, 1, 0))
+    assert edge_letters(sagittal, "axial", False) == {"left": "P", "right": "A", "top": "I", "bottom": "S"}
+    assert slice_position(lps, "axial", (5, 0, 0)) == "z = 10.0 mm"
+    assert slice_position(sagittal, "axial", (5, 0, 0)) == "x = 5.0 mm"
+
+
+def test_no_label_reads_minus_zero():
+    from ProgressiveRegistrationLib.registration.tolerances import signed
+
+    assert [signed(v) for v in (-0.001, 0.0, 0.04, -0.06, 1.25)] == ["0.0", "0.0", "0.0", "-0.1", "+1.2"]
+    assert signed(-0.004, 2) == "0.00"
+
+
+def test_a_plane_is_named_by_where_it_lies_in_the_patient():
+    from ProgressiveRegistrationLib.core.grid import Grid
+    from ProgressiveRegistrationLib.registration.figures import anatomical_plane
+
+    lps = Grid((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert [anatomical_plane(lps, p) for p in ("axial", "coronal", "sagittal")] == ["axial", "coronal", "sagittal"]
+    sagittal = Grid((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0, 0, 1, -1, 0, 0, 0, 1, 0))  # k runs R -> L
+    assert anatomical_plane(sagittal, "axial") == "sagittal" and anatomical_plane(sagittal, "sagittal") == "coronal"

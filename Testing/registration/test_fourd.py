@@ -128,8 +128,10 @@ def test_a_dicom_folder_with_several_series_expands_in_phase_order(tmp_path):
     other = tmp_path / "by_index"
     written = {index: write_dicom_series(other, uid, "Lung 4D", extra=(("0020|0100", index),))
                for uid, index in (("1.2.4.1", "3"), ("1.2.4.2", "1"), ("1.2.4.3", "2"))}
-    images, _, order = read_phases([other])
+    images, names, order = read_phases([other])
     assert "Temporal Position Index" in order
+    # The same description for every series: the phase tag tells them apart (never the UID).
+    assert names == ["Lung 4D (temporal position 1)", "Lung 4D (temporal position 2)", "Lung 4D (temporal position 3)"]
     for image, index in zip(images, ("1", "2", "3")):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), written[index])
     with pytest.raises(InputError, match="different patients"):

@@ -3,6 +3,7 @@ summary.json is strict JSON."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -28,11 +29,15 @@ def test_tre_csv_round_trip(tmp_path):
     lm = {"fixed_lps": rng.normal(size=(4, 3)), "moving_lps": rng.normal(size=(4, 3)),
           "predicted_lps": rng.normal(size=(4, 3)), "before_mm": rng.random(4), "network_mm": rng.random(4),
           "after_mm": rng.random(4)}
+    lm["network_mm"], lm["after_mm"] = np.array([1.0, 0.6, 0.51, 2.0]), np.array([0.9, 1.05, 2.82, 1.0])  # c: worse
     write_tre_csv(tmp_path / "tre.csv", lm, ["a", "b", "c", "d"])
     labels, before, network, after = read_tre_csv(tmp_path / "tre.csv")
     assert labels == ["a", "b", "c", "d"]
     for read, wrote in ((before, "before_mm"), (network, "network_mm"), (after, "after_mm")):
         np.testing.assert_allclose(read, lm[wrote], atol=1e-4)
+    with open(tmp_path / "tre.csv", newline="", encoding="utf-8") as f:
+        worse = [row["worse_after_refinement"] for row in csv.DictReader(f)]
+    assert worse == ["0", "0", "1", "0"]
 
 
 def test_jacobian_image_lies_on_the_transform_grid(tiny_model):

@@ -56,7 +56,7 @@ def _check_outputs(pair, out, summary):
     names = {p.name for p in out.iterdir()}
     # and the one hidden file: the list of this run's outputs (a rerun removes what it does not write again)
     assert names == {"transform.nrrd", "warped_moving.nrrd", "jacobian.nrrd", "tre.csv", "summary.json", "overview.png",
-                     "report.html", "quality.nrrd", "inverse_consistency.nrrd", MANIFEST_NAME}
+                     "report.html", "quality.nrrd", "inverse_consistency.nrrd", "progreg.log", MANIFEST_NAME}
     # Written through temporary files, yet readable like any file the user writes (not mkstemp's 0600).
     umask = os.umask(0)
     os.umask(umask)
@@ -163,6 +163,7 @@ def test_unusual_pairs_warn_but_run(pair, tmp_path, tiny_model):
     log = (tmp_path / "o1" / "progreg.log").read_text(encoding="utf-8")
     summary = json.loads((tmp_path / "o1" / "summary.json").read_text(encoding="utf-8"))
     assert log.startswith("ProgressiveRegistration ") and "progreg.log" in summary["files"]
+    assert summary["command_line"][:3] == ["progreg", "register", str(pair / "fixed.nrrd")]  # not pytest's argv
     assert f"\ncommand: {' '.join(summary['command_line'])}\n" in log and "torch " in log and "device: cpu" in log
     assert "refinement levels (cells of each level, as run):\n  1. " in log
     timeline = [line for line in log.splitlines() if line.startswith("[")]

@@ -175,6 +175,26 @@ def test_a_good_run_with_one_outlier_and_a_speck_of_folding_warns_and_names_them
     assert _info(q, "tre_max_mm")["value"] == 15.0 and _info(q, "tre_max_mm")["note"] == "landmark P08"
 
 
+def test_landmarks_the_refinement_made_worse_are_listed(good, base, pair):
+    """A refined run whose refinement moved two landmarks away from their partners (the 0.51 ->
+    2.82 mm of a real case): counted and named, worst first, as information; none without a
+    refinement (the network's field is then the result)."""
+    n = len(pair.fixed_points_lps)
+    network = np.full(n, 1.0)
+    after = np.full(n, 0.8)
+    network[[3, 9]] = [0.51, 1.2]
+    after[[3, 9]] = [2.82, 1.9]
+    after[5] = 1.4  # 0.4 mm worse: within REFINEMENT_WORSE_MM, not listed
+    result = dataclasses.replace(_landmarks(good, base, after), refinement=[{"spacing_mm": [2.0] * 3}])
+    result.landmarks["network_mm"] = network
+    labels = [f"F-{i}" for i in range(1, n + 1)]
+    info = _info(_quality(result, pair, labels=labels), "landmarks_worse_after_refinement")
+    assert info["value"] == 2 and info["note"].startswith("F-4 0.51 → 2.82 mm, F-10 1.2 → 1.9 mm")
+    unrefined = dataclasses.replace(result, refinement=None)
+    assert not any(r["check"] == "landmarks_worse_after_refinement"
+                   for r in _quality(unrefined, pair, labels=labels)["information"])
+
+
 def test_a_failed_registration_fails_on_its_landmarks(good, base, pair):
     """The other end: a 113-mm failure, and a large share (5 of 40) beyond 5 mm."""
     n = len(pair.fixed_points_lps)

@@ -222,6 +222,8 @@ def test_refined_run_reports_network_and_refined_tre(files, tmp_path, tiny_model
         rows = list(csv.DictReader(f))
     assert np.mean([float(row["tre_network_mm"]) for row in rows]) == pytest.approx(s["tre_network_mm"]["mean"], abs=1e-3)
     assert np.mean([float(row["tre_after_mm"]) for row in rows]) == pytest.approx(s["tre_after_mm"]["mean"], abs=1e-3)
+    assert [row["worse_after_refinement"] == "1" for row in rows] == [
+        float(row["tre_after_mm"]) - float(row["tre_network_mm"]) > 0.5 for row in rows]
     # The network-only TRE of a refined run is the one-pass run's (the field is the same,
     # only sampled on a finer grid).
     one = json.loads(_register(files, tmp_path / "one", "--model", tiny_model, "--no-refine").stdout)

@@ -13,12 +13,11 @@ import io
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SAMPLE, progreg, write_dicom_series
+from conftest import SAMPLE, progreg, run_process, write_dicom_series
 
 from ProgressiveRegistrationLib.io.landmarks import write_markups_json
 from ProgressiveRegistrationLib.model.modelfile import load_model
@@ -117,12 +116,12 @@ def test_chromium_renders_the_report_to_png_and_pdf(registered, tmp_path):
     url = (out / "report.html").as_uri()
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
     png, pdf = tmp_path / "page.png", tmp_path / "page.pdf"
-    subprocess.run([CHROMIUM, *FLAGS, *profile, f"--screenshot={png}", "--window-size=1200,2600", url],
-                   capture_output=True, timeout=120, check=True)
-    subprocess.run([CHROMIUM, *FLAGS, *profile, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", url],
-                   capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([CHROMIUM, *FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True,
-                         encoding="utf-8", errors="replace", timeout=120, check=True).stdout
+    run_process([CHROMIUM, *FLAGS, *profile, f"--screenshot={png}", "--window-size=1200,2600", url],
+                   capture_output=True, check=True)
+    run_process([CHROMIUM, *FLAGS, *profile, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", url],
+                   capture_output=True, check=True)
+    dom = run_process([CHROMIUM, *FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True,
+                         encoding="utf-8", errors="replace", check=True).stdout
     pixels = imread(png)
     assert pixels.shape[:2] == (2600, 1200) and pixels[..., :3].std() > 0.1  # not a blank page
     # The verdict badges are drawn in their colours (green PASS at least once).
@@ -240,9 +239,9 @@ def test_folding_value_tolerance_and_verdict_agree_on_the_rendered_page(speck):
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
 def test_folding_row_as_chromium_renders_it(speck, tmp_path):
     d, summary, _ = speck
-    dom = subprocess.run([CHROMIUM, *FLAGS, "--user-data-dir=" + str(tmp_path / "profile"), "--dump-dom",
+    dom = run_process([CHROMIUM, *FLAGS, "--user-data-dir=" + str(tmp_path / "profile"), "--dump-dom",
                           (d / "report.html").as_uri()], capture_output=True, text=True, encoding="utf-8",
-                         errors="replace", timeout=120, check=True).stdout
+                         errors="replace", check=True).stdout
     row = next(r for r in summary["quality"]["checks"] if r["check"] == "folding_percent")
     assert re.search(rf"{re.escape(value_text(row))}\s*</td>\s*<td[^>]*>PASS ≤ 0, WARN ≤ 0.01, FAIL &gt; 0.01</td>"
                      rf'\s*<td><span[^>]*data-verdict="WARN"', dom)

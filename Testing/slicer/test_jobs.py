@@ -389,7 +389,7 @@ def test_export_run_poll_and_load_like_the_module(tmp_path, tiny_model):
     # The module shows the transform itself: no warped image, no overview figure.
     written = {p.name for p in (work / "out").iterdir() if p.name != ".progreg-outputs.json"}
     assert written == {"transform.nrrd", "jacobian.nrrd", "summary.json", "tre.csv", "report.html", "quality.nrrd",
-                       "inverse_consistency.nrrd"}
+                       "inverse_consistency.nrrd", "progreg.log"}
     result = mrml.load_results(scene, export)
     # The quality checks as a table node (PASS / WARN / FAIL as summary.json has them), the doubt
     # map with its colour table, and the report kept before the work folder goes.

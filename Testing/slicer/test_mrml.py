@@ -163,6 +163,15 @@ def test_table_equals_cli_tre_csv(scene, tiny_model, tmp_path):
     assert loaded.folding_percent == pytest.approx(direct.folding_percent)
 
 
+def test_the_tre_table_marks_the_landmarks_the_refinement_made_worse(scene):
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    mrml.set_tre_table(node, ["F-1", "F-2", "F-3"], np.array([5.0, 4.0, 6.0]), np.array([0.51, 1.0, 2.0]),
+                       np.array([2.82, 1.3, 1.0]))
+    table = node.GetTable()
+    assert table.GetColumnName(4) == mrml.WORSE_COLUMN
+    assert [table.GetValue(i, 4).ToString() for i in range(5)] == ["+2.31 mm", "", "", "", ""]
+
+
 def test_bad_input_leaves_no_nodes(scene, tiny_model):
     fixed, moving, fpts, mpts = inprocess.sample_pair_nodes(scene)
     flat = mrml.add_volume_node(scene, sitk.GetImageFromArray(np.random.rand(1, 20, 20).astype(np.float32)), "flat")

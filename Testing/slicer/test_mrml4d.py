@@ -5,14 +5,13 @@ segmentation out, indexed and named as the input Sequence, with nothing temporar
 from __future__ import annotations
 
 import csv
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import MODULE_DIR
+from conftest import MODULE_DIR, run_process
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
@@ -106,8 +105,8 @@ def run(images, tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("cli")
     job = mrml4d.export_4d_job(scene, seq, 1, work, points=points, segmentation=seg, segmentation_phase=0,
                                target_phase=2)
-    cli = subprocess.run(job.command(sys.executable, tiny_model, refine=False), cwd=MODULE_DIR, capture_output=True,
-                         text=True, encoding="utf-8", timeout=600)
+    cli = run_process(job.command(sys.executable, tiny_model, refine=False), cwd=MODULE_DIR, capture_output=True,
+                         text=True, encoding="utf-8")
     assert cli.returncode == 0, cli.stderr
     return SimpleNamespace(scene=scene, seq=seq, seg=seg, points=points, result=r, job=job, phases=phases,
                            voxels_before=voxels_before, before=before, model=tiny_model, study=study)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import torch
-from conftest import TRAIN, read_log, run_train
+from conftest import TRAIN, read_log, run_process, run_train
 
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.training.checkpoint import read_checkpoint
@@ -102,21 +101,21 @@ def test_headless_slicer_command_line(tmp_path):
     """`Slicer --python-script train.py -- ARGS` gives the script ["--", *ARGS]: a leading `--`
     is accepted; errors end the process with a non-zero code instead of leaving it running."""
     out = tmp_path / "headless"
-    r = subprocess.run([sys.executable, str(TRAIN), "--", "--smoke", "--quiet", "--out", str(out), "--set",
+    r = run_process([sys.executable, str(TRAIN), "--", "--smoke", "--quiet", "--out", str(out), "--set",
                         "train.iterations=2", "train.snapshot_every=1"], capture_output=True, text=True,
-                       encoding="utf-8", timeout=600)
+                       encoding="utf-8")
     assert r.returncode == 0, r.stderr
     assert len(read_log(out)) == 2 and (out / "model.pt").is_file()
-    r = subprocess.run([sys.executable, str(TRAIN), "--", "--smoke", "--out", str(tmp_path / "bad"), "--set",
-                        "train.bogus=1"], capture_output=True, text=True, encoding="utf-8", timeout=600)
+    r = run_process([sys.executable, str(TRAIN), "--", "--smoke", "--out", str(tmp_path / "bad"), "--set",
+                        "train.bogus=1"], capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 2 and "unknown key" in r.stderr
-    r = subprocess.run([sys.executable, str(TRAIN), "--", "--out", str(tmp_path / "o"), "--no-such-option"],
-                       capture_output=True, text=True, encoding="utf-8", timeout=600)
+    r = run_process([sys.executable, str(TRAIN), "--", "--out", str(tmp_path / "o"), "--no-such-option"],
+                       capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 2 and "unrecognized arguments: --no-such-option" in r.stderr
     # An unexpected failure (the output path is a file) is exit code 1 with its traceback.
     (tmp_path / "file").write_text("x", encoding="utf-8")
-    r = subprocess.run([sys.executable, str(TRAIN), "--", "--smoke", "--quiet", "--out", str(tmp_path / "file" / "run")],
-                       capture_output=True, text=True, encoding="utf-8", timeout=600)
+    r = run_process([sys.executable, str(TRAIN), "--", "--smoke", "--quiet", "--out", str(tmp_path / "file" / "run")],
+                       capture_output=True, text=True, encoding="utf-8")
     assert r.returncode != 0 and r.stderr.strip(), r.stderr
 
 
@@ -169,9 +168,9 @@ def test_landmark_validation_and_image_folders(tmp_path):
 def test_two_process_distributed_run(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    r = run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(TRAIN), "--smoke", "--quiet", "--out", str(out), "--set", "train.iterations=6",
                         "train.snapshot_every=3", "train.threads=1"],
-                       capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
+                       capture_output=True, text=True, encoding="utf-8", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(read_log(out)) == 2 and (out / "model.pt").is_file()

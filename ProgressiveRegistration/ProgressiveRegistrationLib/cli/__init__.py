@@ -20,6 +20,7 @@ import threading
 
 from .. import __version__
 from ..core.errors import EXIT_BAD_INPUT, InputError, write_error
+from ..registration.runlog import COMMAND
 from .common import configure_logging
 from .parsers import (
     add_batch,
@@ -71,6 +72,8 @@ def handler_of(name: str):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Called from Python with its arguments: the provenance is this command, not the caller's sys.argv.
+    token = COMMAND.set(["progreg", *map(str, argv)]) if argv is not None else None
     handler = configure_logging(args.command, args.verbose)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         handler.close()
         logging.getLogger("ProgressiveRegistrationLib").removeHandler(handler)
+        if token is not None:
+            COMMAND.reset(token)
 
 
 if __name__ == "__main__":  # pragma: no cover

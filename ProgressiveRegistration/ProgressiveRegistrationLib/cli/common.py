@@ -37,7 +37,11 @@ def add_refine_options(p) -> None:
     levels = ",".join(f"{v:g}" for v in DEFAULT_REFINEMENT.levels_mm)
     iterations = ",".join(map(str, DEFAULT_REFINEMENT.iterations))
     g.add_argument("--refine-levels", metavar="MM[,MM...]",
-                   help=f"grid spacing of each refinement level, coarse to fine (default {levels})")
+                   help=f"nominal grid spacing of each refinement level, mm, coarse to fine (default {levels}). A "
+                        "level's cells are whole numbers of the image's voxels per axis, the number nearest to the "
+                        "spacing, within 20 %% of it (the finest level never coarser by more, the others never finer), "
+                        "at least one voxel: '2' runs on 1.37 mm cells of 1.37 mm voxels, on 2.73 x 2.73 x 5 mm cells "
+                        "of 2.73 x 2.73 x 5 mm voxels. The progress lines and progreg.log give the cells as run")
     g.add_argument("--refine-iterations", metavar="N[,N...]",
                    help=f"iterations per level: one count for all, or one per level (default {iterations})")
 

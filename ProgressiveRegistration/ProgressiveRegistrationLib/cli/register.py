@@ -13,6 +13,7 @@ from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
 from ..registration.outputs import json_text
 from ..registration.pipeline import register_4d_files, register_files
+from ..registration.tolerances import signed
 from ..simulation.breathing import simulate
 from .common import progress_printer, refinement
 
@@ -82,7 +83,7 @@ def cmd_register_4d(args) -> int:
         print(f"{len(summary['phases'])} phases, reference {summary['reference']} (order: {summary['order']})")
         print(f"{'phase':>5} {'volume change':>14} {'mean |d|':>9} {'p95 |d|':>8} {'folding':>8}  name")
         for r in summary["phases"]:
-            print(f"{r['phase']:>5} {r['volume_change_percent']:>+13.2f}% {r['mean_displacement_mm']:>8.2f}mm "
+            print(f"{r['phase']:>5} {signed(r['volume_change_percent'], 2):>13}% {r['mean_displacement_mm']:>8.2f}mm "
                   f"{r['p95_displacement_mm']:>6.2f}mm {r['folding_percent']:>7.3f}%  {r['name']}")
         print(f"outputs in {args.out}: {', '.join(f for f in summary['files'] if '/' not in f)} and phase_*/")
     return 0

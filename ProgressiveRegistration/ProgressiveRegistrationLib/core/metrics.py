@@ -22,6 +22,18 @@ def tre_mm(predicted_lps: np.ndarray, moving_lps: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(predicted_lps) - np.asarray(moving_lps), axis=1)
 
 
+#: A landmark counts as made worse by the refinement when its TRE after refinement exceeds that of
+#: the network alone by more than this (mm): above the refinement's sub-voxel jitter, and the size
+#: of change a reader of the TRE table would act on.
+REFINEMENT_WORSE_MM = 0.5
+
+
+def worse_after_refinement(network_mm: np.ndarray, after_mm: np.ndarray) -> np.ndarray:
+    """Per landmark (bool): the refinement moved its prediction more than
+    :data:`REFINEMENT_WORSE_MM` further from its partner than the network alone had it."""
+    return np.asarray(after_mm, dtype=np.float64) - np.asarray(network_mm, dtype=np.float64) > REFINEMENT_WORSE_MM
+
+
 def snap_to_voxel(points_lps: np.ndarray, grid: Grid) -> np.ndarray:
     """Round LPS points to the nearest voxel centre of ``grid`` (DIR-Lab leaderboard rule)."""
     return grid.points_to_lps(np.round(grid.points_to_index(points_lps)))

@@ -144,6 +144,27 @@ def phase_order(series: list[DicomSeries]) -> tuple[list[DicomSeries], str]:
     return sorted(series, key=lambda s: s.uid), "Series Instance UID (no phase tag)"
 
 
+def phase_names(series: list[DicomSeries]) -> list[str]:
+    """A short, distinct name per series of a 4DCT export, for tables and figures: its
+    description where the descriptions tell the series apart; else the description with the
+    first phase tag that does (phase %, Temporal Position Index, Trigger Time, Series Number),
+    else with its position in the list; never the 64-character Series Instance UID."""
+    descriptions = [s.description.strip() for s in series]
+    if all(descriptions) and len(set(descriptions)) == len(descriptions):
+        return descriptions
+    tags = ((lambda s: f"{s.phase_percent:g} %" if s.phase_percent is not None else ""),
+            (lambda s: f"temporal position {s.temporal_index}" if s.temporal_index else ""),
+            (lambda s: f"trigger {s.trigger_time_ms} ms" if s.trigger_time_ms else ""),
+            (lambda s: f"series {s.series_number}" if s.series_number else ""))
+    chosen = [f"phase {k}" for k in range(len(series))]
+    for tag in tags:
+        values = [tag(s) for s in series]
+        if all(values) and len(set(values)) == len(values):
+            chosen = values
+            break
+    return [f"{d} ({t})" if d else t for d, t in zip(descriptions, chosen)]
+
+
 #: The option that picks a series, by what the caller reads (``what`` of :func:`read_image`).
 SERIES_OPTIONS = {"fixed image": "--fixed-series", "moving image": "--moving-series"}
 

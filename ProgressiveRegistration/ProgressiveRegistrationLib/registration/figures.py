@@ -8,6 +8,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.atomic import write_file
+from .display import JACOBIAN_RANGE, VENTILATION_NOISE_SD, VENTILATION_NOISE_SD_NETWORK_ALONE, VENTILATION_RANGE
+from .tolerances import signed
 
 
 def pyplot():
@@ -44,6 +46,81 @@ def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([fa, mb, fa], -1)
 
 
+# --- orientation: which side of the patient each edge of a picture faces ------------------
+
+#: det J's colours in every figure: compressed (< 1) purple, expanded (> 1) orange.
+JACOBIAN_COLOURS = {"cmap": "PuOr_r", "vmin": JACOBIAN_RANGE[0], "vmax": JACOBIAN_RANGE[1]}
+
+#: The patient's side a positive / negative LPS axis points to.
+_TOWARDS, _AWAY = "LPS", "RAI"
+_OPPOSITE = dict(zip("LPSRAI", "RAILPS"))
+#: Per plane, the grid's index axes (0 = i, 1 = j, 2 = k) along the picture's columns, along its
+#: rows, and across the plane.
+PLANE_AXES = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
+
+
+def side(direction) -> str:
+    """The patient's side (L, R, P, A, S, I) an LPS direction points to most."""
+    a = int(np.argmax(np.abs(direction)))
+    return _TOWARDS[a] if direction[a] > 0 else _AWAY[a]
+
+
+def edge_letters(grid, plane: str, flip: bool) -> dict[str, str]:
+    """The patient's side each edge of a picture of ``plane`` faces: ``{"left", "right", "top",
+    "bottom"}``; the picture shows ``grid``'s array with its column index growing to the right
+    and its row index downwards (``flip``: the rows drawn in reverse, superior up)."""
+    h, v, _ = PLANE_AXES[plane]
+    d = grid.direction_matrix
+    right, bottom = side(d[:, h]), side(-d[:, v] if flip else d[:, v])
+    return {"left": _OPPOSITE[right], "right": right, "top": _OPPOSITE[bottom], "bottom": bottom}
+
+
+def anatomical_plane(grid, plane: str) -> str:
+    """What an index plane of ``grid`` is in the patient: ``plane`` names the plane of the
+    array (k, j or i constant, as stored in LPS order); an image stored otherwise (sagittal
+    slices, say) has its "axial" array plane lying sagittally."""
+    normal = side(grid.direction_matrix[:, PLANE_AXES[plane][2]])
+    return {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal"}.get(normal, "sagittal")
+
+
+def slice_position(grid, plane: str, centre_kji) -> str:
+    """Where the plane through ``centre_kji`` lies: its LPS coordinate across the plane, e.g.
+    ``"z = -1274.5 mm"``."""
+    normal = grid.direction_matrix[:, PLANE_AXES[plane][2]]
+    a = int(np.argmax(np.abs(normal)))
+    lps = grid.points_to_lps(np.array([np.asarray(centre_kji, dtype=np.float64)[::-1]]))[0]
+    return f"{'xyz'[a]} = {lps[a]:.1f} mm"
+
+
+def orient(ax, grid, plane: str, flip: bool, scale: bool = True) -> None:
+    """Letters at the picture's edges (the patient's side each faces) and, with ``scale``, a
+    bar of a round number of millimetres in its lower left corner."""
+    import matplotlib.patheffects as effects
+
+    outline = [effects.withStroke(linewidth=2.2, foreground="black")]
+    style = {"color": "white", "fontsize": 8, "fontweight": "bold", "path_effects": outline, "transform": ax.transAxes}
+    letters = edge_letters(grid, plane, flip)
+    ax.text(0.015, 0.5, letters["left"], ha="left", va="center", **style)
+    ax.text(0.985, 0.5, letters["right"], ha="right", va="center", **style)
+    ax.text(0.5, 0.985, letters["top"], ha="center", va="top", **style)
+    ax.text(0.5, 0.015, letters["bottom"], ha="center", va="bottom", **style)
+    if not scale:
+        return
+    h, v, _ = PLANE_AXES[plane]
+    columns, rows = grid.size[h], grid.size[v]
+    spacing = grid.spacing_mm[h]
+    fits = [mm for mm in (5, 10, 20, 50, 100, 200) if mm <= columns * spacing / 3]
+    if not fits:
+        return
+    length = fits[-1]
+    x0, y = 0.06 * columns, rows - 1 - 0.09 * rows
+    ax.plot([x0, x0 + length / spacing], [y, y], color="white", lw=2.5, solid_capstyle="butt", path_effects=outline)
+    ax.text(x0 + 0.5 * length / spacing, y - 0.02 * rows, f"{length} mm", ha="center", va="bottom", color="white",
+            fontsize=7, path_effects=outline)
+    ax.set_xlim(-0.5, columns - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+
+
 def overview_figure(fixed, moving, result, path) -> None:
     """Fig. 8-like overview: overlays before/after, Jacobian slice, TRE histogram."""
 
@@ -59,16 +136,19 @@ def overview_figure(fixed, moving, result, path) -> None:
     aspect = sz / sx
     has_tre = result.landmarks is not None
     ncol = 4 if has_tre else 3
-    height_mm = f.shape[0] * sz
-    width_mm = f.shape[1] * sx
-    panel_w = 3.6 * min(1.6, max(0.5, width_mm / height_mm))
-    fig, axes = plt.subplots(1, ncol, figsize=(panel_w * 3 + (4.0 if has_tre else 0), 4.2),
-                             gridspec_kw={"width_ratios": [1, 1, 1.15] + ([1.6 * 3.6 / panel_w] if has_tre else [])})
+    # Panels as tall as the figure allows and as wide as the slice's proportions make them.
+    height_mm, width_mm = f.shape[0] * sz, f.shape[1] * sx
+    panel_h = 5.2
+    panel_w = float(np.clip(panel_h * width_mm / height_mm, 1.6, 6.0))
+    tre_w = 5.0 if has_tre else 0.0
+    fig, axes = plt.subplots(1, ncol, figsize=(3 * panel_w + 1.4 + tre_w, panel_h + 1.3),
+                             gridspec_kw={"width_ratios": [panel_w, panel_w, panel_w + 1.0] + ([tre_w] if has_tre else [])})
     flip = fixed_grid.direction_matrix[2, 2] > 0  # show superior at the top
     for ax, img, title in ((axes[0], _overlay(f, before), "before"), (axes[1], _overlay(f, after), "after")):
         ax.imshow(img[::-1] if flip else img, aspect=aspect)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
+        orient(ax, fixed_grid, "coronal", flip)
     jac_grid = result.out_grid
     jj = int(np.clip(round(jac_grid.points_to_index(centre)[0, 1]), 0, jac_grid.size[1] - 1))
     jac = result.jacobian[:, jj, :]
@@ -77,12 +157,13 @@ def overview_figure(fixed, moving, result, path) -> None:
     ct = _coronal_on(fixed, jac_grid, jj)
     axes[2].imshow(ct[::-1] if flip else ct, cmap="gray", vmin=-1000, vmax=400, aspect=jac_aspect)
     shown = np.where(body, jac, np.nan)
-    im = axes[2].imshow(shown[::-1] if flip else shown, cmap="PuOr_r", vmin=0, vmax=2, alpha=0.75, aspect=jac_aspect)
+    im = axes[2].imshow(shown[::-1] if flip else shown, **JACOBIAN_COLOURS, alpha=0.75, aspect=jac_aspect)
     folded = np.where(body & (jac <= 0), 1.0, np.nan)
     axes[2].imshow(folded[::-1] if flip else folded, cmap="autumn", vmin=0, vmax=1, aspect=jac_aspect)
-    axes[2].set_title(f"Jacobian det.\nfolding {result.folding_percent:.2f} % (red)", fontsize=9)
+    axes[2].set_title(f"Jacobian determinant\nfolding {result.folding_percent:.2f} % (red)", fontsize=9)
     axes[2].axis("off")
-    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    orient(axes[2], jac_grid, "coronal", flip)
+    fig.colorbar(im, ax=axes[2], fraction=0.08, label="det J: < 1 compressed, > 1 expanded")
     if has_tre:
         b, a = result.landmarks["before_mm"], result.landmarks["after_mm"]
         refined = result.refinement is not None
@@ -97,9 +178,12 @@ def overview_figure(fixed, moving, result, path) -> None:
         axes[3].set_ylabel("landmarks")
         axes[3].legend(fontsize=8)
         axes[3].set_title(f"Landmark TRE (n = {len(a)})", fontsize=9)
-    fig.suptitle("Coronal slice: fixed in magenta, moving in green (grey where they agree)", fontsize=9)
+    position = slice_position(fixed_grid, "coronal", (0, j, 0))
+    plane = anatomical_plane(fixed_grid, "coronal").capitalize()
+    fig.suptitle(f"{plane} slice at {position} (LPS): fixed in magenta, moving in green (grey where they agree); "
+                 "letters: the patient's side", fontsize=9)
     fig.tight_layout()
-    write_file(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=130))
     plt.close(fig)
 
 
@@ -120,22 +204,27 @@ def phases_figure(fourd, reference_image, path) -> None:
     has_points = fourd.phases[0].points_lps is not None
     per_row = min(n, 5)
     rows = -(-n // per_row)
-    fig = plt.figure(figsize=(2.4 * per_row + 1.0, 2.6 * rows + 3.2), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * rows, 3.2])
+    fig = plt.figure(figsize=(3.0 * per_row + 1.2, 3.8 * rows + 3.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.8 * rows, 3.4])
     axes = np.atleast_1d(top.subplots(rows, per_row)).ravel()
-    values = np.concatenate([p.ventilation_jacobian[lungs] for p in fourd.phases]) if lungs.any() else np.zeros(1)
-    vmax = max(0.05, float(np.percentile(np.abs(values), 98)))
+    low, high = VENTILATION_RANGE  # fixed: a range scaled to each run makes noise look like ventilation
+    refined = any(p.result is not None and p.result.refinement is not None for p in fourd.phases)
+    noise = VENTILATION_NOISE_SD if refined else VENTILATION_NOISE_SD_NETWORK_ALONE
     image = None
     for ax in axes:
         ax.axis("off")
-    for phase, ax in zip(fourd.phases, axes):
+    for k, (phase, ax) in enumerate(zip(fourd.phases, axes)):
         v = np.where(lungs[:, j, :], phase.ventilation_jacobian[:, j, :], np.nan)
         ax.imshow(ct[::-1] if flip else ct, cmap="gray", vmin=-1000, vmax=400, aspect=aspect)
-        image = ax.imshow(v[::-1] if flip else v, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect=aspect, alpha=0.85)
+        image = ax.imshow(v[::-1] if flip else v, cmap="RdBu_r", vmin=low, vmax=high, aspect=aspect, alpha=0.85)
+        name = phase.name if phase.name and len(phase.name) <= 24 else str(phase.index)
         change = phase.volume["change_percent"]
-        ax.set_title(f"{phase.index}: reference" if phase.is_reference else f"{phase.index}: {change:+.1f} %", fontsize=9)
+        ax.set_title(f"{name}: reference" if phase.is_reference else f"{name}: {signed(change)} %", fontsize=9)
+        orient(ax, grid, "coronal", flip, scale=k == 0)
     top.colorbar(image, ax=axes.tolist(), fraction=0.03, label="det J − 1 (ml/ml)")
-    top.suptitle("Jacobian ventilation against the reference (coronal slice), lung volume change per phase", fontsize=9)
+    top.suptitle(f"Jacobian ventilation against the reference (always {low:g} to {high:+g} ml/ml; a phase that only moved "
+                 f"rigidly reads 0 ± {noise:g}), {anatomical_plane(grid, 'coronal')} slice at "
+                 f"{slice_position(grid, 'coronal', (0, j, 0))} (LPS); lung volume change per phase", fontsize=9)
     phases = [p.index for p in fourd.phases]
     plots = bottom.subplots(1, 2 if has_points else 1, squeeze=False)[0]
     ax = plots[0]
@@ -161,7 +250,7 @@ def phases_figure(fourd, reference_image, path) -> None:
         ax.set_xlabel("phase")
         ax.set_ylabel("distance from reference (mm)")
         ax.set_title(f"point trajectories (n = {distance.shape[1]})", fontsize=9)
-    write_file(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
 
 
@@ -237,8 +326,10 @@ def _plane_limits(ax, name, grid) -> None:
 
 
 def review_figure(result, maps) -> bytes:
-    """TG-132's visual review on three planes through the lungs: checkerboards and |ΔHU|
-    before and after, det J (folding in red), |d| with the deformed grid, and the doubt map."""
+    """TG-132's visual review on three planes through the lungs, two rows per plane: the
+    checkerboards and |ΔHU| before and after; det J (folding in red), |d| with the deformed grid,
+    and the doubt map. Each picture has the patient's sides at its edges and a mm scale bar; each
+    plane says where it lies (LPS)."""
     plt = pyplot()
     grid, lungs, body, jacobian = maps.grid, maps.lungs, maps.body, maps.jacobian
     centre = np.round(np.argwhere(lungs).mean(0)).astype(int) if lungs.any() else np.asarray(grid.shape_zyx) // 2
@@ -250,36 +341,45 @@ def review_figure(result, maps) -> bytes:
     kk, jj, ii = np.ogrid[: grid.shape_zyx[0], : grid.shape_zyx[1], : grid.shape_zyx[2]]
     board = ((kk // tile[2]) + (jj // tile[1]) + (ii // tile[0])) % 2 == 0
     folds = folding_points_lps(result)
-    columns = ["checkerboard before", "checkerboard after", "|ΔHU| before", "|ΔHU| after",
-               "det J (folding: red ○)", "|d| (mm), deformed grid", "doubt: 1 − local NCC"]
-    fig, axes = plt.subplots(3, len(columns), figsize=(2.0 * len(columns), 6.9), squeeze=False, layout="constrained")
+    titles = [["checkerboard before", "checkerboard after", "|ΔHU| before", "|ΔHU| after"],
+              ["det J (folding: red ○)", "|d| and the deformed grid", "doubt: 1 − local NCC", ""]]
+    fig, axes = plt.subplots(6, 4, figsize=(12.0, 16.2), squeeze=False, layout="constrained")
     window = {"cmap": "gray", "vmin": -1000, "vmax": 300}
     vmax_d = max(1.0, float(np.percentile(magnitude[body], 99))) if body.any() else 1.0
     for r, (name, cut, aspect, flip) in enumerate(_planes(grid, centre)):
+        top, low = axes[2 * r], axes[2 * r + 1]
+
         def show(ax, a, cut=cut, flip=flip, aspect=aspect, **kw):
             a = cut(a)
             return ax.imshow(a[::-1] if flip else a, aspect=aspect, interpolation="nearest", **kw)
 
-        show(axes[r, 0], np.where(board, fixed, before), **window)
-        show(axes[r, 1], np.where(board, fixed, after), **window)
-        show(axes[r, 2], np.abs(fixed - before), cmap="magma", vmin=0, vmax=500)
-        diff = show(axes[r, 3], np.abs(fixed - after), cmap="magma", vmin=0, vmax=500)
-        show(axes[r, 4], fixed, **window)
-        jac = show(axes[r, 4], np.where(body, jacobian, np.nan), cmap="PuOr_r", vmin=0, vmax=2, alpha=0.8)
-        show(axes[r, 4], np.where(body & (jacobian <= 0), 0.0, np.nan), cmap="autumn", vmin=0, vmax=1)  # red
-        _mark_folds(axes[r, 4], name, centre, grid, flip, folds)
-        mag = show(axes[r, 5], magnitude, cmap="viridis", vmin=0, vmax=vmax_d)
-        _deformed_grid(axes[r, 5], cut, grid, disp, flip)
-        doubt = show(axes[r, 6], np.where(body, maps.residual, np.nan), cmap="inferno", vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(name, fontsize=9)
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=8)
-    for c, im in ((3, diff), (4, jac), (5, mag), (6, doubt)):
-        fig.colorbar(im, ax=axes[-1, c], location="bottom", shrink=0.9, aspect=12)
-    return png_bytes(fig, dpi=90)
+        show(top[0], np.where(board, fixed, before), **window)
+        show(top[1], np.where(board, fixed, after), **window)
+        show(top[2], np.abs(fixed - before), cmap="magma", vmin=0, vmax=500)
+        diff = show(top[3], np.abs(fixed - after), cmap="magma", vmin=0, vmax=500)
+        show(low[0], fixed, **window)
+        jac = show(low[0], np.where(body, jacobian, np.nan), **JACOBIAN_COLOURS, alpha=0.8)
+        show(low[0], np.where(body & (jacobian <= 0), 0.0, np.nan), cmap="autumn", vmin=0, vmax=1)  # red
+        _mark_folds(low[0], name, centre, grid, flip, folds)
+        mag = show(low[1], magnitude, cmap="viridis", vmin=0, vmax=vmax_d)
+        _deformed_grid(low[1], cut, grid, disp, flip)
+        doubt = show(low[2], np.where(body, maps.residual, np.nan), cmap="inferno", vmin=0, vmax=1)
+        for row, texts in ((top, titles[0]), (low, titles[1])):
+            for ax, title in zip(row, texts):
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if title:
+                    ax.set_title(f"{anatomical_plane(grid, name)}: {title}", fontsize=8)
+                    orient(ax, grid, name, flip)
+        low[3].axis("off")
+        where = f"{anatomical_plane(grid, name)} plane at\n{slice_position(grid, name, centre)} (LPS)"
+        low[3].text(0.0, 0.95, f"{where}\n\nletters: the patient's "
+                    "side\neach edge faces", va="top", fontsize=9, transform=low[3].transAxes)
+        fig.colorbar(diff, ax=top[3], fraction=0.05, label="|ΔHU| (HU)")
+        fig.colorbar(jac, ax=low[0], fraction=0.05, label="det J")
+        fig.colorbar(mag, ax=low[1], fraction=0.05, label="|d| (mm)")
+        fig.colorbar(doubt, ax=low[2], fraction=0.05, label="1 − local NCC")
+    return png_bytes(fig, dpi=100)
 
 
 def folding_figure(result, maps, clusters: list[dict], rows: int = 3) -> bytes:
@@ -304,19 +404,20 @@ def folding_figure(result, maps, clusters: list[dict], rows: int = 3) -> bytes:
                 return ax.imshow(a[::-1] if flip else a, aspect=aspect, interpolation="nearest", **kw)
 
             show(maps.fixed_hu, cmap="gray", vmin=-1000, vmax=300)
-            image = show(np.where(body, maps.jacobian, np.nan), cmap="PuOr_r", vmin=0, vmax=2, alpha=0.6)
+            image = show(np.where(body, maps.jacobian, np.nan), **JACOBIAN_COLOURS, alpha=0.6)
             _mark_folds(ax, name, centre, grid, flip, folds)
             x, y = _in_plane(name, centre, grid.shape_zyx, flip, ijk[None])
             ax.plot(x, y, "+", color="cyan", ms=7, mew=1.0)
             _plane_limits(ax, name, grid)
+            orient(ax, grid, name, flip, scale=r == 0)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(name if r == 0 else "", fontsize=8)
+            ax.set_title(f"{anatomical_plane(grid, name)} at {slice_position(grid, name, centre)}", fontsize=8)
         lps = ", ".join(f"{v:.1f}" for v in cluster["worst_lps"])
         axes[r, 0].set_ylabel(f"fold {r + 1}: {cluster['voxels']} voxels\nworst det J {cluster['worst_det_j']:.2f}\n"
                               f"at LPS ({lps}) mm", fontsize=8)
     fig.colorbar(image, ax=axes[:, -1].tolist(), fraction=0.04, label="det J (red ○: det J ≤ 0)")
-    return png_bytes(fig, dpi=90)
+    return png_bytes(fig, dpi=100)
 
 
 def _deformed_grid(ax, cut, grid, disp, flip, every_vox: int = 6) -> None:

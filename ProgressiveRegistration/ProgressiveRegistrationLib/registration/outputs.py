@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from ..core.atomic import concurrent, write_file, write_text
 from ..core.grid import Grid
 from ..core.itk_fields import write_transform
+from ..core.metrics import worse_after_refinement
 from ..io.images import write_image
 from .engine import Result
 from .figures import overview_figure, phases_figure
@@ -32,7 +33,7 @@ TRANSFORM_FORMATS = ("nrrd", "nii.gz", "h5")
 
 TRE_COLUMNS = ["label", "fixed_l", "fixed_p", "fixed_s", "moving_l", "moving_p", "moving_s",
                "predicted_l", "predicted_p", "predicted_s", "tre_before_mm", "tre_network_mm", "tre_after_mm",
-               "in_statistics"]
+               "in_statistics", "worse_after_refinement"]
 
 
 def grid_image(array: np.ndarray, grid: Grid) -> sitk.Image:
@@ -56,14 +57,16 @@ def jacobian_image(result: Result) -> sitk.Image:
 def write_tre_csv(path, landmarks: dict, labels: list[str]) -> None:
     """``tre.csv``: per landmark its fixed, moving and predicted LPS positions (mm) and the TRE
     before, after the network alone and after refinement (mm); ``in_statistics`` is 0 for a pair
-    outside the images, which the summary leaves out."""
+    outside the images, which the summary leaves out; ``worse_after_refinement`` is 1 where the
+    refinement moved the prediction away from the partner (:func:`metrics.worse_after_refinement`)."""
     rows = []
     used = landmarks.get("used", np.ones(len(labels), dtype=bool))
+    worse = worse_after_refinement(landmarks["network_mm"], landmarks["after_mm"])
     for i, label in enumerate(labels):
         values = [*np.round(landmarks["fixed_lps"][i], 4), *np.round(landmarks["moving_lps"][i], 4),
                   *np.round(landmarks["predicted_lps"][i], 4),
                   *(round(float(landmarks[k][i]), 4) for k in ("before_mm", "network_mm", "after_mm")),
-                  int(bool(used[i]))]
+                  int(bool(used[i])), int(bool(worse[i]))]
         rows.append(dict(zip(TRE_COLUMNS, [label, *values])))
     write_csv(path, rows)
 

@@ -20,7 +20,7 @@ from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
 from ..core.transforms import resample_labels
-from ..io.images import list_dicom_series, phase_order, read_image, read_series, write_image
+from ..io.images import list_dicom_series, phase_names, phase_order, read_image, read_series, write_image
 from ..io.landmarks import read_landmarks, read_point_pairs
 from ..model.modelfile import Model, load_model
 from .engine import register_images, summary_of
@@ -29,7 +29,7 @@ from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers
 from .refine_config import DEFAULT as DEFAULT_REFINEMENT
 from .refine_config import RefineConfig
 from .report import fourd_report_writers, image_info, report_writers
-from .runlog import LOG_NAME, RunLog
+from .runlog import COMMAND, LOG_NAME, RunLog
 from .tolerances import load_tolerances
 
 
@@ -146,6 +146,8 @@ def command_line() -> list[str]:
     """The command as it was typed (for the report's provenance): ``progreg ARGS``, or the
     Python program that called the library (``python -m ProgressiveRegistrationLib`` runs as
     its ``__main__.py``, which is ``progreg``)."""
+    if COMMAND.get() is not None:
+        return list(COMMAND.get())
     if not sys.argv or not sys.argv[0]:
         return []
     program = Path(sys.argv[0])
@@ -168,9 +170,9 @@ def read_phases(paths: list, notes: list[str] | None = None) -> tuple[list[sitk.
                 raise InputError(f"{p}: no DICOM series found in this directory")
             ordered, rule = phase_order(found) if len(found) > 1 else (found, "one series")
             rules.append(f"{p}: {rule}")
-            for s in ordered:
-                images.append(read_series(s, f"phase {s.description or s.uid}", notes))
-                names.append(s.description or s.uid)
+            for s, name in zip(ordered, phase_names(ordered)):
+                images.append(read_series(s, f"phase {name}", notes))
+                names.append(name)
                 patients.append(s.patient_id)
         else:
             images.append(read_image(p, what=f"phase {p}", notes=notes))

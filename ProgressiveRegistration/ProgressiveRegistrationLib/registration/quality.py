@@ -31,6 +31,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.grid import Grid, resample
+from ..core.metrics import worse_after_refinement
 from ..core.transforms import invert_displacement
 from ..core.warp import warp_moving
 from .engine import Result
@@ -317,6 +318,17 @@ def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tol
                                                      f"> {limit_text(p95_tol.warn)} mm")])
         worst = _landmark_list(result, used, labels, 1)
         info("tre_max_mm", tre["max"], f"landmark {worst[0]['label']}" if worst else "")
+        if result.refinement is not None:
+            network = np.asarray(result.landmarks["network_mm"], dtype=np.float64)
+            worse = used[worse_after_refinement(network[used], after[used])]
+            worse = worse[np.argsort(-(after[worse] - network[worse]), kind="stable")]
+            listed = [{"index": int(i) + 1, "label": labels[i] if i < len(labels) else str(int(i) + 1),
+                       "network_mm": round(float(network[i]), 3), "after_mm": round(float(after[i]), 3)} for i in worse]
+            measured["worse_after_refinement"] = listed
+            info("landmarks_worse_after_refinement", len(listed),
+                 ", ".join(f"{w['label']} {format_number(w['network_mm'])} → {format_number(w['after_mm'])} mm"
+                           for w in listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+                 + (" (tre.csv: worse_after_refinement)" if listed else ""))
         if not used.size:
             not_measured.append("landmark TRE: no landmark pair lies inside both images")
     else:

@@ -73,11 +73,19 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .notice { border: 1px solid #b36b00; background: #fff7e6; padding: 6px 10px; margin: 8px 0; }
 .hash, .mono { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; word-break: break-all; }
 .info td { color: #444; } .small { font-size: 12px; }
-img { max-width: 100%; } .muted { color: #666; } .sign td { height: 34px; min-width: 260px; }
+img { max-width: 100%; cursor: zoom-in; } .muted { color: #666; } .sign td { height: 34px; min-width: 260px; }
 .sign td:first-child { min-width: 120px; } .sign td + td { border-bottom: 1px solid #555; }
+img.zoomed { position: fixed; inset: 0; width: 100vw; height: 100vh; max-width: none; object-fit: contain;
+             background: rgba(255, 255, 255, 0.97); z-index: 10; cursor: zoom-out; }
 @media print { body { margin: 0; max-width: none; } h2 { break-after: avoid; } tr, img, figure { break-inside: avoid; }
                @page { size: A4 landscape; margin: 12mm; } }
 """
+
+
+#: A click on a picture shows it at the window's size; another click (or Escape) puts it back.
+ZOOM = ("<script>document.addEventListener('click', e => { if (e.target.tagName === 'IMG') "
+        "e.target.classList.toggle('zoomed'); }); document.addEventListener('keydown', e => { if (e.key === "
+        "'Escape') document.querySelectorAll('img.zoomed').forEach(i => i.classList.remove('zoomed')); });</script>\n")
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -487,7 +495,7 @@ def page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
             f'style-src \'unsafe-inline\'">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n{ZOOM}</body></html>\n")
 
 
 def write_report(path, page: str) -> None:

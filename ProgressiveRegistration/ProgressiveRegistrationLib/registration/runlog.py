@@ -7,6 +7,7 @@ other outputs (so a run refused as bad input writes none)."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import platform
 import sys
@@ -16,6 +17,9 @@ from datetime import datetime, timezone
 from .. import __version__
 
 LOG_NAME = "progreg.log"
+#: The command line of the ``progreg`` run in progress, where ``sys.argv`` does not tell it: set
+#: by :func:`cli.main` when it is called with its arguments from Python (the caller's program).
+COMMAND: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("progreg_command", default=None)
 #: The packages whose versions the log names (those the run loaded).
 VERSIONED = ("torch", "numpy", "SimpleITK", "numba", "matplotlib", "distributed")
 
@@ -77,8 +81,8 @@ class RunLog(logging.Handler):
         grid = summary.get("grid")
         if grid:
             spacing = " x ".join(f"{s:.4g}" for s in grid["transform_spacing_mm"])
-            head.append(f"network grid: {grid['network_size']}^3 voxels; transform grid: "
-                        f"{' x '.join(map(str, grid['transform_size']))} voxels of {spacing} mm")
+            network = f"network grid: {grid['network_size']}^3 voxels; " if "network_size" in grid else ""
+            head.append(f"{network}transform grid: {' x '.join(map(str, grid['transform_size']))} voxels of {spacing} mm")
         refinement = summary.get("refinement")
         if not refinement:
             head.append("refinement: none (the network's field alone)")

@@ -126,6 +126,8 @@ CHECK_LABELS = {
 #: The information rows (no tolerance, outside the verdict).
 INFO_LABELS = {
     "tre_max_mm": "landmark TRE, maximum (mm)",
+    "landmarks_worse_after_refinement": "landmarks the refinement moved more than 0.5 mm further from their partner "
+                                        "(count)",
     "inverse_consistency_mean_mm": "inverse consistency |φ∘φ⁻¹ − id| in the lungs, mean (mm)",
     "inverse_consistency_p95_mm": "inverse consistency in the lungs, 95th percentile (mm)",
     "inverse_consistency_max_mm": "inverse consistency in the lungs, maximum (mm)",
@@ -199,6 +201,12 @@ def format_number(value, significant: int = 3) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def signed(value: float, digits: int = 1) -> str:
+    """``+1.5`` or ``-0.3``, and ``0.0`` for anything that rounds to zero (never ``-0.0``)."""
+    text = f"{value:+.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
 
 
 def limit_text(x: float) -> str:

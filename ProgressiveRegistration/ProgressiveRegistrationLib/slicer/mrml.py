@@ -52,9 +52,11 @@ from ..core.errors import InputError
 from ..core.grid import Grid
 from ..core.itk_fields import read_displacement_field
 from ..core.metrics import summary as tre_summary
+from ..core.metrics import worse_after_refinement
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
+from ..registration.display import JACOBIAN_RANGE
 from ..registration.tolerances import tolerance_text, value_text
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -299,29 +301,39 @@ def tre_through_transform_mm(transform_node, fixed_lps: np.ndarray, moving_lps: 
     return np.linalg.norm(mapped - moving_ras, axis=1)
 
 
+#: The TRE table's last column: where the refinement moved a landmark away from its partner.
+WORSE_COLUMN = "refinement made it worse"
+
+
 def set_tre_table(node, labels: list[str], before: np.ndarray, network: np.ndarray, after: np.ndarray) -> None:
     """One row per landmark (label; TRE before, after the network alone, after registration,
-    in mm, see :data:`TRE_COLUMNS`), then 'mean' and 'sd' rows."""
+    in mm, see :data:`TRE_COLUMNS`; :data:`WORSE_COLUMN`: "+2.31 mm" where the refinement made
+    it worse, :func:`metrics.worse_after_refinement`), then 'mean' and 'sd' rows."""
     import vtk
 
     table = node.GetTable()
     table.Initialize()
-    names = vtk.vtkStringArray()
+    names, worse_text = vtk.vtkStringArray(), vtk.vtkStringArray()
     names.SetName("label")
+    worse_text.SetName(WORSE_COLUMN)
     values = np.stack([np.asarray(before, float), np.asarray(network, float), np.asarray(after, float)], 1)
-    rows = [*zip(labels, values), ("mean", values.mean(0)), ("sd", values.std(0))]
+    worse = worse_after_refinement(values[:, 1], values[:, 2])
+    notes = [f"+{a - n:.2f} mm" if w else "" for n, a, w in zip(values[:, 1], values[:, 2], worse)]
+    rows = [*zip(labels, values, notes), ("mean", values.mean(0), ""), ("sd", values.std(0), "")]
     cols = []
     for title in TRE_COLUMNS:
         col = vtk.vtkDoubleArray()
         col.SetName(title)
         cols.append(col)
-    for label, row in rows:
+    for label, row, note in rows:
         names.InsertNextValue(str(label))
+        worse_text.InsertNextValue(note)
         for col, v in zip(cols, row):
             col.InsertNextValue(float(v))
     table.AddColumn(names)
     for col in cols:
         table.AddColumn(col)
+    table.AddColumn(worse_text)
     node.Modified()
 
 
@@ -379,7 +391,7 @@ def _style_jacobian(node) -> None:
         return
     display.SetAndObserveColorNodeID(jacobian_color_node(node.GetScene()).GetID())
     display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, 2.0)
+    display.SetWindowLevelMinMax(*JACOBIAN_RANGE)
 
 
 QUALITY_COLORS = "ProgressiveRegistration doubt"

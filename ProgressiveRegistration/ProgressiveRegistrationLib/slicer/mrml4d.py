@@ -42,6 +42,8 @@ from ..core.errors import InputError
 from ..core.itk_fields import read_displacement_field
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
+from ..registration.display import VENTILATION_RANGE
+from ..registration.tolerances import signed
 from . import jobs
 from .jobs import phase_label
 from .mrml import (
@@ -61,8 +63,6 @@ SOURCE_REFERENCE = "ProgressiveRegistration.phases"
 OUTPUT_ATTRIBUTE = jobs.OUTPUT_ATTRIBUTE
 #: The colour table of the ventilation maps.
 VENTILATION_COLORS = "ProgressiveRegistration ventilation"
-#: The ventilation maps' display range (ml per ml of reference lung): blue below 0, red above.
-VENTILATION_RANGE = (-0.5, 0.5)
 
 
 def phase_nodes(source) -> list:
@@ -281,7 +281,7 @@ class FourDNodes:
         reference = self.summary["names"][self.summary["reference"]] if self.summary.get("names") \
             else f"phase {self.summary['reference']}"
         return (f"{len(rows)} phases against {reference}: lung volume change "
-                f"{min(change):+.1f} % to {max(change):+.1f} %, folding at most {worst:.3f} %.")
+                f"{signed(min(change))} % to {signed(max(change))} %, folding at most {worst:.3f} %.")
 
 
 def earlier_outputs(scene, source) -> dict:

@@ -77,10 +77,10 @@ def levels_figure(trainer, path) -> None:
     model.train()
     L = len(outs)
     fig, axes = plt.subplots(1, L + 1, figsize=(2.2 * (L + 1), 2.6))
-    truth = pair["target"][0]
-    vmax = float(truth.abs().max()) or 1.0
+    truth = pair["target"][0].cpu().numpy()
+    vmax = float(np.abs(truth).max()) or 1.0
     for i, o in enumerate(outs):
-        u = o[0, 0].cpu()
+        u = o[0, 0].cpu().numpy()
         axes[i].imshow(u[u.shape[0] // 2], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         axes[i].set_title(f"level {i} ({u.shape[-1]}³)", fontsize=8)
     axes[L].imshow(truth[truth.shape[0] // 2], cmap="RdBu_r", vmin=-vmax, vmax=vmax)

@@ -177,7 +177,7 @@ class Trainer:
                 x, target, mask = level_inputs(batch, alpha, self.cfg.network.levels)
                 loss = masked_l2(model(x, alpha), target, mask)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{arm} loss is {float(loss)} at iteration {t}; "
+                    raise FloatingPointError(f"{arm} loss is {float(loss.detach())} at iteration {t}; "
                                              f"the last good checkpoint in {self.out} is kept")
                 self.optims[arm].zero_grad(set_to_none=True)
                 loss.backward()
