@@ -98,10 +98,33 @@ def test_a_cohort_runs_resumes_and_equals_progreg_register(cohort, tmp_path, tin
         assert _rows(out)["broken"]["status"] == "done" and "4 of 4 cases done (3 unchanged" in r.stdout
     finally:
         (cohort / "case3" / "moving.nrrd").write_text("NRRD0004\nthis is not an image\n")
-    # A changed setting redoes every case (the broken one fails again), and its outputs replace the old ones.
-    r = _batch(cohort, out, tiny_model, "--format", "nii.gz")
-    assert "3 of 4 cases done (0 unchanged" in r.stdout, r.stdout
-    assert (out / "p0" / "transform.nii.gz").is_file() and not (out / "p0" / "transform.nrrd").exists()
+
+
+def test_a_changed_setting_or_input_redoes_a_case_and_nothing_else_does(cohort, tmp_path, tiny_model):
+    """What decides whether a rerun skips a case: its inputs' contents and the settings that
+    change a result (a case redone writes its outputs as a single run does: the output folder's
+    sweep, test_a_reused_folder_keeps_only_the_new_runs_outputs)."""
+    from dataclasses import replace
+
+    from ProgressiveRegistrationLib.batch.manifest import read_manifest
+    from ProgressiveRegistrationLib.batch.runner import Settings, fingerprint
+
+    case = read_manifest(cohort / "manifest.csv")[0]
+    base = Settings(model=tiny_model)
+    key = fingerprint(case, base)
+    assert fingerprint(case, replace(base, threads=4)) == key  # where and how fast it runs: the same result
+    for changed in (replace(base, fmt="nii.gz"), replace(base, refinement=None), replace(base, report=False),
+                    replace(base, model=None)):
+        assert fingerprint(case, changed) != key, changed
+    # The same file with other contents is another case; its contents back, the same case again.
+    copy = replace(case, fixed=tmp_path / "fixed.nrrd")
+    original = case.fixed.read_bytes()
+    copy.fixed.write_bytes(original)
+    first = fingerprint(copy, base)
+    sitk.WriteImage(sitk.ReadImage(str(case.fixed)) + 1, str(copy.fixed))
+    assert fingerprint(copy, base) != first
+    copy.fixed.write_bytes(original)
+    assert fingerprint(copy, base) == first
 
 
 def test_a_worker_killed_mid_case_leaves_no_partial_output_and_the_case_is_done_again(cohort, tmp_path, tiny_model):

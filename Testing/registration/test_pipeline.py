@@ -61,7 +61,11 @@ def _check_outputs(pair, out, summary):
     umask = os.umask(0)
     os.umask(umask)
     assert {name: (out / name).stat().st_mode & 0o777 for name in names} == dict.fromkeys(names, 0o666 & ~umask)
-    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["tre_after_mm"] == summary["tre_after_mm"]
+    written = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert written["tre_after_mm"] == summary["tre_after_mm"]
+    # Each file's own writing time (the summary, written last, records the others').
+    assert set(written["seconds_per_file"]) == names - {"summary.json", MANIFEST_NAME}
+    assert all(v >= 0 for v in written["seconds_per_file"].values())
     for key in ("tre_before_mm", "tre_after_mm", "folding_percent", "seconds", "model", "device"):
         assert key in summary
     fixed = sitk.ReadImage(str(pair / "fixed.nrrd"))

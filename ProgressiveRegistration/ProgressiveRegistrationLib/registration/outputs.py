@@ -126,16 +126,31 @@ def json_text(data) -> str:
     return json.dumps(json_safe(data), indent=2, allow_nan=False)
 
 
+def _timed(name: str, write: Callable[[Path], object], seconds: dict) -> Callable[[Path], object]:
+    """``write``, recording its seconds in ``seconds[name]`` (and run beside the others as ``write`` is)."""
+    def run(path):
+        t0 = time.perf_counter()
+        write(path)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+
+    run.concurrent = getattr(write, "concurrent", False)
+    return run
+
+
 def _with_summary(writers: dict, summary: dict, t0: float) -> dict:
-    """``writers`` and, last, ``summary.json``: the summary gets the list of files and the
-    seconds spent writing (since ``t0``, a ``time.perf_counter()``)."""
+    """``writers`` and, last, ``summary.json``: the summary gets the list of files, the seconds
+    spent writing (since ``t0``, a ``time.perf_counter()``) and each file's own seconds
+    (``seconds_per_file``; files written side by side overlap, so they add up to more)."""
     summary["files"] = sorted([*writers, "summary.json"])
+    per_file: dict[str, float] = {}
+    timed = {name: _timed(name, write, per_file) for name, write in writers.items()}
 
     def write_summary(p):
         summary["seconds"]["write"] = round(time.perf_counter() - t0, 3)
+        summary["seconds_per_file"] = dict(sorted(per_file.items(), key=lambda item: -item[1]))
         write_text(p, json_text(summary))
 
-    return {**writers, "summary.json": write_summary}
+    return {**timed, "summary.json": write_summary}
 
 
 def write_csv(path, rows: list[dict]) -> None:

@@ -233,7 +233,8 @@ def _register_4d_files(phases, folder: OutputFolder, reference, points, segmenta
     summary = {"reference": reference, "names": names, "order": order, "model": model.path, "device": device,
                "refinement": None if refinement is None else {"levels_mm": list(refinement.levels_mm),
                                                               "iterations": list(refinement.iterations)},
-               "grid": {"transform_size": list(result.grid.size), "transform_spacing_mm": list(result.grid.spacing_mm)},
+               "grid": {"network_size": model.size, "transform_size": list(result.grid.size),
+                        "transform_spacing_mm": list(result.grid.spacing_mm)},
                "points": 0 if points_lps is None else len(points_lps),
                "segmentation_phase": None if labels is None else (reference if segmentation_phase is None
                                                                   else segmentation_phase),

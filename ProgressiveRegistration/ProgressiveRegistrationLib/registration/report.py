@@ -75,17 +75,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .info td { color: #444; } .small { font-size: 12px; }
 img { max-width: 100%; cursor: zoom-in; } .muted { color: #666; } .sign td { height: 34px; min-width: 260px; }
 .sign td:first-child { min-width: 120px; } .sign td + td { border-bottom: 1px solid #555; }
-img.zoomed { position: fixed; inset: 0; width: 100vw; height: 100vh; max-width: none; object-fit: contain;
-             background: rgba(255, 255, 255, 0.97); z-index: 10; cursor: zoom-out; }
+.zoom input { display: none; }
+.zoom input:checked + img { position: fixed; inset: 0; width: 100vw; height: 100vh; max-width: none; object-fit: contain;
+                            background: rgba(255, 255, 255, 0.97); z-index: 10; cursor: zoom-out; }
 @media print { body { margin: 0; max-width: none; } h2 { break-after: avoid; } tr, img, figure { break-inside: avoid; }
                @page { size: A4 landscape; margin: 12mm; } }
 """
-
-
-#: A click on a picture shows it at the window's size; another click (or Escape) puts it back.
-ZOOM = ("<script>document.addEventListener('click', e => { if (e.target.tagName === 'IMG') "
-        "e.target.classList.toggle('zoomed'); }); document.addEventListener('keydown', e => { if (e.key === "
-        "'Escape') document.querySelectorAll('img.zoomed').forEach(i => i.classList.remove('zoomed')); });</script>\n")
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -106,7 +101,10 @@ def badge(verdict: str, extra: str = "") -> str:
 
 
 def img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    """A picture in the page. A click enlarges it to the window, a click on it puts it back: a
+    label's hidden checkbox, in CSS alone (the page runs no script)."""
+    return (f'<label class="zoom"><input type="checkbox"><img alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></label>')
 
 
 def table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
@@ -308,7 +306,8 @@ def _settings(summary: dict) -> list[list[str]]:
     levels = refinement.get("levels") if refinement else None
     refined = ("off (network alone)" if not refinement else
                ", ".join(f"{'×'.join(fmt(s, 2) for s in lv['spacing_mm'])} mm: {lv['iterations']} it." for lv in levels)
-               if levels else html.escape(", ".join(f"{k}: {v}" for k, v in refinement.items())))
+               if levels else ", ".join(f"{mm:g} mm (nominal): {n} it." for mm, n in
+                                        zip(refinement.get("levels_mm", []), refinement.get("iterations", []))))
     seconds = summary.get("seconds", {})
     total = sum(v for k, v in seconds.items() if k not in ("write", "quality") and isinstance(v, (int, float)))
     grid = summary.get("grid", {})
@@ -495,7 +494,7 @@ def page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
             f'style-src \'unsafe-inline\'">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n{ZOOM}</body></html>\n")
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
 def write_report(path, page: str) -> None:
