@@ -140,6 +140,7 @@ class ProgressiveRegistrationParameterNode:
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
     outputTransform: vtkMRMLGridTransformNode
+    outputInverse: vtkMRMLGridTransformNode  # optional: none, no inverse
     outputVolume: vtkMRMLScalarVolumeNode
     outputJacobian: vtkMRMLScalarVolumeNode
     outputTable: vtkMRMLTableNode
@@ -794,8 +795,11 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
                 result = mrml.load_results(slicer.mrmlScene, job, transform=p.outputTransform,
                                            jacobian=p.outputJacobian, table=p.outputTable,
                                            apply_to_moving=p.applyToMoving, volume=p.outputVolume,
-                                           quality_table=p.outputQualityTable, quality_map=p.outputQualityMap)
+                                           quality_table=p.outputQualityTable, quality_map=p.outputQualityMap,
+                                           inverse=p.outputInverse)
                 p.outputTransform, p.outputJacobian = result.transform, result.jacobian
+                if result.inverse:
+                    p.outputInverse = result.inverse
                 if result.table:
                     p.outputTable = result.table
                 if result.quality_table:
@@ -809,7 +813,8 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
                 return result
 
             command = job.command(self._python(), self.modelFile(p), device, p.refine,
-                                  warped=p.outputVolume is not None, overview=p.keepFiles)
+                                  warped=p.outputVolume is not None, overview=p.keepFiles,
+                                  inverse=p.outputInverse is not None)
             return job, command, load, p.movingVolume.GetName()
 
         self._launch(p, "pair", export, onProgress, onFinished)

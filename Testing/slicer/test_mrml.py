@@ -163,6 +163,32 @@ def test_table_equals_cli_tre_csv(scene, tiny_model, tmp_path):
     assert loaded.folding_percent == pytest.approx(direct.folding_percent)
 
 
+def test_the_inverse_transform_node_undoes_the_result(scene, tiny_model, tmp_path):
+    """In-process (inverse=True) and through the panel's background run (--inverse): a grid
+    transform node on the moving volume's geometry whose FromParent, after the result's, gives
+    every point back (Slicer's own evaluation of both grid transforms), belonging to the pair."""
+    fixed, moving, _, _ = inprocess.sample_pair_nodes(scene)
+    r = inprocess.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None, quality=False,
+                                        inverse=True, apply_to_moving=False)
+    job = mrml.export_job(scene, fixed, moving, tmp_path)
+    run = subprocess.run(job.command(sys.executable, tiny_model, refine=False, inverse=True), cwd=MODULE_DIR,
+                         capture_output=True, text=True, encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    loaded = mrml.load_results(scene, job, apply_to_moving=False)
+    assert loaded.inverse is not None and loaded.inverse is not r.inverse  # a node of its own, refilled only for its pair
+    points = slicer.util.arrayFromVolume(moving).shape  # (k, j, i)
+    ijk_to_ras = mrml._ijk_to_ras(moving)
+    rng = np.random.default_rng(1)
+    for nodes in (r, loaded):
+        assert mrml.pair_of(nodes.inverse) == (fixed.GetID(), moving.GetID())
+        forward, backward = nodes.transform.GetTransformFromParent(), nodes.inverse.GetTransformFromParent()
+        for _ in range(20):
+            ijk = (rng.random(3) * 0.6 + 0.2) * np.array(points[::-1])
+            y = (ijk_to_ras @ np.append(ijk, 1.0))[:3]
+            back = np.array(forward.TransformPoint(*backward.TransformPoint(*y)))
+            assert np.linalg.norm(back - y) < 0.3, (back, y)
+
+
 def test_the_tre_table_marks_the_landmarks_the_refinement_made_worse(scene):
     node = scene.AddNewNodeByClass("vtkMRMLTableNode")
     mrml.set_tre_table(node, ["F-1", "F-2", "F-3"], np.array([5.0, 4.0, 6.0]), np.array([0.51, 1.0, 2.0]),

@@ -23,6 +23,7 @@ from ..core.errors import EXIT_BAD_INPUT, InputError, write_error
 from ..registration.runlog import COMMAND
 from .common import configure_logging
 from .parsers import (
+    add_apply,
     add_batch,
     add_demo,
     add_dirlab,
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log the library's informational messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (add_register, add_register_4d, add_batch, add_demo, add_tre, add_dirlab, add_series, add_synth, add_phantom,
-                add_train):
+    for add in (add_register, add_register_4d, add_apply, add_batch, add_demo, add_tre, add_dirlab, add_series, add_synth,
+                add_phantom, add_train):
         add(sub)
     for command in sub.choices.values():  # --verbose after the subcommand too (not given there: the top level's)
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,

@@ -64,6 +64,9 @@ def add_register(sub) -> None:
     p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
     p.add_argument("--moving-series", help="DICOM series UID of the moving image")
     add_refine_options(p)
+    p.add_argument("--inverse", action="store_true",
+                   help="also write inverse_transform.<fmt>: the inverse on the moving image's grid (carries the fixed "
+                        "image's data onto the moving image; its consistency is in summary.json)")
     p.add_argument("--no-warped", action="store_true", help="do not write warped_moving.nrrd")
     p.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
@@ -107,6 +110,30 @@ def add_register_4d(sub) -> None:
     p.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout (for Slicer)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func="register:cmd_register_4d")
+
+
+def add_apply(sub):
+    p = _parser(sub, "apply", help="apply a transform to an image, a label map or points (moving -> fixed)",
+                description="Carries INPUT from the moving image's space into the fixed image's with TRANSFORM (a "
+                            "transform.nrrd of `progreg register`, or any ITK transform file), which maps a fixed "
+                            "point x to the moving point T(x) (the resampling direction). An image or label map is "
+                            "resampled onto --reference's grid: out(x) = INPUT(T(x)). Points (.mrk.json, .fcsv, "
+                            "elastix, CSV, DIR-Lab .txt) of the moving image go through the inverse: the x with "
+                            "T(x) = y. To carry the fixed image's data the other way, apply the inverse transform "
+                            "(`progreg register --inverse` writes it).")
+    p.add_argument("transform", metavar="TRANSFORM", help="transform file: .nrrd/.nii.gz/.mha field, .h5, .tfm, .txt")
+    p.add_argument("input", metavar="INPUT", help="image, label map or point file of the moving image's space")
+    p.add_argument("--reference", metavar="IMAGE",
+                   help="the grid of the result (the fixed image, say); for voxel-indexed points, the image they index")
+    p.add_argument("--out", required=True, help="output file (an image format, or .mrk.json/.csv for points)")
+    p.add_argument("--interpolation", choices=["linear", "bspline", "nearest"], default="linear",
+                   help="of images")
+    p.add_argument("--labels", nargs="?", const="nearest", choices=["nearest", "smooth"],
+                   help="INPUT is a label map: nearest neighbour, or 'smooth': each label interpolated linearly, the "
+                        "likeliest kept, so that thin structures survive (default: an image)")
+    p.add_argument("--default-value", type=float, default=-1024.0,
+                   help="value where INPUT has no data (HU of air, for CT; 0 suits most other images)")
+    p.set_defaults(func="apply:cmd_apply")
 
 
 def add_tre(sub):

@@ -24,7 +24,8 @@ def cmd_register(args) -> int:
                              (args.fixed_series, args.moving_series), progress_printer(args.progress_json),
                              refinement(args), write_warped=not args.no_warped, write_overview=not args.no_overview,
                              moving_segmentation=args.moving_segmentation, report=not args.no_report,
-                             fixed_segmentation=args.fixed_segmentation, tolerances=args.tolerances)
+                             fixed_segmentation=args.fixed_segmentation, tolerances=args.tolerances,
+                             write_inverse=args.inverse)
     if args.json:
         print(json_text(summary))
     elif not args.progress_json:

@@ -37,7 +37,7 @@ from ..core.grid import Grid
 from ..core.itk_fields import displacement_image, field_transform
 from ..core.lungs import ThoraxMasks
 from ..core.metrics import summary, tre_mm
-from ..core.transforms import displacement_lps, field_at_points, map_points, output_grid
+from ..core.transforms import displacement_lps, field_at_points, invert_displacement, map_points, output_grid
 from ..model.modelfile import Model, load_model
 from ..model.preprocess import crop_hu, network_input
 from .geometry import PairGeometry, pair_geometry
@@ -81,6 +81,21 @@ class Result:
     @property
     def moving_crop(self) -> Grid:
         return self.geometry.moving_crop
+
+
+def inverse_transform(result: Result) -> tuple[sitk.Image, dict]:
+    """φ⁻¹ as a displacement field on the moving image's grid (subsampled as the transform's grid
+    subsamples the fixed image's, no coarser than it): the resampling transform that carries the
+    fixed image's data onto the moving image, mapping a moving point y to the fixed point x with
+    φ(x) = y (:func:`transforms.invert_displacement`). With its record: the grid, and the
+    consistency ``|φ(φ⁻¹(y)) − y|`` over it (mm: mean, 99th percentile, maximum)."""
+    target = output_grid(result.geometry.moving_grid, result.moving_crop, result.out_grid.spacing_mm)
+    t0 = time.perf_counter()
+    image, record = invert_displacement(result.displacement, target)
+    result.seconds["inverse"] = round(time.perf_counter() - t0, 3)
+    return image, {"grid": {"size": list(target.size), "spacing_mm": list(target.spacing_mm)},
+                   "consistency_mm": {k: record[k] for k in ("mean_mm", "p99_mm", "max_mm")},
+                   "iterations": record["iterations"]}
 
 
 def inside_images(fixed_lps: np.ndarray, moving_lps: np.ndarray, fixed: Grid, moving: Grid) -> np.ndarray:

@@ -19,13 +19,14 @@ from ..core.checks import check_labels
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
+from ..core.itk_fields import write_transform
 from ..core.transforms import resample_labels
 from ..io.images import list_dicom_series, phase_names, phase_order, read_image, read_series, write_image
 from ..io.landmarks import read_landmarks, read_point_pairs
 from ..model.modelfile import Model, load_model
-from .engine import register_images, summary_of
+from .engine import inverse_transform, register_images, summary_of
 from .fourd import check_phases, check_segmentation, register_phases
-from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers
+from .outputs import TRANSFORM_FORMATS, fourd_writers, registration_writers, transform_writer
 from .refine_config import DEFAULT as DEFAULT_REFINEMENT
 from .refine_config import RefineConfig
 from .report import fourd_report_writers, image_info, report_writers
@@ -38,7 +39,7 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
                    fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None,
                    refinement: RefineConfig | None = DEFAULT_REFINEMENT, write_warped: bool = True,
                    write_overview: bool = True, moving_segmentation=None, report: bool = True,
-                   fixed_segmentation=None, tolerances=None) -> dict:
+                   fixed_segmentation=None, tolerances=None, write_inverse: bool = False) -> dict:
     """``progreg register`` as a function: read, register, write every output into ``out``.
 
     Returns the summary (also written as ``summary.json``). ``size`` overrides the model's
@@ -49,13 +50,16 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
     ``report``: the quality checks (:mod:`quality`) into ``summary["quality"]``, ``report.html``,
     ``quality.nrrd`` and ``inverse_consistency.nrrd``; ``fixed_segmentation`` (a label map on the
     fixed grid) adds contour agreement with the carried ``moving_segmentation``; ``tolerances``:
-    a YAML/JSON file of check tolerances.
+    a YAML/JSON file of check tolerances. ``write_inverse``: also ``inverse_transform.<fmt>``,
+    the inverse on the moving image's grid (:func:`engine.inverse_transform`), with its
+    consistency in ``summary["inverse"]``.
     """
     tolerance_values = load_tolerances(tolerances)  # a bad file is refused before any work
     with OutputFolder(out) as folder, RunLog() as run_log:
         return _register_files(fixed, moving, folder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
                                series, run_log.progress(progress), refinement, write_warped, write_overview,
-                               moving_segmentation, report, fixed_segmentation, tolerance_values, tolerances, run_log)
+                               moving_segmentation, report, fixed_segmentation, tolerance_values, tolerances, run_log,
+                               write_inverse)
 
 
 #: With a report, the registration's own progress runs to this fraction, the report to WRITING_FROM.
@@ -83,7 +87,8 @@ def _write(folder: OutputFolder, writers: dict, progress) -> None:
 
 def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
                     series, progress, refinement, write_warped, write_overview, moving_segmentation, report,
-                    fixed_segmentation, tolerance_values, tolerances_file, run_log: RunLog) -> dict:
+                    fixed_segmentation, tolerance_values, tolerances_file, run_log: RunLog,
+                    write_inverse: bool = False) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -123,6 +128,11 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     summary["command_line"] = command_line()
     summary["model_meta"] = model.meta
     extra = {}
+    if write_inverse:
+        if progress:
+            progress(REPORT_FROM if report else WRITING_FROM, "the inverse transform on the moving image's grid")
+        inverse, summary["inverse"] = inverse_transform(result)
+        extra[f"inverse_transform.{fmt}"] = transform_writer(lambda p: write_transform(inverse, p), fmt)
     on_fixed = None
     if labels is not None:
         on_fixed = resample_labels(labels, result.displacement, result.fixed_grid)

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..io.images import read_image
 from ..io.resources import BUNDLED_SAMPLE
 from ..model.modelfile import Model, load_model
-from ..registration.engine import register_images, summary_of
+from ..registration.engine import inverse_transform, register_images, summary_of
 from ..registration.outputs import jacobian_image
 from ..registration.pipeline import register_4d_files
 from ..registration.quality import quality_maps, quality_summary
@@ -40,7 +40,7 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
                           device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
                           progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT, volume=None,
                           resample: bool = False, quality: bool = True, quality_table=None,
-                          quality_map=None) -> RegistrationNodes:
+                          quality_map=None, inverse=None) -> RegistrationNodes:
     """Register two volume nodes in-process and put the results in ``scene``.
 
     The scripting API for Slicer's Python console::
@@ -53,9 +53,11 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
     ``refinement``: None for the network's one-pass field; ``resample`` (or a ``volume``
     node to fill): also the moving volume resampled onto the fixed volume's geometry
     (``r.volume``); ``quality``: the AAPM TG-132 checks as a table (``r.quality_table``, PASS /
-    WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC).
+    WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC); ``inverse`` (True, or a
+    node to fill): also the inverse transform on the moving volume's geometry (``r.inverse``),
+    which carries the fixed volume's data onto the moving volume.
 
-    ``transform``, ``jacobian``, ``table``, ``volume``, ``quality_table``, ``quality_map``:
+    ``transform``, ``jacobian``, ``table``, ``volume``, ``quality_table``, ``quality_map``, ``inverse``:
     nodes to fill instead of new ones, used only if they belong to this pair (an earlier
     result of the same fixed and moving volumes) or to none (new, empty nodes); one that holds
     another pair's result keeps it, a new node is made and the log says so. Inputs are never
@@ -80,9 +82,12 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
         lm = result.landmarks
         landmarks = {"labels": points[2], "fixed_lps": lm["fixed_lps"], "moving_lps": lm["moving_lps"],
                      "before_mm": lm["before_mm"], "network_mm": lm["network_mm"], "used": lm["used"]}
+    inverse_field = None
+    if inverse is not None and inverse is not False:
+        inverse_field, summary["inverse"] = inverse_transform(result)
     return output_nodes(scene, fixed, moving, result.displacement, jac, summary, landmarks, transform, jacobian, table,
-                    apply_to_moving, result.warped if resample else None, volume, quality_image, quality_table,
-                    quality_map)
+                        apply_to_moving, result.warped if resample else None, volume, quality_image, quality_table,
+                        quality_map, inverse_field, None if inverse is True else inverse)
 
 
 def register_sequence_nodes(scene, source, reference: int = 0, points=None, segmentation=None,

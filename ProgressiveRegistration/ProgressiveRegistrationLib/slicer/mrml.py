@@ -468,6 +468,8 @@ class RegistrationNodes:
     quality_map: object | None = None
     #: the report written with the result (``report.html``), while its folder exists
     report_path: str | None = None
+    #: the inverse transform (on the moving volume's geometry), when one was asked for
+    inverse: object | None = None
 
     @property
     def folding_percent(self) -> float:
@@ -486,7 +488,8 @@ class RegistrationNodes:
 def output_nodes(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.Image, summary: dict,
              landmarks: dict | None, transform=None, jacobian_node=None, table=None,
              apply_to_moving: bool = True, warped: sitk.Image | None = None, volume=None,
-             quality_image: sitk.Image | None = None, quality_table=None, quality_map=None) -> RegistrationNodes:
+             quality_image: sitk.Image | None = None, quality_table=None, quality_map=None,
+             inverse_field: sitk.Image | None = None, inverse=None) -> RegistrationNodes:
     """The output nodes of a registration. ``landmarks``: ``labels``, ``fixed_lps``,
     ``moving_lps`` (world LPS mm), ``before_mm``, ``network_mm`` (the engine's TRE) and
     ``used`` (pairs inside both images, the statistics' pairs); ``warped``: the moving image
@@ -548,9 +551,16 @@ def output_nodes(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.
     else:
         quality_map = None
     seconds = float(sum(v for v in summary.get("seconds", {}).values()))
+    if inverse_field is not None:
+        # FromParent as for the result: it resamples the fixed volume's data onto the moving volume.
+        inverse = _output_node(scene, inverse, fixed, moving, "inverse transform", "vtkMRMLGridTransformNode",
+                               f"{base} registered inverse")
+        set_grid_transform(inverse, inverse_field)
+    else:
+        inverse = None
     return RegistrationNodes(transform, jacobian_node, table, summary, seconds, summary.get("tre_before_mm"),
                              tre_after, notes, summary.get("tre_network_mm"), volume, summary.get("tre_after_mm"),
-                             quality_table, quality_map)
+                             quality_table, quality_map, inverse=inverse)
 
 
 def check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks):
@@ -587,7 +597,7 @@ class Job:
     moving_landmarks_path: str | None = None
 
     def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True,
-                warped: bool = False, overview: bool = False) -> list[str]:
+                warped: bool = False, overview: bool = False, inverse: bool = False) -> list[str]:
         """The ``progreg register`` command line of this job, run by ``python`` (PythonSlicer in
         Slicer): progress as JSON lines; the warped image only with ``warped`` (for a resampled
         volume node) and the overview figure only with ``overview`` (for result files the user
@@ -604,6 +614,8 @@ class Job:
             args += ["--model", str(model)]
         if not refine:
             args.append("--no-refine")
+        if inverse:
+            args.append("--inverse")
         return args
 
 
@@ -638,9 +650,10 @@ def _tre_csv_landmarks(path) -> dict:
 
 
 def load_results(scene, job: Job, transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
-                 volume=None, quality_table=None, quality_map=None) -> RegistrationNodes:
+                 volume=None, quality_table=None, quality_map=None, inverse=None) -> RegistrationNodes:
     """Turn a finished ``progreg register`` output folder into output nodes (``volume``: the node
-    for the resampled moving volume, made if the run wrote one). The given nodes are used as
+    for the resampled moving volume, made if the run wrote one; ``inverse``: the node for the
+    inverse transform, made if the run wrote one). The given nodes are used as
     by :func:`.inprocess.register_volume_nodes`: only if they belong to the job's pair or to none."""
     out = Path(job.out_dir)
     fixed, moving = scene.GetNodeByID(job.fixed_id), scene.GetNodeByID(job.moving_id)
@@ -652,8 +665,11 @@ def load_results(scene, job: Job, transform=None, jacobian=None, table=None, app
     landmarks = _tre_csv_landmarks(out / "tre.csv") if (out / "tre.csv").exists() else None
     warped = sitk.ReadImage(str(out / "warped_moving.nrrd")) if (out / "warped_moving.nrrd").exists() else None
     quality = sitk.ReadImage(str(out / "quality.nrrd")) if (out / "quality.nrrd").exists() else None
+    inverse_file = next((out / f for f in summary["files"] if f.startswith("inverse_transform.")), None)
+    inverse_field = read_displacement_field(inverse_file) if inverse_file is not None else None
     nodes = output_nodes(scene, fixed, moving, displacement, sitk.ReadImage(str(out / "jacobian.nrrd")), summary, landmarks,
-                     transform, jacobian, table, apply_to_moving, warped, volume, quality, quality_table, quality_map)
+                         transform, jacobian, table, apply_to_moving, warped, volume, quality, quality_table, quality_map,
+                         inverse_field, inverse)
     nodes.report_path = str(out / "report.html") if (out / "report.html").exists() else None
     return nodes
 
