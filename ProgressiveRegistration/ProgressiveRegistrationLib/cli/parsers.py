@@ -36,11 +36,11 @@ def _parser(sub, name: str, **kwargs):
 
 def add_register(sub) -> None:
     p = _parser(sub, "register", help="register a moving CT to a fixed CT (one network pass, then a short refinement)",
-                       description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
-                                   "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
-                                   "jacobian.nrrd, summary.json, overview.png, with landmarks tre.csv, and the "
-                                   "quality report: report.html (AAPM TG-132 checks), quality.nrrd, "
-                                   "inverse_consistency.nrrd.")
+                description="Writes transform.<fmt> (ITK displacement field, LPS, resampling direction: "
+                            "Slicer loads it as a grid transform aligning moving to fixed), warped_moving.nrrd, "
+                            "jacobian.nrrd, summary.json, overview.png, with landmarks tre.csv, and the "
+                            "quality report: report.html (AAPM TG-132 checks), quality.nrrd, "
+                            "inverse_consistency.nrrd.")
     p.add_argument("fixed", help="fixed image (e.g. inhale): file or DICOM folder")
     p.add_argument("moving", help="moving image (e.g. exhale): file or DICOM folder")
     p.add_argument("--out", required=True, help="output folder")
@@ -86,11 +86,11 @@ def add_demo(sub) -> None:
 
 def add_register_4d(sub) -> None:
     p = _parser(sub, "register-4d", help="register every phase of a 4DCT to a reference phase (motion, ventilation)",
-                       description="Registers each PHASE (moving) to the reference phase (fixed). Writes DIR/phase_<k>/ "
-                                   "(transform, jacobian.nrrd, ventilation_jacobian.nrrd, ventilation_hu.nrrd, "
-                                   "summary.json, segmentation.nrrd), and phases.csv, phases.png, summary.json and, "
-                                   "with --points, trajectories.csv. A DICOM folder holding several series expands to "
-                                   "them in phase order (see `progreg series`).")
+                description="Registers each PHASE (moving) to the reference phase (fixed). Writes DIR/phase_<k>/ "
+                            "(transform, jacobian.nrrd, ventilation_jacobian.nrrd, ventilation_hu.nrrd, "
+                            "summary.json, segmentation.nrrd), and phases.csv, phases.png, summary.json and, "
+                            "with --points, trajectories.csv. A DICOM folder holding several series expands to "
+                            "them in phase order (see `progreg series`).")
     p.add_argument("phases", nargs="+", metavar="PHASE", help="image file or DICOM folder (several series: all of them)")
     p.add_argument("--reference", type=int, default=0, metavar="K", help="index of the reference phase (default 0)")
     p.add_argument("--out", required=True, help="output folder")
@@ -115,12 +115,12 @@ def add_register_4d(sub) -> None:
 def add_apply(sub):
     p = _parser(sub, "apply", help="apply a transform to an image, a label map or points (moving -> fixed)",
                 description="Carries INPUT from the moving image's space into the fixed image's with TRANSFORM (a "
-                            "transform.nrrd of `progreg register`, or any ITK transform file), which maps a fixed "
-                            "point x to the moving point T(x) (the resampling direction). An image or label map is "
-                            "resampled onto --reference's grid: out(x) = INPUT(T(x)). Points (.mrk.json, .fcsv, "
-                            "elastix, CSV, DIR-Lab .txt) of the moving image go through the inverse: the x with "
-                            "T(x) = y. To carry the fixed image's data the other way, apply the inverse transform "
-                            "(`progreg register --inverse` writes it).")
+                     "transform.nrrd of `progreg register`, or any ITK transform file), which maps a fixed "
+                     "point x to the moving point T(x) (the resampling direction). An image or label map is "
+                     "resampled onto --reference's grid: out(x) = INPUT(T(x)). Points (.mrk.json, .fcsv, "
+                     "elastix, CSV, DIR-Lab .txt) of the moving image go through the inverse: the x with "
+                     "T(x) = y. To carry the fixed image's data the other way, apply the inverse transform "
+                     "(`progreg register --inverse` writes it).")
     p.add_argument("transform", metavar="TRANSFORM", help="transform file: .nrrd/.nii.gz/.mha field, .h5, .tfm, .txt")
     p.add_argument("input", metavar="INPUT", help="image, label map or point file of the moving image's space")
     p.add_argument("--reference", metavar="IMAGE",
@@ -138,8 +138,8 @@ def add_apply(sub):
 
 def add_tre(sub):
     p = _parser(sub, "tre", help="target registration error of two landmark files, before and after a transform",
-                       description="Landmark TRE (mm). Voxel-indexed files (DIR-Lab txt, elastix 'index') need --spacing; "
-                                   "the transform maps fixed to moving points (ITK resampling direction).")
+                description="Landmark TRE (mm). Voxel-indexed files (DIR-Lab txt, elastix 'index') need --spacing; "
+                            "the transform maps fixed to moving points (ITK resampling direction).")
     p.add_argument("fixed_points", help=f"landmarks in the fixed image: {LANDMARK_FORMATS}")
     p.add_argument("moving_points", help="the corresponding landmarks in the moving image (same count and order)")
     p.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"),
@@ -195,11 +195,11 @@ def add_phantom(sub):
 
 def add_batch(sub) -> None:
     p = _parser(sub, "batch", help="register every case of a manifest (a cohort) on Dask, resumably",
-                       description="A manifest row is a pair (id, fixed, moving[, fixed_landmarks, moving_landmarks, "
-                                   "moving_segmentation]) or a 4DCT (id, phases, reference); relative paths are "
-                                   "relative to the manifest. Each case is written into OUT/<id>/ as progreg register "
-                                   "or register-4d writes it; a rerun skips the cases done with the same inputs and "
-                                   "settings. OUT/cohort.csv and OUT/cohort.html hold the study.")
+                description="A manifest row is a pair (id, fixed, moving[, fixed_landmarks, moving_landmarks, "
+                            "moving_segmentation]) or a 4DCT (id, phases, reference); relative paths are "
+                            "relative to the manifest. Each case is written into OUT/<id>/ as progreg register "
+                            "or register-4d writes it; a rerun skips the cases done with the same inputs and "
+                            "settings. OUT/cohort.csv and OUT/cohort.html hold the study.")
     p.add_argument("manifest", help="CSV manifest of the cases")
     p.add_argument("--out", required=True, help="output folder (a subfolder per case)")
     p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per two cores)")
@@ -219,8 +219,8 @@ def add_batch(sub) -> None:
 
 def add_train(sub) -> None:
     p = _parser(sub, "train", help="train the progressive (and baseline) network on synthetic pairs",
-                       description="Train on synthetic B-spline pairs of CT images (paper Sec. II-E/F). "
-                                   "Writes log.csv, checkpoint.pt, model.pt and figures into --out.")
+                description="Train on synthetic B-spline pairs of CT images (paper Sec. II-E/F). "
+                            "Writes log.csv, checkpoint.pt, model.pt and figures into --out.")
     add_train_arguments(p)
     p.set_defaults(func="train:cmd_train")
 

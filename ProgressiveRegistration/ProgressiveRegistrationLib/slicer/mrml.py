@@ -538,26 +538,22 @@ def output_nodes(scene, fixed, moving, displacement: sitk.Image, jacobian: sitk.
         set_tre_table(table, landmarks["labels"], landmarks["before_mm"], landmarks["network_mm"], after)
     else:
         table = None
-    if summary.get("quality"):
-        quality_table = _output_node(scene, quality_table, fixed, moving, "quality table", "vtkMRMLTableNode",
-                                     f"{base} quality checks")
-        set_quality_table(quality_table, summary["quality"])
-    else:
-        quality_table = None
-    if quality_image is not None:
-        quality_map = _output_node(scene, quality_map, fixed, moving, "doubt map", "vtkMRMLScalarVolumeNode",
-                                   f"{base} doubt")
-        set_quality_volume(quality_map, quality_image)
-    else:
-        quality_map = None
+    def filled(node, role: str, cls: str, name: str, fill, data):
+        """``node`` (or a new one) of the pair filled with ``data``; None without ``data``."""
+        if data is None:
+            return None
+        node = _output_node(scene, node, fixed, moving, role, cls, name)
+        fill(node, data)
+        return node
+
+    quality_table = filled(quality_table, "quality table", "vtkMRMLTableNode", f"{base} quality checks",
+                           set_quality_table, summary.get("quality") or None)
+    quality_map = filled(quality_map, "doubt map", "vtkMRMLScalarVolumeNode", f"{base} doubt", set_quality_volume,
+                         quality_image)
+    # FromParent as for the result: it resamples the fixed volume's data onto the moving volume.
+    inverse = filled(inverse, "inverse transform", "vtkMRMLGridTransformNode", f"{base} registered inverse",
+                     set_grid_transform, inverse_field)
     seconds = float(sum(v for v in summary.get("seconds", {}).values()))
-    if inverse_field is not None:
-        # FromParent as for the result: it resamples the fixed volume's data onto the moving volume.
-        inverse = _output_node(scene, inverse, fixed, moving, "inverse transform", "vtkMRMLGridTransformNode",
-                               f"{base} registered inverse")
-        set_grid_transform(inverse, inverse_field)
-    else:
-        inverse = None
     return RegistrationNodes(transform, jacobian_node, table, summary, seconds, summary.get("tre_before_mm"),
                              tre_after, notes, summary.get("tre_network_mm"), volume, summary.get("tre_after_mm"),
                              quality_table, quality_map, inverse=inverse)
