@@ -90,6 +90,8 @@ def test_bad_input_is_one_line_and_nothing_written(translation, tmp_path):
     write_markups_json(tmp_path / "p.mrk.json", np.zeros((1, 3)))
     assert_bad_input(progreg("apply", d / "transform.nrrd", tmp_path / "p.mrk.json", "--out", out / "p.nrrd"), out)
     assert_bad_input(progreg("apply", d / "transform.nrrd", d / "ct.nrrd", "--out", out / "o.nrrd"), out)  # no --reference
+    assert_bad_input(progreg("apply", d / "transform.nrrd", d / "ct.nrrd", "--reference", d / "ct.nrrd", "--out",
+                             out / "o.xyz"), out)  # no such image format
     assert_bad_input(progreg("apply", tmp_path / "none.nrrd", d / "ct.nrrd", "--reference", d / "ct.nrrd", "--out",
                              out / "o.nrrd"), out)
     # A field that folds maps two points onto one: the inverse does not exist there.

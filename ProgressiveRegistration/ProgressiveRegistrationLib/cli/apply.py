@@ -16,6 +16,7 @@ from ..registration.apply import points_to_fixed, resample_image, resample_label
 #: Files read as points (by their names); anything else is an image.
 POINT_SUFFIXES = (".mrk.json", ".fcsv", ".txt", ".csv", ".pts")
 POINT_OUTPUTS = (".mrk.json", ".csv")
+IMAGE_OUTPUTS = (".nrrd", ".nii.gz", ".nii", ".mha")
 
 
 def _is_points(path: str) -> bool:
@@ -50,6 +51,8 @@ def cmd_apply(args) -> int:
         return 0
     if args.reference is None:
         raise InputError("--reference: give the image whose grid the result takes (the fixed image, say)")
+    if not str(args.out).lower().endswith(IMAGE_OUTPUTS):
+        raise InputError(f"--out {args.out}: unknown image format (use {', '.join(IMAGE_OUTPUTS)})")
     image = read_image(args.input, what="INPUT")
     reference = read_image(args.reference, what="--reference")
     if image.GetNumberOfComponentsPerPixel() != 1:
