@@ -54,6 +54,11 @@ def test_points_of_the_moving_image_go_through_the_inverse(translation, tmp_path
     carried = read_landmarks(tmp_path / "fixed.mrk.json")
     assert carried.labels == ["a", "b"]
     np.testing.assert_allclose(carried.to_lps(), moving - SHIFT_MM, atol=1e-3)  # T(x) = y  <=>  x = y - shift
+    r = progreg("apply", d / "transform.nrrd", tmp_path / "moving.mrk.json", "--out", tmp_path / "fixed.csv")
+    assert r.returncode == 0, r.stderr
+    as_csv = read_landmarks(tmp_path / "fixed.csv")
+    assert as_csv.labels == ["a", "b"]
+    np.testing.assert_allclose(as_csv.to_lps(), carried.to_lps(), atol=1e-3)
     # A linear transform file is inverted exactly.
     affine = sitk.AffineTransform(3)
     affine.SetMatrix((1.05, 0.02, 0.0, -0.01, 0.97, 0.03, 0.0, 0.01, 1.02))

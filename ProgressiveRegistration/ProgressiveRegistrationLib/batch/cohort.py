@@ -9,9 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.atomic import write_text
+from ..core.atomic import write_csv, write_text
 from ..registration.figures import png_bytes, pyplot
-from ..registration.outputs import write_csv
 from ..registration.report import badge, cell, fmt, img, page, table
 from .manifest import STUDY_FILES
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
-from ..core.atomic import write_text
+from ..core.atomic import write_csv
 from ..core.errors import InputError
 from ..core.grid import Grid
 from ..core.itk_fields import read_transform
@@ -23,15 +20,6 @@ def _is_points(path: str) -> bool:
     return str(path).lower().endswith(POINT_SUFFIXES)
 
 
-def _write_points_csv(path: str, points_lps, labels: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", "l", "p", "s"])
-    for label, p in zip(labels, points_lps):
-        writer.writerow([label, *(f"{v:.4f}" for v in p)])
-    write_text(path, buffer.getvalue())
-
-
 def cmd_apply(args) -> int:
     transform = read_transform(args.transform)
     if _is_points(args.input):
@@ -44,7 +32,8 @@ def cmd_apply(args) -> int:
         moving = landmarks.to_lps(grid=grid)
         fixed = points_to_fixed(transform, moving, labels=landmarks.labels)
         if str(args.out).lower().endswith(".csv"):
-            _write_points_csv(args.out, fixed, landmarks.labels)
+            write_csv(args.out, [{"label": label, **{k: f"{v:.4f}" for k, v in zip("lps", p)}}
+                                 for label, p in zip(landmarks.labels, fixed)])
         else:
             write_markups_json(args.out, fixed, landmarks.labels)
         print(f"{len(fixed)} points carried from the moving image to the fixed image: {args.out}")

@@ -27,6 +27,7 @@ device is taken to have run out of it.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -141,6 +142,21 @@ def concurrent(write: Callable[[Path], object]) -> Callable[[Path], object]:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """Rows of dicts as a CSV file (columns: every key, in order of first appearance)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    write_file(path, write)
 
 
 def _lock(handle) -> bool:

@@ -117,8 +117,7 @@ def orient(ax, grid, plane: str, flip: bool, scale: bool = True) -> None:
     ax.plot([x0, x0 + length / spacing], [y, y], color="white", lw=2.5, solid_capstyle="butt", path_effects=outline)
     ax.text(x0 + 0.5 * length / spacing, y - 0.02 * rows, f"{length} mm", ha="center", va="bottom", color="white",
             fontsize=7, path_effects=outline)
-    ax.set_xlim(-0.5, columns - 0.5)
-    ax.set_ylim(rows - 0.5, -0.5)
+    _plane_limits(ax, plane, grid)  # (the bar must not widen the picture)
 
 
 def overview_figure(fixed, moving, result, path) -> None:

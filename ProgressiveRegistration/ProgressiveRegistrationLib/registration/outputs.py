@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atomic import concurrent, write_file, write_text
+from ..core.atomic import concurrent, write_csv, write_text
 from ..core.grid import Grid
 from ..core.itk_fields import write_transform
 from ..core.metrics import worse_after_refinement
@@ -151,21 +151,6 @@ def _with_summary(writers: dict, summary: dict, t0: float) -> dict:
         write_text(p, json_text(summary))
 
     return {**timed, "summary.json": write_summary}
-
-
-def write_csv(path, rows: list[dict]) -> None:
-    """Rows of dicts as a CSV file (columns: every key, in order of first appearance)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-
-    def write(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-
-    write_file(path, write)
 
 
 def trajectory_rows(fourd: FourD, labels: list[str]) -> list[dict]:
