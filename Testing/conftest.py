@@ -151,6 +151,35 @@ def write_dicom_series(folder, uid, description, n=4, patient="P1", extra=()):
     return arr
 
 
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_ct_series(image: sitk.Image, folder, study: str, series: str, frame: str, number: int = 1,
+                    patient: str = "P1"):
+    """``image`` (HU) as a DICOM CT series in ``folder``, one file per slice, with the given
+    study, series and frame-of-reference UIDs; returns the SOP instance UIDs in slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(sitk.Round(sitk.Cast(image, sitk.sitkFloat32)), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = image.GetDirection()
+    uids = []
+    for z in range(image.GetSize()[2]):
+        sl = image[:, :, z]
+        uids.append(f"{series}.{z + 1}")
+        tags = {"0008|0016": CT_IMAGE_STORAGE, "0008|0018": uids[-1], "0008|0060": "CT", "0010|0010": "Test^Patient",
+                "0010|0020": patient, "0020|000d": study, "0020|000e": series, "0020|0052": frame,
+                "0020|0010": "1", "0020|0011": str(number), "0020|0013": str(z + 1),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, z))),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+                "0008|103e": f"series {number}", "0028|1052": "0", "0028|1053": "1"}
+        for key, value in tags.items():
+            sl.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{z:04d}.dcm"))
+        writer.Execute(sl)
+    return uids
+
+
 def rotation(ax, ay, az):
     """The 3x3 rotation R_z(az) R_y(ay) R_x(ax) (radians)."""
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)

@@ -9,16 +9,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import narrowed, padded
+from conftest import SAMPLE, assert_bad_input, narrowed, padded, progreg
 
-from ProgressiveRegistrationLib.core.lungs import field_of_view, thorax_masks
+from ProgressiveRegistrationLib.core.checks import given_mask
+from ProgressiveRegistrationLib.core.errors import InputError
+from ProgressiveRegistrationLib.core.grid import Grid
+from ProgressiveRegistrationLib.core.lungs import field_of_view, lung_mask, mask_on, thorax_masks
 from ProgressiveRegistrationLib.io.images import read_image
 from ProgressiveRegistrationLib.io.resources import BUNDLED_SAMPLE
 from ProgressiveRegistrationLib.model.config import NetworkConfig
 from ProgressiveRegistrationLib.model.modelfile import load_model
 from ProgressiveRegistrationLib.model.network import UNet
 from ProgressiveRegistrationLib.registration.engine import register_images, symmetric_forward
-from ProgressiveRegistrationLib.registration.geometry import pair_geometry
+from ProgressiveRegistrationLib.registration.geometry import MASK_MARGIN_MM, pair_geometry
 from ProgressiveRegistrationLib.registration.refine_config import DEFAULT
 from ProgressiveRegistrationLib.simulation.breathing import simulate
 
@@ -142,3 +145,120 @@ def test_an_image_registered_to_itself_is_the_identity(pair, model, which, reque
         r = register_images(image, image, model, refinement=refinement, warp_moving=False)
         d = np.linalg.norm(sitk.GetArrayFromImage(r.displacement), axis=-1)
         assert d[r.body_mask].max() <= 0.01 and d.max() <= 0.5, (refinement, d[r.body_mask].max(), d.max())
+
+
+# User masks (--fixed-mask / --moving-mask): checked, resampled onto their image, and replacing
+# the computed lung fields for the crops, the refinement's similarity and the quality checks.
+
+
+@pytest.fixture(scope="module")
+def landmarked_pair():
+    return simulate(sitk.ReadImage(str(SAMPLE)), seed=1, n_landmarks=20)
+
+
+def _coarser(mask: sitk.Image, factor: int = 2) -> sitk.Image:
+    """``mask`` on a grid ``factor`` times coarser (another grid of the same frame)."""
+    grid = Grid.from_image(mask).subsampled((factor,) * 3)
+    return sitk.Resample(mask, grid.reference_image(sitk.sitkUInt8), sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                         sitk.sitkUInt8)
+
+
+def _one_side(mask: sitk.Image) -> sitk.Image:
+    """The mask's voxels on the patient's right (L coordinate below the mask's middle)."""
+    arr = sitk.GetArrayFromImage(mask)
+    half = arr.shape[2] // 2
+    arr[:, :, half:] = 0  # index i runs along L for this image (identity direction)
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(mask)
+    return out
+
+
+def test_a_mask_is_checked_and_resampled_onto_its_image(landmarked_pair):
+    pair = landmarked_pair
+    lungs = lung_mask(pair.inhale)
+    coarse = _coarser(lungs)
+    on_image = given_mask(coarse, pair.inhale, "mask")
+    assert Grid.from_image(on_image) == Grid.from_image(pair.inhale)
+    expected = sitk.Resample(coarse, pair.inhale, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_image), sitk.GetArrayFromImage(expected))
+    # Any non-zero label is inside; a float mask from 0.5 up.
+    labels = sitk.Cast(lungs, sitk.sitkInt16) * 7
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(given_mask(labels, pair.inhale, "m")),
+                                  sitk.GetArrayFromImage(lungs))
+    probability = sitk.Cast(lungs, sitk.sitkFloat32) * 0.6 + 0.3  # 0.3 outside, 0.9 inside
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(given_mask(probability, pair.inhale, "m")),
+                                  sitk.GetArrayFromImage(lungs))
+
+
+@pytest.mark.parametrize("case, message", [("empty", "is empty"), ("elsewhere", "another frame of reference"),
+                                           ("vector", "3D scalar")])
+def test_a_mask_that_is_not_of_its_image_is_refused(landmarked_pair, case, message):
+    pair = landmarked_pair
+    lungs = lung_mask(pair.inhale)
+    if case == "empty":
+        mask = lungs * 0
+    elif case == "elsewhere":
+        mask = sitk.Image(lungs)
+        mask.SetOrigin(tuple(np.asarray(lungs.GetOrigin()) + 400.0))
+    else:
+        mask = sitk.Compose(lungs, lungs, lungs)
+    with pytest.raises(InputError, match=message):
+        given_mask(mask, pair.inhale, "--fixed-mask m.nrrd")
+
+
+def test_masks_replace_the_lung_fields(landmarked_pair, tiny_model):
+    """One side's lungs given as the fixed mask: the crop is cut around them, the quality
+    checks' region is the mask, and the refinement compares the images only near it."""
+    pair = landmarked_pair
+    model = load_model(tiny_model)
+    plain = register_images(pair.inhale, pair.exhale, model)
+    right = _one_side(lung_mask(pair.inhale))
+    masked = register_images(pair.inhale, pair.exhale, model, masks=(_coarser(right), lung_mask(pair.exhale)))
+    assert masked.fixed_crop.size == plain.fixed_crop.size
+    extent = np.asarray(masked.fixed_crop.spacing_mm) * masked.fixed_crop.size
+    plain_extent = np.asarray(plain.fixed_crop.spacing_mm) * plain.fixed_crop.size
+    assert extent[0] < 0.8 * plain_extent[0] and np.allclose(extent[1:], plain_extent[1:], rtol=0.15)
+    given = given_mask(_coarser(right), pair.inhale, "m")
+    np.testing.assert_array_equal(masked.lung_mask, mask_on(given, masked.out_grid))
+    assert not np.array_equal(masked.lung_mask, plain.lung_mask)
+    grid = masked.out_grid
+    compared = masked.geometry.similarity_mask_on(grid)
+    assert compared[masked.lung_mask].all()
+    # Nothing compared farther from the mask than its margin (and a working cell).
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
+        sitk.Resample(given, grid.reference_image(sitk.sitkUInt8), sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                      sitk.sitkUInt8), insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+    assert distance[compared].max() <= MASK_MARGIN_MM + 4.0 * np.sqrt(3)
+    assert plain.geometry.similarity_mask_on(grid)[distance > MASK_MARGIN_MM + 8].any()
+
+
+def test_the_computed_lungs_given_as_masks_register_as_well(landmarked_pair):
+    """With the bundled model: the image's own lung fields given as masks give a result at
+    least as good as the computed ones (the refinement compares the images near the lungs)."""
+    pair = landmarked_pair
+    plain = register_images(pair.inhale, pair.exhale, None, "cpu", pair.fixed_points_lps, pair.moving_points_lps,
+                            refinement=DEFAULT)
+    masked = register_images(pair.inhale, pair.exhale, None, "cpu", pair.fixed_points_lps, pair.moving_points_lps,
+                             refinement=DEFAULT, masks=(lung_mask(pair.inhale), lung_mask(pair.exhale)))
+    assert masked.landmarks["after_mm"].mean() <= plain.landmarks["after_mm"].mean() + 0.05
+    assert masked.folding_percent <= 0.01
+
+
+def test_command_line(landmarked_pair, tmp_path, tiny_model):
+    pair = landmarked_pair
+    sitk.WriteImage(pair.inhale, str(tmp_path / "fixed.nrrd"))
+    sitk.WriteImage(pair.exhale, str(tmp_path / "moving.nrrd"))
+    sitk.WriteImage(_coarser(lung_mask(pair.inhale)), str(tmp_path / "fixed_mask.nii.gz"))
+    sitk.WriteImage(lung_mask(pair.exhale), str(tmp_path / "moving_mask.nrrd"))
+    sitk.WriteImage(lung_mask(pair.exhale) * 0, str(tmp_path / "empty.nrrd"))
+    common = ("register", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", "--model", tiny_model, "--no-refine",
+              "--no-overview", "--no-report")
+    out = tmp_path / "bad"
+    assert_bad_input(progreg(*common, "--out", out, "--moving-mask", tmp_path / "empty.nrrd"), out)
+    out = tmp_path / "out"
+    result = progreg(*common, "--out", out, "--fixed-mask", tmp_path / "fixed_mask.nii.gz",
+                     "--moving-mask", tmp_path / "moving_mask.nrrd")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"]["fixed_mask"].endswith("fixed_mask.nii.gz")
+    assert summary["inputs"]["moving_mask"].endswith("moving_mask.nrrd")

@@ -58,9 +58,20 @@ def add_register(sub) -> None:
     p.add_argument("--fixed-segmentation", metavar="LABELS",
                    help="a label map on the fixed image: the report compares it with the carried moving segmentation "
                         "(Dice, mean surface distance, HD95)")
+    p.add_argument("--fixed-mask", metavar="LABELS",
+                   help="label map of the fixed image's lungs (any grid of its frame; non-zero inside): replaces the "
+                        "computed lung field for the crop, the refinement's similarity and the quality checks")
+    p.add_argument("--moving-mask", metavar="LABELS", help="label map of the moving image's lungs: replaces the "
+                                                            "computed lung field for the moving crop")
+    p.add_argument("--initial-transform", metavar="FILE",
+                   help="ITK transform to start from (.h5, .tfm, .txt, .mat, or a displacement-field image), mapping "
+                        "fixed points to moving points like the result; transform.<fmt> includes it")
     p.add_argument("--tolerances", metavar="FILE", help="YAML/JSON file of check tolerances for the report "
                                                         "({check: {warn: x, fail: y}}; default: AAPM TG-132's)")
     p.add_argument("--no-report", action="store_true", help="no quality report (report.html, quality.nrrd)")
+    p.add_argument("--dicom-reg", action="store_true",
+                   help="also write registration.dcm: a DICOM Deformable Spatial Registration object referencing the "
+                        "fixed and moving series, for radiotherapy systems (needs DICOM inputs)")
     p.add_argument("--fixed-series", help="DICOM series UID of the fixed image")
     p.add_argument("--moving-series", help="DICOM series UID of the moving image")
     add_refine_options(p)

@@ -25,7 +25,8 @@ def cmd_register(args) -> int:
                              refinement(args), write_warped=not args.no_warped, write_overview=not args.no_overview,
                              moving_segmentation=args.moving_segmentation, report=not args.no_report,
                              fixed_segmentation=args.fixed_segmentation, tolerances=args.tolerances,
-                             write_inverse=args.inverse)
+                             write_inverse=args.inverse, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+                             initial_transform=args.initial_transform, dicom_reg=args.dicom_reg)
     if args.json:
         print(json_text(summary))
     elif not args.progress_json:

@@ -59,3 +59,37 @@ def check_labels(labels: sitk.Image, image: sitk.Image, what: str) -> None:
     if a.size != b.size or not np.allclose(a.index_to_lps, b.index_to_lps, atol=1e-3):
         raise InputError(f"{what}: the label map is not on the grid of its phase image "
                          f"(size {a.size} against {b.size}, or another spacing, origin or direction)")
+
+
+#: Share of a user's mask that must lie within its image: less is the mask of another image.
+MASK_INSIDE_MIN = 0.5
+
+
+def given_mask(mask: sitk.Image, image: sitk.Image, what: str) -> sitk.Image:
+    """A user's mask as a uint8 image (1 inside) on ``image``'s grid (nearest neighbour).
+
+    ``mask``: a 3D label map of any grid in the image's frame: every non-zero label is inside
+    (a float image: values of at least 0.5). Refused with one line: not a 3D scalar image; no
+    voxel inside; less than :data:`MASK_INSIDE_MIN` of it within the image (another patient's
+    or another frame of reference's mask); nothing of it left on the image's grid.
+    """
+    if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what}: a mask must be a 3D scalar image (a label map)")
+    values = sitk.GetArrayViewFromImage(mask)
+    inside = values >= 0.5 if values.dtype.kind == "f" else values != 0
+    count = int(np.count_nonzero(inside))
+    if not count:
+        raise InputError(f"{what}: the mask is empty (no voxel inside)")
+    binary = sitk.GetImageFromArray(inside.astype(np.uint8))
+    binary.CopyInformation(mask)
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    within = sitk.Resample(ones, binary, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    share = np.count_nonzero(inside & (sitk.GetArrayViewFromImage(within) > 0)) / count
+    if share < MASK_INSIDE_MIN:
+        raise InputError(f"{what}: only {share:.0%} of the mask lies within its image (the mask of another image, "
+                         "or another frame of reference?)")
+    on_image = sitk.Resample(binary, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(on_image).any():
+        raise InputError(f"{what}: no voxel of the mask falls on the image's grid (a mask thinner than a voxel?)")
+    return on_image

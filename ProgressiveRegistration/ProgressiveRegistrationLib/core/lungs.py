@@ -31,12 +31,25 @@ class ThoraxMasks:
 
     ``fov``: the cells that hold measured data: neither padding (cells at or below
     :data:`PADDING_HU` connected to the image's border) nor outside the image.
+    ``given``: the user's mask on the image's own grid (uint8), when one replaces the computed
+    lung field (:func:`with_given_lungs`); ``lungs`` is then its copy on the working grid.
     """
 
     lungs: sitk.Image
     body: sitk.Image
     shrink: tuple[int, int, int]
     fov: sitk.Image
+    given: sitk.Image | None = None
+
+    def lungs_on(self, grid: Grid) -> np.ndarray:
+        """The lung field on ``grid`` (bool ``[k, j, i]``): the user's mask where one was
+        given (at its own resolution), else the computed one."""
+        return mask_on(self.given if self.given is not None else self.lungs, grid)
+
+    def lungs_dilated(self, margin_mm: float) -> sitk.Image:
+        """The lung field on the working grid grown by ``margin_mm`` (rounded to whole cells)."""
+        radius = [max(1, int(round(margin_mm / s))) for s in self.lungs.GetSpacing()]
+        return sitk.BinaryDilate(self.lungs, radius, sitk.sitkBall)
 
 
 def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float = 0.002,
@@ -85,6 +98,24 @@ def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float 
     body_img = sitk.GetImageFromArray(body_arr.astype(np.uint8))
     body_img.CopyInformation(small)
     return ThoraxMasks(lungs, body_img, shrink, fov)
+
+
+def with_given_lungs(masks: ThoraxMasks, given: sitk.Image) -> ThoraxMasks:
+    """``masks`` with the lung field replaced by a user's mask (uint8 on the image's grid, from
+    :func:`checks.given_mask`): the crops, the refinement's similarity and the quality checks'
+    region then follow the user's mask. The body is the computed body joined with the mask.
+    On the working grid a cell counts as inside when at least half of it is (linear
+    interpolation of the mask), or, for a mask thinner than a cell, where the mask has any voxel."""
+    reference = masks.lungs
+    coarse = sitk.Resample(sitk.Cast(given, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+    lungs = sitk.GetArrayViewFromImage(coarse) >= 0.5
+    if not lungs.any():
+        lungs = sitk.GetArrayViewFromImage(coarse) > 0
+    lungs_img = sitk.GetImageFromArray(lungs.astype(np.uint8))
+    lungs_img.CopyInformation(reference)
+    body = sitk.GetImageFromArray(((sitk.GetArrayViewFromImage(masks.body) > 0) | lungs).astype(np.uint8))
+    body.CopyInformation(reference)
+    return ThoraxMasks(lungs_img, body, masks.shrink, masks.fov, given)
 
 
 def field_of_view(small: sitk.Image, padding_hu: float = PADDING_HU) -> sitk.Image:

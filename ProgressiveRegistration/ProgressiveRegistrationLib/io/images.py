@@ -477,8 +477,9 @@ def _check_metaimage(path: Path, label: str) -> None:
 
 
 def read_image(path: str | os.PathLike, series: str | None = None, what: str | None = None,
-               notes: list[str] | None = None) -> sitk.Image:
-    """Read a 3D scalar volume from a file or a DICOM directory, checked for sanity.
+               notes: list[str] | None = None, check: bool = True) -> sitk.Image:
+    """Read a 3D scalar volume from a file or a DICOM directory, checked for sanity
+    (:func:`checks.check_volume`; ``check=False`` for a mask, which may be all one value).
 
     ``series``: the UID of the DICOM series to read when a folder holds several. ``what``
     names the image in messages (default: the path). Warnings about what was read (a DICOM
@@ -510,7 +511,8 @@ def read_image(path: str | os.PathLike, series: str | None = None, what: str | N
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
             raise InputError(f"{label}: not a readable image ({_reason(err)})") from None
-        check_volume(image, label)  # (a DICOM series is checked as it is read)
+        if check:
+            check_volume(image, label)  # (a DICOM series is checked as it is read)
     return image
 
 

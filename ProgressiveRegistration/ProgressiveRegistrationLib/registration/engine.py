@@ -17,6 +17,11 @@ Stages (each timed, each reported to a progress callback):
    (:mod:`warp`: ITK's resampler's values, computed in one compiled kernel);
 7. ``landmarks``: fixed landmarks through φ, TRE before, after the network alone, and
    after refinement.
+
+With an initial transform (:mod:`.initial`) the moving image is first resampled through it
+onto the fixed grid, and every field from stage 4 on is the initial transform composed with
+the registration's; with masks (:func:`checks.given_mask`) the user's lung fields replace the
+computed ones (:mod:`.geometry`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core import fields, warp
-from ..core.checks import check_overlap, check_pairs, check_volume
+from ..core.checks import check_overlap, check_pairs, check_volume, given_mask
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
@@ -41,6 +46,7 @@ from ..core.transforms import displacement_lps, field_at_points, invert_displace
 from ..model.modelfile import Model, load_model
 from ..model.preprocess import crop_hu, network_input
 from .geometry import PairGeometry, pair_geometry
+from .initial import check_initial, compose, pre_align
 from .refine import refine
 from .refine_config import RefineConfig
 
@@ -66,6 +72,9 @@ class Result:
     refinement: list[dict] | None = None
     #: The fixed image's lung field on ``out_grid`` (bool ``[k, j, i]``).
     lung_mask: np.ndarray | None = None
+    #: The moving image's own grid (the geometry's is the pre-aligned image's, on the fixed
+    #: grid, when the registration started from an initial transform).
+    moving_grid: Grid | None = None
 
     def transform(self) -> sitk.Transform:
         return field_transform(self.displacement)
@@ -89,7 +98,8 @@ def inverse_transform(result: Result) -> tuple[sitk.Image, dict]:
     fixed image's data onto the moving image, mapping a moving point y to the fixed point x with
     φ(x) = y (:func:`transforms.invert_displacement`). With its record: the grid, and the
     consistency ``|φ(φ⁻¹(y)) − y|`` over it (mm: mean, 99th percentile, maximum)."""
-    target = output_grid(result.geometry.moving_grid, result.moving_crop, result.out_grid.spacing_mm)
+    target = output_grid(result.moving_grid or result.geometry.moving_grid, result.moving_crop,
+                         result.out_grid.spacing_mm)
     t0 = time.perf_counter()
     image, record = invert_displacement(result.displacement, target)
     result.seconds["inverse"] = round(time.perf_counter() - t0, 3)
@@ -139,16 +149,31 @@ def symmetric_forward(net: torch.nn.Module, x: torch.Tensor, device) -> torch.Te
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
                     fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
                     progress=None, warp_moving: bool = True, refinement: RefineConfig | None = None,
-                    fixed_masks: ThoraxMasks | None = None) -> Result:
+                    fixed_masks: ThoraxMasks | None = None, initial: sitk.Transform | None = None,
+                    masks: tuple[sitk.Image | None, sitk.Image | None] = (None, None),
+                    mask_names: tuple[str, str] = ("fixed mask", "moving mask")) -> Result:
     """Register ``moving`` to ``fixed`` (both 3D CT in HU, any geometry).
 
     ``progress(fraction, message)`` is called at each stage. Landmarks are LPS mm.
     ``refinement``: refine the network's field on the images (:mod:`refine`); None gives the
     network's one-pass result. ``fixed_masks``: :func:`lungs.thorax_masks` of ``fixed``, when
-    the caller registers several images to one fixed image.
+    the caller registers several images to one fixed image. ``initial``: an ITK transform
+    (fixed -> moving points) to start from; the result includes it (:mod:`.initial`).
+    ``masks``: the user's fixed and moving masks (label maps on any grid of each image's
+    frame, non-zero inside), replacing the computed lung fields: the crops, the refinement's
+    similarity and the quality checks' region follow them; ``mask_names`` name them in messages.
     """
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
+    given = tuple(given_mask(mask, image, name) if mask is not None else None
+                  for mask, image, name in zip(masks, (fixed, moving), mask_names))
+    moving_grid = Grid.from_image(moving)
+    original_moving = moving
+    if initial is not None:
+        check_initial(initial, fixed, moving, "initial transform")
+        moving = pre_align(moving, initial, Grid.from_image(fixed))
+        if given[1] is not None:
+            given = (given[0], sitk.Resample(given[1], fixed, initial, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
     if fixed_points_lps is not None or moving_points_lps is not None:
         if fixed_points_lps is None or moving_points_lps is None:
             raise InputError("landmarks: give both fixed and moving landmarks, or neither")
@@ -169,7 +194,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     check_overlap(fixed, moving)
 
     stage("crop", 0.05, "cropping both images around the lungs")
-    geometry = pair_geometry(fixed, moving, model.synthesis, fixed_masks)
+    geometry = pair_geometry(fixed, moving, model.synthesis, fixed_masks, given)
     notes += geometry.notes
     fixed_crop, moving_crop = geometry.fixed_crop, geometry.moving_crop
     fixed_hu, moving_hu = crop_hu(fixed, fixed_crop), crop_hu(moving, moving_crop)
@@ -200,6 +225,9 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     if refined is not None:
         disp_network = disp
         disp = refined.sample_on(out, add=disp_network)
+    if initial is not None:
+        disp = compose(initial, disp, out)
+        disp_network = compose(initial, disp_network, out) if disp_network is not None else None
     if not np.isfinite(disp).all():
         raise InputError("the registration gave non-finite displacements (NaN or Inf); nothing is written")
     disp_image = displacement_image(disp, out)
@@ -215,12 +243,12 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     warped = None
     if warp_moving:
         stage("warp", 0.8, "resampling the moving image onto the fixed grid")
-        warped = warp.warp_moving(moving, fixed_grid, disp_image, -1024.0)
+        warped = warp.warp_moving(original_moving, fixed_grid, disp_image, -1024.0)
         done("warp")
 
     result = Result(geometry, out, u_vox, disp_image, jac, body, folding, warped,
                     seconds, notes, x[0, 0], x[0, 1], refinement=refined.levels if refined is not None else None,
-                    lung_mask=geometry.lungs_on(out))
+                    lung_mask=geometry.lungs_on(out), moving_grid=moving_grid)
     if fixed_points_lps is not None:
         stage("landmarks", 0.95, "landmark TRE")
         predicted = map_points(disp, out, fixed_points_lps)
@@ -229,7 +257,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         network = after
         if disp_network is not None:
             network = tre_mm(fixed_points_lps + field_at_points(disp_network, out, fixed_points_lps), moving_points_lps)
-        used = inside_images(fixed_points_lps, moving_points_lps, fixed_grid, geometry.moving_grid)
+        used = inside_images(fixed_points_lps, moving_points_lps, fixed_grid, moving_grid)
         if not used.all():
             outside = np.flatnonzero(~used) + 1
             notes.append(f"landmarks: {len(outside)} of {len(used)} pairs lie outside the fixed or the moving image "

@@ -18,13 +18,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.grid import Grid
-from ..core.lungs import ThoraxMasks, mask_on, thorax_masks
+from ..core.lungs import ThoraxMasks, mask_on, thorax_masks, with_given_lungs
 from ..model.config import SynthesisConfig
 from ..model.preprocess import lung_crop
 
 #: Share of one image's lung field outside the other's field of view above which the
 #: registration says so (the field there is extrapolated, not measured).
 UNSEEN_LUNG_WARNING = 0.05
+#: Margin (mm) around a user's fixed mask within which the refinement compares the images: the
+#: lung's surface is an edge, and both of its sides align it. Measured on the bundled CT with a
+#: simulated exhale, the computed lung field given as the mask: mean TRE 0.88 mm with the
+#: similarity inside the mask alone, 0.80 with 4 mm, 0.65 with 8 mm, 0.67 with 12 mm.
+MASK_MARGIN_MM = 8.0
 
 
 @dataclass
@@ -51,17 +56,22 @@ class PairGeometry:
         return mask_on(self.fixed_masks.body, grid)
 
     def lungs_on(self, grid: Grid) -> np.ndarray:
-        """The fixed lung field on ``grid`` (bool ``[k, j, i]``)."""
-        return mask_on(self.fixed_masks.lungs, grid)
+        """The fixed lung field on ``grid`` (bool ``[k, j, i]``): the user's fixed mask where
+        one was given."""
+        return self.fixed_masks.lungs_on(grid)
 
     def overlap_on(self, grid: Grid) -> np.ndarray:
         """Where both images hold measured data, on ``grid`` (bool ``[k, j, i]``)."""
         return mask_on(self.fixed_masks.fov, grid) & mask_on(self.moving_masks.fov, grid)
 
     def similarity_mask_on(self, grid: Grid) -> np.ndarray:
-        """Where the images are compared: the fixed body within the moving image's field of
-        view (bool ``[k, j, i]``); beyond it the moving image holds padding or nothing."""
-        return self.body_on(grid) & mask_on(self.moving_masks.fov, grid)
+        """Where the images are compared (bool ``[k, j, i]``): the fixed body, or where the user
+        gave a fixed mask, the body within :data:`MASK_MARGIN_MM` of the mask; either within
+        the moving image's field of view (beyond it the moving image holds padding or nothing)."""
+        region = self.body_on(grid)
+        if self.fixed_masks.given is not None:
+            region &= mask_on(self.fixed_masks.lungs_dilated(MASK_MARGIN_MM), grid)
+        return region & mask_on(self.moving_masks.fov, grid)
 
 
 def _unseen_share(masks: ThoraxMasks, other: ThoraxMasks) -> float:
@@ -73,12 +83,19 @@ def _unseen_share(masks: ThoraxMasks, other: ThoraxMasks) -> float:
 
 
 def pair_geometry(fixed: sitk.Image, moving: sitk.Image, cfg: SynthesisConfig,
-                  fixed_masks: ThoraxMasks | None = None) -> PairGeometry:
+                  fixed_masks: ThoraxMasks | None = None,
+                  given: tuple[sitk.Image | None, sitk.Image | None] = (None, None)) -> PairGeometry:
     """The :class:`PairGeometry` of ``fixed`` and ``moving`` (CT in HU, any storage) for a
     network whose preprocessing is ``cfg``. ``fixed_masks``: :func:`lungs.thorax_masks` of
-    ``fixed``, when the caller registers several images to it."""
+    ``fixed``, when the caller registers several images to it. ``given``: the user's fixed and
+    moving masks (uint8, each on its image's grid; :func:`checks.given_mask`), replacing the
+    computed lung fields where given."""
     fixed_masks = fixed_masks or thorax_masks(fixed)
     moving_masks = thorax_masks(moving)
+    if given[0] is not None:
+        fixed_masks = with_given_lungs(fixed_masks, given[0])
+    if given[1] is not None:
+        moving_masks = with_given_lungs(moving_masks, given[1])
     notes = []
     fixed_crop, fixed_found = lung_crop(fixed, cfg, fixed_masks, seen_by=moving_masks)
     moving_crop, moving_found = lung_crop(moving, cfg, moving_masks, seen_by=fixed_masks)

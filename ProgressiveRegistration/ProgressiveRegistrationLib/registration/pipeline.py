@@ -14,13 +14,16 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .. import __version__
 from ..core.atomic import OutputFolder, concurrent, write_text
 from ..core.checks import check_labels
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.grid import Grid
-from ..core.itk_fields import write_transform
+from ..core.itk_fields import read_transform, write_transform
 from ..core.transforms import resample_labels
+from ..io.dicom_reg import SOP_CLASS_UID as DICOM_REG_SOP_CLASS
+from ..io.dicom_reg import series_reference, write_registration
 from ..io.images import list_dicom_series, phase_names, phase_order, read_image, read_series, write_image
 from ..io.landmarks import read_landmarks, read_point_pairs
 from ..model.modelfile import Model, load_model
@@ -33,13 +36,17 @@ from .report import fourd_report_writers, image_info, report_writers
 from .runlog import COMMAND, LOG_NAME, RunLog
 from .tolerances import load_tolerances
 
+#: The DICOM registration object's file in the output folder.
+DICOM_REG_NAME = "registration.dcm"
+
 
 def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed_landmarks=None, moving_landmarks=None,
                    model: str | Path | Model | None = None, device: str = "cpu", size: int | None = None,
                    fmt: str = "nrrd", series: tuple[str | None, str | None] = (None, None), progress=None,
                    refinement: RefineConfig | None = DEFAULT_REFINEMENT, write_warped: bool = True,
                    write_overview: bool = True, moving_segmentation=None, report: bool = True,
-                   fixed_segmentation=None, tolerances=None, write_inverse: bool = False) -> dict:
+                   fixed_segmentation=None, tolerances=None, write_inverse: bool = False, fixed_mask=None,
+                   moving_mask=None, initial_transform=None, dicom_reg: bool = False) -> dict:
     """``progreg register`` as a function: read, register, write every output into ``out``.
 
     Returns the summary (also written as ``summary.json``). ``size`` overrides the model's
@@ -52,14 +59,18 @@ def register_files(fixed: str | Path, moving: str | Path, out: str | Path, fixed
     fixed grid) adds contour agreement with the carried ``moving_segmentation``; ``tolerances``:
     a YAML/JSON file of check tolerances. ``write_inverse``: also ``inverse_transform.<fmt>``,
     the inverse on the moving image's grid (:func:`engine.inverse_transform`), with its
-    consistency in ``summary["inverse"]``.
+    consistency in ``summary["inverse"]``. ``fixed_mask``/``moving_mask``: label maps (files)
+    replacing the computed lung fields (:func:`engine.register_images`); ``initial_transform``:
+    an ITK transform file (fixed -> moving) that the result starts from and includes.
+    ``dicom_reg``: also ``registration.dcm``, a DICOM Deformable Spatial Registration object
+    referencing both series (:mod:`io.dicom_reg`; both inputs must be DICOM series).
     """
     tolerance_values = load_tolerances(tolerances)  # a bad file is refused before any work
     with OutputFolder(out) as folder, RunLog() as run_log:
         return _register_files(fixed, moving, folder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
                                series, run_log.progress(progress), refinement, write_warped, write_overview,
                                moving_segmentation, report, fixed_segmentation, tolerance_values, tolerances, run_log,
-                               write_inverse)
+                               write_inverse, (fixed_mask, moving_mask), initial_transform, dicom_reg)
 
 
 #: With a report, the registration's own progress runs to this fraction, the report to WRITING_FROM.
@@ -88,7 +99,8 @@ def _write(folder: OutputFolder, writers: dict, progress) -> None:
 def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving_landmarks, model, device, size, fmt,
                     series, progress, refinement, write_warped, write_overview, moving_segmentation, report,
                     fixed_segmentation, tolerance_values, tolerances_file, run_log: RunLog,
-                    write_inverse: bool = False) -> dict:
+                    write_inverse: bool = False, mask_files=(None, None), initial_transform=None,
+                    dicom_reg: bool = False) -> dict:
     if fmt not in TRANSFORM_FORMATS:
         raise InputError(f"--format {fmt}: use one of {', '.join(TRANSFORM_FORMATS)}")
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -96,6 +108,10 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
     device, notice = pick_device(device)
     if notice and progress:
         progress(0.0, notice)
+    references = None
+    if dicom_reg:  # refused before any work when the inputs are not DICOM series
+        references = (series_reference(fixed, series[0], "--dicom-reg (fixed image)"),
+                      series_reference(moving, series[1], "--dicom-reg (moving image)"))
     read_notes: list[str] = []  # what the readers found (a DICOM series' missing slices), for summary.json
     fixed_img = read_image(fixed, series[0], "fixed image", notes=read_notes)
     moving_img = read_image(moving, series[1], "moving image", notes=read_notes)
@@ -110,6 +126,10 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
             raise InputError("--fixed-segmentation needs --moving-segmentation (the contours to compare it with)")
         fixed_labels = read_image(fixed_segmentation, what="--fixed-segmentation")
         check_labels(fixed_labels, fixed_img, f"--fixed-segmentation {fixed_segmentation}")
+    mask_names = tuple(f"--{role}-mask {path}" for role, path in zip(("fixed", "moving"), mask_files))
+    masks = tuple(read_image(path, what=name, check=False) if path is not None else None
+                  for path, name in zip(mask_files, mask_names))
+    initial = read_transform(initial_transform) if initial_transform is not None else None
     fixed_pts = moving_pts = None
     point_labels: list[str] = []
     if fixed_landmarks is not None:
@@ -117,12 +137,15 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
                                                                fixed_grid, moving_grid)
     model = (model if isinstance(model, Model) else load_model(model, device)).with_size(size)
     result = register_images(fixed_img, moving_img, model, device, fixed_pts, moving_pts, _until(progress, report),
-                             warp_moving=write_warped, refinement=refinement)
+                             warp_moving=write_warped, refinement=refinement, initial=initial, masks=masks,
+                             mask_names=mask_names)
     result.warnings[:0] = read_notes
     summary = summary_of(result, model, device)
     summary["inputs"] = {"fixed": image_info(fixed, fixed_img, series[0]), "moving": image_info(moving, moving_img, series[1])}
     for key, path in (("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks),
-                      ("fixed_segmentation", fixed_segmentation), ("moving_segmentation", moving_segmentation)):
+                      ("fixed_segmentation", fixed_segmentation), ("moving_segmentation", moving_segmentation),
+                      ("fixed_mask", mask_files[0]), ("moving_mask", mask_files[1]),
+                      ("initial_transform", initial_transform)):
         if path is not None:
             summary["inputs"][key] = str(path)  # the report records each file with its SHA-256
     summary["command_line"] = command_line()
@@ -133,6 +156,12 @@ def _register_files(fixed, moving, folder: OutputFolder, fixed_landmarks, moving
             progress(REPORT_FROM if report else WRITING_FROM, "the inverse transform on the moving image's grid")
         inverse, summary["inverse"] = inverse_transform(result)
         extra[f"inverse_transform.{fmt}"] = transform_writer(lambda p: write_transform(inverse, p), fmt)
+    if references is not None:
+        extra[DICOM_REG_NAME] = concurrent(lambda p: write_registration(p, result.displacement, *references,
+                                                                        __version__))
+        summary["dicom_reg"] = {"file": DICOM_REG_NAME, "sop_class_uid": DICOM_REG_SOP_CLASS,
+                                "frame_of_reference_uid": references[0].frame_of_reference_uid,
+                                "source_frame_of_reference_uid": references[1].frame_of_reference_uid}
     on_fixed = None
     if labels is not None:
         on_fixed = resample_labels(labels, result.displacement, result.fixed_grid)
