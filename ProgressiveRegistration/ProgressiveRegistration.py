@@ -14,18 +14,20 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
 from slicer import (
     vtkMRMLGridTransformNode,
+    vtkMRMLLabelMapVolumeNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLSequenceNode,
     vtkMRMLTableNode,
+    vtkMRMLTransformNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -139,6 +141,11 @@ class ProgressiveRegistrationParameterNode:
     movingVolume: vtkMRMLScalarVolumeNode
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
+    # Optional: the user's lung masks (replacing the computed lung fields) and a transform to
+    # start from (e.g. a rigid registration's, or a manual alignment).
+    fixedMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    movingMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    initialTransform: vtkMRMLTransformNode
     outputTransform: vtkMRMLGridTransformNode
     outputInverse: vtkMRMLGridTransformNode  # optional: none, no inverse
     outputVolume: vtkMRMLScalarVolumeNode
@@ -246,6 +253,7 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.ui.applyPhasesButton.connect("clicked(bool)", self.onApplyPhasesButton)
         self.ui.openResultsButton.connect("clicked(bool)", self.onOpenResultsButton)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReportButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedCollapsed)
         self.initializeParameterNode()
 
@@ -411,6 +419,11 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.ui.openResultsButton.toolTip = self.logic.lastResultsFolder or _("No result files kept yet.")
         self.ui.openReportButton.enabled = self.logic.lastReport is not None
         self.ui.openReportButton.toolTip = self.logic.lastReport or _("No quality report yet.")
+        problem = self.logic.dicomExportProblem(p.outputTransform) if p is not None else _("No parameters")
+        self.ui.exportDicomButton.enabled = problem is None and not running
+        self.ui.exportDicomButton.toolTip = problem or _(
+            "Save the output transform as a DICOM Deformable Spatial Registration object (registration.dcm) "
+            "referencing the fixed and moving series, for radiotherapy planning systems.")
 
     def _updateDeviceChoices(self, probe=False):
         """List cuda only where torch sees a GPU (and make it the default there, once per
@@ -479,6 +492,16 @@ class ProgressiveRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
     def onOpenReportButton(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to open the quality report."), waitCursor=False):
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self.logic.lastReport))
+
+    def onExportDicomButton(self):
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), _("Save the DICOM registration object"),
+            os.path.join(slicer.app.defaultScenePath, "registration.dcm"), _("DICOM files (*.dcm)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the DICOM registration object."), waitCursor=True):
+            self.logic.exportDicomRegistration(self._parameterNode.outputTransform, path)
+            self.ui.statusLabel.text = _("Saved {path}").format(path=path)
 
     def onOpenResultsButton(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to open the result folder."), waitCursor=False):
@@ -789,7 +812,7 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
             from ProgressiveRegistrationLib.slicer import mrml
 
             job = mrml.export_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, workDir, p.fixedLandmarks,
-                                  p.movingLandmarks)
+                                  p.movingLandmarks, p.fixedMask, p.movingMask, p.initialTransform)
 
             def load():
                 result = mrml.load_results(slicer.mrmlScene, job, transform=p.outputTransform,
@@ -986,6 +1009,27 @@ class ProgressiveRegistrationLogic(ScriptedLoadableModuleLogic):
         slicer.modules.sequences.showSequenceBrowser(browser)
         slicer.util.setSliceViewerLayers(background=browser.GetProxyNode(sequence), fit=True)
         return sequence, browser
+
+    @classmethod
+    def dicomExportProblem(cls, transform):
+        """Why ``transform`` cannot be exported as a DICOM registration object (None: it can)."""
+        if transform is None:
+            return _("Register first: the output transform is exported")
+        for role, volume in ((_("fixed"), transform.GetNodeReference(transform.GetFixedNodeReferenceRole())),
+                             (_("moving"), transform.GetNodeReference(transform.GetMovingNodeReferenceRole()))):
+            if volume is None:
+                return _("The output transform is not a registration result with its volumes")
+            if not volume.GetAttribute("DICOM.instanceUIDs"):
+                return _("The {role} volume was not loaded from DICOM").format(role=role)
+        return None
+
+    def exportDicomRegistration(self, transform, path):
+        """Write ``transform`` (a registration result) as a DICOM Deformable Spatial Registration
+        object to ``path``, referencing the series of its fixed and moving volumes."""
+        from ProgressiveRegistrationLib.slicer import mrml
+
+        mrml.export_dicom_registration(slicer.mrmlScene, transform, path, slicer.dicomDatabase.fileForInstance)
+        log.info(f"DICOM registration object written: {path}")
 
     # --- synchronous, for scripts and tests ---------------------------------------------
     def process(self, fixedVolume, movingVolume, fixedLandmarks=None, movingLandmarks=None, model=None,

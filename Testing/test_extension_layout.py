@@ -147,6 +147,11 @@ def _parameter_fields() -> dict[str, tuple[str, set[str]]]:
             annotations = {ast.unparse(e.func) for e in extra if isinstance(e, ast.Call)}
             ann = base
         name = ast.unparse(ann)
+        if isinstance(ann, ast.Subscript) and ast.unparse(ann.value) == "Union":
+            # A Union of node classes (and None) is a node too: isNodeOrUnionOfNodes, util.py v5.6.2 to v5.10.0.
+            members = [ast.unparse(e) for e in ann.slice.elts if ast.unparse(e) != "None"]
+            if all(m.startswith("vtkMRML") for m in members):
+                name = "vtkMRML"
         fields[stmt.target.id] = ("<node>" if name.startswith("vtkMRML") else name, annotations)
     return fields
 
@@ -561,16 +566,21 @@ def test_apply_keeps_its_words_and_its_tooltip_says_what_is_missing():
 
     widget = cls()
     widget.ui = types.SimpleNamespace(applyButton=button(), applyPhasesButton=button(), openResultsButton=button(),
-                                      openReportButton=button())
-    problems = {"pair": "Select the fixed and moving volumes", "phases": None}
+                                      openReportButton=button(), exportDicomButton=button())
+    problems = {"pair": "Select the fixed and moving volumes", "phases": None, "dicom": "Register first"}
     widget.logic = types.SimpleNamespace(runningKind=lambda: None, inputProblem=lambda p: problems["pair"],
                                          phasesProblem=lambda p: problems["phases"], lastResultsFolder=None,
-                                         lastReport=None)
-    widget._parameterNode, widget._starting = object(), False
+                                         lastReport=None, dicomExportProblem=lambda t: problems["dicom"])
+    widget._parameterNode, widget._starting = types.SimpleNamespace(outputTransform=None), False
     widget._updateButtons()
     apply, phases = widget.ui.applyButton, widget.ui.applyPhasesButton
     assert (apply.enabled, apply.text, apply.toolTip) == (False, "Apply", "Select the fixed and moving volumes")
     assert (phases.enabled, phases.text) == (True, "Register all phases")
+    dicom = widget.ui.exportDicomButton
+    assert (dicom.enabled, dicom.toolTip) == (False, "Register first")
+    problems["dicom"] = None
+    widget._updateButtons()
+    assert dicom.enabled and "DICOM Deformable Spatial Registration" in dicom.toolTip
     widget._starting = True
     widget._updateButtons()
     assert (apply.enabled, apply.text) == (False, "Apply")
@@ -578,6 +588,7 @@ def test_apply_keeps_its_words_and_its_tooltip_says_what_is_missing():
     widget.logic.runningKind = lambda: "pair"
     widget._updateButtons()
     assert (apply.enabled, apply.text) == (True, "Cancel") and (phases.enabled, phases.text) == (False, "Register all phases")
+    assert not dicom.enabled  # not while a registration runs
 
 
 def test_the_gui_stays_connected_across_exit_and_enter():

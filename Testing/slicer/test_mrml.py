@@ -614,3 +614,156 @@ def test_the_panels_export_and_loading_load_no_torch(tiny_model, tmp_path):
                        capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 0, r.stderr
     assert "loaded []" in r.stdout, r.stdout
+
+
+# --- masks, an initial transform and DICOM registration objects --------------------------------
+
+def _world_ras(node, points_ras: np.ndarray) -> np.ndarray:
+    """Points through ``node``'s transform from world, as Slicer evaluates it."""
+    import vtk
+
+    general = vtk.vtkGeneralTransform()
+    node.GetTransformFromWorld(general)
+    return np.array([general.TransformPoint(*(float(v) for v in p)) for p in points_ras])
+
+
+def _through_file(path, points_ras: np.ndarray) -> np.ndarray:
+    """Points (RAS) through the ITK transform file at ``path`` (LPS), back in RAS."""
+    from ProgressiveRegistrationLib.core.itk_fields import read_transform
+
+    return transform_points(read_transform(path), points_ras * RAS) * RAS
+
+
+def _grid_transform_node(scene, to_parent: bool):
+    """A grid transform node with a smooth displacement field over the sample's extent."""
+    import vtk
+    from vtk.util import numpy_support
+
+    size, spacing, origin = (12, 12, 12), (20.0, 20.0, 20.0), (-10.0, -70.0, -1450.0)  # over the sample (RAS)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    disp = np.stack([3 * np.sin(j / 3.0), 2 * np.cos(k / 4.0), 1.5 * np.sin(i / 5.0)], -1).reshape(-1, 3)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*size)
+    image.SetSpacing(*spacing)
+    image.SetOrigin(*origin)
+    array = numpy_support.numpy_to_vtk(disp, deep=True, array_type=vtk.VTK_DOUBLE)
+    array.SetNumberOfComponents(3)
+    image.GetPointData().SetScalars(array)
+    grid = slicer.vtkOrientedGridTransform()
+    grid.SetDisplacementGridData(image)
+    grid.SetInterpolationModeToLinear()
+    node = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "grid")
+    if to_parent:
+        node.SetAndObserveTransformToParent(grid)
+    else:
+        node.SetAndObserveTransformFromParent(grid)
+    return node, np.array(origin) + np.array(spacing) * (np.array(size) - 1) * np.array([[0.3], [0.7]])
+
+
+def test_an_initial_transform_node_is_written_as_slicer_applies_it(scene, tmp_path):
+    """Whatever the node: linear under a parent (the matrix), a grid of its own (Slicer's file),
+    a grid stored in the other direction (sampled): the file maps points as Slicer's
+    transform from world does. A transform the moving volume is already under is refused."""
+    fixed, moving, _, _ = inprocess.sample_pair_nodes(scene)
+    rng = np.random.default_rng(0)
+    lo, hi = (np.array(b) * RAS for b in mrml.grid_of_volume_node(fixed).bounding_box_lps())
+    points = np.minimum(lo, hi) + rng.random((30, 3)) * np.abs(hi - lo) * 0.8 + np.abs(hi - lo) * 0.1
+    parent = _linear_transform(scene, _rigid(10, (5.0, -3.0, 2.0)), "parent")
+    child = _linear_transform(scene, _rigid(-4, (1.0, 8.0, -6.0)) @ np.diag([1.05, 1.0, 0.95, 1.0]), "child")
+    child.SetAndObserveTransformNodeID(parent.GetID())
+    for case, node, tolerance in (("linear chain", child, 1e-6), ("grid, FromParent", None, 1e-4),  # stored as float32
+                                  ("grid, ToParent", None, 0.02)):
+        if node is None:
+            node, box = _grid_transform_node(scene, to_parent=case.endswith("ToParent"))
+            points_in = box[0] + rng.random((30, 3)) * (box[1] - box[0])
+        else:
+            points_in = points
+        folder = tmp_path / case.replace(" ", "_").replace(",", "")
+        folder.mkdir()
+        path = mrml.write_initial_transform(scene, node, fixed, moving, folder)
+        assert path.endswith({"linear chain": ".tfm", "grid, FromParent": ".h5", "grid, ToParent": ".nrrd"}[case])
+        np.testing.assert_allclose(_through_file(path, points_in), _world_ras(node, points_in), atol=tolerance,
+                                   err_msg=case)
+    moving.SetAndObserveTransformNodeID(child.GetID())
+    with pytest.raises(InputError, match="already under it"):
+        mrml.write_initial_transform(scene, parent, fixed, moving, tmp_path)
+
+
+def test_the_panels_path_passes_masks_and_an_initial_transform(scene, tiny_model, tmp_path):
+    """A moving volume shifted in the scene, the transform that aligns it back as the initial
+    transform, lung masks as a label map and a segmentation: the run's transform node carries
+    the fixed landmarks to the shifted moving ones as a plain run does to the unshifted ones."""
+    from ProgressiveRegistrationLib.core.lungs import lung_mask
+    from ProgressiveRegistrationLib.slicer import mrml4d
+
+    fixed, moving, fpts, mpts = inprocess.sample_pair_nodes(scene)
+    plain = inprocess.register_volume_nodes(scene, fixed, moving, fpts, mpts, model=tiny_model, refinement=None,
+                                            quality=False, apply_to_moving=False)
+    shift = np.array([100.0, 50.0, 20.0])
+    image = mrml.image_from_volume_node(moving, "moving")
+    image.SetOrigin(tuple(np.asarray(image.GetOrigin()) + shift * RAS))
+    shifted = mrml.add_volume_node(scene, image, "shifted")
+    shifted_points = mrml.add_points_node(scene, slicer.util.arrayFromMarkupsControlPoints(mpts) * RAS + shift * RAS,
+                                          "M shifted")
+    back = _linear_transform(scene, _rigid(0, -shift), "back")
+    fixed_mask = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "fixed lungs")
+    mrml.set_volume_from_image(fixed_mask, lung_mask(mrml.image_from_volume_node(fixed, "f")))
+    moving_labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "moving lungs")
+    mrml.set_volume_from_image(moving_labels, lung_mask(image))
+    moving_mask = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "moving lungs")
+    ids = mrml.string_array(["lungs"])
+    assert mrml4d.segmentations_logic(scene).ImportLabelmapToSegmentationNode(moving_labels, moving_mask, ids)
+    job = mrml.export_job(scene, fixed, shifted, tmp_path, fpts, shifted_points, fixed_mask, moving_mask, back)
+    command = job.command(sys.executable, tiny_model, refine=False)
+    for option in ("--fixed-mask", "--moving-mask", "--initial-transform"):
+        assert command[command.index(option) + 1] == getattr(job, option[2:].replace("-", "_") + "_path")
+    written = sitk.ReadImage(job.moving_mask_path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written) > 0, sitk.GetArrayFromImage(lung_mask(image)) > 0)
+    run = subprocess.run(command, cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    loaded = mrml.load_results(scene, job, apply_to_moving=False)
+    moved_tre = _tre_through_node(loaded.transform, fpts, shifted_points)
+    assert abs(moved_tre.mean() - _tre_through_node(plain.transform, fpts, mpts).mean()) < 0.3
+    recorded = loaded.summary["inputs"]["initial_transform"]  # the report records the file with its SHA-256
+    assert recorded["path"].endswith("initial.tfm") and len(recorded["sha256"]) == 64
+    # In-process, with the same nodes: the same transform as the background run.
+    direct = inprocess.register_volume_nodes(scene, fixed, shifted, fpts, shifted_points, model=tiny_model,
+                                             refinement=None, quality=False, apply_to_moving=False,
+                                             fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=back)
+    np.testing.assert_allclose(_tre_through_node(direct.transform, fpts, shifted_points), moved_tre, atol=0.01)
+
+
+def test_a_dicom_registration_object_of_a_result(scene, tiny_model, tmp_path):
+    """Volumes loaded from DICOM (their instance UIDs, as Slicer's DICOM plugin sets them): the
+    exported object is valid by dciodvfy and holds the transform node's field; volumes not
+    from DICOM, or under another transform, are refused."""
+    import pydicom
+    from conftest import dicom_errors, write_ct_series
+
+    from ProgressiveRegistrationLib.io.dicom_reg import read_registration_grid
+
+    fixed, moving, _, _ = inprocess.sample_pair_nodes(scene)
+    files = {}
+    for role, node, study in (("fixed", fixed, "1.2.826.7.1"), ("moving", moving, "1.2.826.7.2")):
+        uids = write_ct_series(mrml.image_from_volume_node(node, role), tmp_path / role, study, f"{study}.1",
+                               f"{study}.9")
+        files.update({uid: str(tmp_path / role / f"{z:04d}.dcm") for z, uid in enumerate(uids)})
+        node.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+    r = inprocess.register_volume_nodes(scene, fixed, moving, model=tiny_model, refinement=None, quality=False)
+    path = tmp_path / "registration.dcm"
+    mrml.export_dicom_registration(scene, r.transform, path, files.get)
+    assert dicom_errors(path) == []
+    grid, registered, source = read_registration_grid(path)
+    assert (registered, source) == ("1.2.826.7.1.9", "1.2.826.7.2.9")
+    node_field = mrml.displacement_of_grid_transform(r.transform)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(grid), sitk.GetArrayFromImage(node_field), atol=1e-4)
+    assert np.allclose(grid.GetOrigin(), node_field.GetOrigin()) and np.allclose(grid.GetDirection(),
+                                                                                 node_field.GetDirection())
+    assert pydicom.dcmread(path).PatientID == "P1"
+    moving.RemoveAttribute("DICOM.instanceUIDs")
+    with pytest.raises(InputError, match="not loaded from the DICOM database"):
+        mrml.export_dicom_registration(scene, r.transform, tmp_path / "no.dcm", files.get)
+    fixed.SetAndObserveTransformNodeID(_linear_transform(scene, _rigid(5, (1.0, 0, 0)), "t").GetID())
+    with pytest.raises(InputError, match="relates the series as stored"):
+        mrml.export_dicom_registration(scene, r.transform, tmp_path / "no.dcm", files.get)
+    assert not (tmp_path / "no.dcm").exists()

@@ -58,7 +58,6 @@ def series_reference(folder: str | os.PathLike, series: str | None, what: str) -
     """The :class:`SeriesReference` of the DICOM series read from ``folder`` (``series``: its UID
     or a unique prefix, when the folder holds several). InputError, naming ``what``, when
     ``folder`` is not a DICOM folder or its files lack the UIDs a registration object needs."""
-    import pydicom
 
     if not Path(folder).is_dir():
         raise InputError(f"{what}: {folder} is not a DICOM folder: a DICOM registration object references its "
@@ -68,13 +67,22 @@ def series_reference(folder: str | os.PathLike, series: str | None, what: str) -
         found = [s for s in found if s.uid == series] or [s for s in found if s.uid.startswith(series)]
     if len(found) != 1:
         raise InputError(f"{what}: {folder} holds {len(found)} DICOM series; name the one registered")
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in found[0].files]
+    return series_reference_of_files(found[0].files, what)
+
+
+def series_reference_of_files(files, what: str) -> SeriesReference:
+    """The :class:`SeriesReference` of one series' DICOM files (their headers are read)."""
+    import pydicom
+
+    try:
+        headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+    except (OSError, pydicom.errors.InvalidDicomError) as err:
+        raise InputError(f"{what}: a DICOM file of the series cannot be read ({err})") from None
     first = headers[0]
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPClassUID",
                            "SOPInstanceUID") if not first.get(k)]
     if missing:
-        raise InputError(f"{what}: the DICOM files of {folder} lack {', '.join(missing)}, which a registration "
-                         "object needs")
+        raise InputError(f"{what}: its DICOM files lack {', '.join(missing)}, which a registration object needs")
     frames = {h.get("FrameOfReferenceUID") for h in headers}
     if len(frames) != 1:
         raise InputError(f"{what}: the series' slices name {len(frames)} frames of reference")

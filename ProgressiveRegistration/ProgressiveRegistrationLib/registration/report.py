@@ -225,8 +225,8 @@ def _dicom_folder(folder: Path, image, series: str | None) -> dict:
 
 
 #: The inputs that are files but not images, in the order the page lists them.
-FILE_INPUTS = ("fixed_landmarks", "moving_landmarks", "fixed_segmentation", "moving_segmentation", "points",
-               "segmentation", "tolerances")
+FILE_INPUTS = ("fixed_landmarks", "moving_landmarks", "fixed_segmentation", "moving_segmentation", "fixed_mask",
+               "moving_mask", "initial_transform", "points", "segmentation", "tolerances")
 
 
 def add_provenance(summary: dict, tolerances_file=None) -> dict:

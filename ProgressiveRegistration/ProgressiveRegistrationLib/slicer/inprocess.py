@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ..core.itk_fields import read_transform
 from ..io.images import read_image
 from ..io.resources import BUNDLED_SAMPLE
 from ..model.modelfile import Model, load_model
@@ -30,8 +31,10 @@ from .mrml import (
     add_points_node,
     add_volume_node,
     check_inputs,
+    labels_of_node,
     output_nodes,
     set_volume_from_image,
+    write_initial_transform,
 )
 from .mrml4d import FourDNodes, export_4d_job, load_4d_results
 
@@ -40,7 +43,8 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
                           device: str = "cpu", transform=None, jacobian=None, table=None, apply_to_moving: bool = True,
                           progress=None, refinement: RefineConfig | None = DEFAULT_REFINEMENT, volume=None,
                           resample: bool = False, quality: bool = True, quality_table=None,
-                          quality_map=None, inverse=None) -> RegistrationNodes:
+                          quality_map=None, inverse=None, fixed_mask=None, moving_mask=None,
+                          initial_transform=None) -> RegistrationNodes:
     """Register two volume nodes in-process and put the results in ``scene``.
 
     The scripting API for Slicer's Python console::
@@ -55,7 +59,10 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
     (``r.volume``); ``quality``: the AAPM TG-132 checks as a table (``r.quality_table``, PASS /
     WARN / FAIL) and the doubt map (``r.quality_map``, 1 − local NCC); ``inverse`` (True, or a
     node to fill): also the inverse transform on the moving volume's geometry (``r.inverse``),
-    which carries the fixed volume's data onto the moving volume.
+    which carries the fixed volume's data onto the moving volume. ``fixed_mask``/``moving_mask``:
+    segmentation or labelmap volume nodes replacing the computed lung fields;
+    ``initial_transform``: a transform node to start from (fixed -> moving as the moving
+    volume's parent would apply it); the result includes it.
 
     ``transform``, ``jacobian``, ``table``, ``volume``, ``quality_table``, ``quality_map``, ``inverse``:
     nodes to fill instead of new ones, used only if they belong to this pair (an earlier
@@ -68,8 +75,14 @@ def register_volume_nodes(scene, fixed, moving, fixed_landmarks=None, moving_lan
     model = model if isinstance(model, Model) else load_model(model, device)
     f_pts, m_pts = (points[0], points[1]) if points else (None, None)
     resample = resample or volume is not None
+    masks = tuple(labels_of_node(scene, node, volume_node, f"{role} mask '{node.GetName()}'") if node else None
+                  for role, node, volume_node in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)))
+    initial = None
+    if initial_transform is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            initial = read_transform(write_initial_transform(scene, initial_transform, fixed, moving, Path(folder)))
     result = register_images(fixed_image, moving_image, model, device, f_pts, m_pts, progress, warp_moving=resample,
-                             refinement=refinement)
+                             refinement=refinement, initial=initial, masks=masks)
     summary = summary_of(result, model, device)
     quality_image = None
     if quality:

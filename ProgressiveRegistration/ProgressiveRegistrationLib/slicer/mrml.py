@@ -41,18 +41,21 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .. import __version__
 from ..core.checks import check_volume
 from ..core.errors import InputError
 from ..core.grid import Grid
-from ..core.itk_fields import read_displacement_field
+from ..core.itk_fields import displacement_image, read_displacement_field, write_transform
 from ..core.metrics import summary as tre_summary
 from ..core.metrics import worse_after_refinement
+from ..io.dicom_reg import series_reference_of_files, write_registration
 from ..io.images import read_image
 from ..io.landmarks import write_markups_json
 from ..io.resources import BUNDLED_SAMPLE
@@ -241,6 +244,100 @@ def _output_node(scene, node, fixed, moving, what: str, cls: str, name: str):
     node.SetNodeReferenceID(MOVING_REFERENCE, moving.GetID())
     node.SetAttribute(OUTPUT_ATTRIBUTE, what)
     return node
+
+
+def _node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+@contextmanager
+def temporary_nodes(scene):
+    """Removes every node added to ``scene`` inside the block, except those passed to the
+    ``keep`` function it yields (with their display and storage nodes); if the block
+    fails, every node it added. Slicer's export and import make nodes besides the ones asked
+    for (a label map's display node and colour table, vtkSlicerSegmentationsModuleLogic.cxx,
+    ``ExportSegmentsToLabelmapNode``, v5.6.2 to v5.10.0)."""
+    before, kept = _node_ids(scene), []
+    ok = False
+    try:
+        yield kept.append
+        ok = True
+    finally:
+        keep = set()
+        for node in kept if ok else []:
+            keep.add(node.GetID())
+            for i in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+                keep.add(node.GetNthDisplayNodeID(i))
+            for i in range(node.GetNumberOfStorageNodes() if hasattr(node, "GetNumberOfStorageNodes") else 0):
+                keep.add(node.GetNthStorageNodeID(i))
+        for node_id in _node_ids(scene) - before - keep:
+            node = scene.GetNodeByID(node_id)
+            if node is not None:
+                scene.RemoveNode(node)
+
+
+def segments_of(node) -> list[tuple[str, str, tuple[float, float, float]]]:
+    """(ID, name, RGB colour) of the segments exported from a segmentation node: the visible
+    ones (all of them without a display node), in the segmentation's order."""
+    import vtk
+
+    segmentation = node.GetSegmentation()
+    ids = vtk.vtkStringArray()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.GetVisibleSegmentIDs(ids)
+    else:
+        segmentation.GetSegmentIDs(ids)
+    found = []
+    for i in range(ids.GetNumberOfValues()):
+        segment = segmentation.GetSegment(ids.GetValue(i))
+        found.append((ids.GetValue(i), segment.GetName(), tuple(float(c) for c in segment.GetColor())))
+    return found
+
+
+def string_array(values):
+    import vtk
+
+    array = vtk.vtkStringArray()
+    for v in values:
+        array.InsertNextValue(v)
+    return array
+
+
+def labels_of_node(scene, node, reference_volume, what: str, segments=None) -> sitk.Image:
+    """A label map (LPS, on ``reference_volume``'s geometry) of a labelmap volume node or of
+    a segmentation node's ``segments`` (default :func:`segments_of`; label value ``i + 1``
+    for the ``i``-th). The scene is left as it was."""
+
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return image_from_volume_node(node, what)
+    if not node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"{what}: a segmentation or labelmap volume is needed")
+    segments = segments_of(node) if segments is None else segments
+    if not segments:
+        raise InputError(f"{what}: it has no visible segment")
+    logic = segmentations_logic(scene)
+    with temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("export"))
+        if not logic.ExportSegmentsToLabelmapNode(
+                node, string_array([s[0] for s in segments]), labelmap, reference_volume):
+            raise InputError(f"{what}: could not be exported as a label map")
+        return image_from_volume_node(labelmap, what)
+
+
+def segmentations_logic(scene):
+    """Slicer's Segmentations logic (in Slicer its module's). On slicer-core the segment
+    representations are registered (in the converter factory, for good) by making one logic
+    with a scene, once: without them a segment cannot be added by ID."""
+    import slicer
+
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "segmentations"):
+        return modules.segmentations.logic()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.ConstructRepresentationObjectByRepresentation("Binary labelmap") is None:
+        slicer.vtkSlicerSegmentationsModuleLogic().SetMRMLScene(scene)
+    return slicer.vtkSlicerSegmentationsModuleLogic  # (the methods used here are static)
 
 
 def set_grid_transform(node, displacement: sitk.Image) -> None:
@@ -591,6 +688,9 @@ class Job:
     out_dir: str
     fixed_landmarks_path: str | None = None
     moving_landmarks_path: str | None = None
+    fixed_mask_path: str | None = None
+    moving_mask_path: str | None = None
+    initial_transform_path: str | None = None
 
     def command(self, python: str, model: str | None = None, device: str = "cpu", refine: bool = True,
                 warped: bool = False, overview: bool = False, inverse: bool = False) -> list[str]:
@@ -606,6 +706,10 @@ class Job:
             args.append("--no-overview")
         if self.fixed_landmarks_path:
             args += ["--fixed-landmarks", self.fixed_landmarks_path, "--moving-landmarks", self.moving_landmarks_path]
+        for option, path in (("--fixed-mask", self.fixed_mask_path), ("--moving-mask", self.moving_mask_path),
+                             ("--initial-transform", self.initial_transform_path)):
+            if path:
+                args += [option, path]
         if model:
             args += ["--model", str(model)]
         if not refine:
@@ -615,8 +719,14 @@ class Job:
         return args
 
 
-def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None) -> Job:
-    """Write the inputs of a background ``progreg register`` run into ``work_dir``."""
+def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_landmarks=None, fixed_mask=None,
+               moving_mask=None, initial_transform=None) -> Job:
+    """Write the inputs of a background ``progreg register`` run into ``work_dir``.
+
+    ``fixed_mask``/``moving_mask``: segmentation nodes (their visible segments, on the
+    volume's geometry) or labelmap volume nodes; ``initial_transform``: any transform node
+    that, as the moving volume's parent, would align it to the fixed volume
+    (:func:`write_initial_transform`)."""
     fixed_image, moving_image, points = check_inputs(scene, fixed, moving, fixed_landmarks, moving_landmarks)
     work = Path(work_dir)
     job = Job(fixed.GetID(), moving.GetID(), str(work / "fixed.nrrd"), str(work / "moving.nrrd"), str(work / "out"))
@@ -627,7 +737,130 @@ def export_job(scene, fixed, moving, work_dir, fixed_landmarks=None, moving_land
         job.moving_landmarks_path = str(work / "moving.mrk.json")
         write_markups_json(job.fixed_landmarks_path, points[0], points[2])
         write_markups_json(job.moving_landmarks_path, points[1])
+    for role, node, volume in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
+        if node is not None:
+            path = str(work / f"{role}_mask.nrrd")
+            sitk.WriteImage(labels_of_node(scene, node, volume, f"{role} mask '{node.GetName()}'"), path, True)
+            setattr(job, f"{role}_mask_path", path)
+    if initial_transform is not None:
+        job.initial_transform_path = write_initial_transform(scene, initial_transform, fixed, moving, work)
     return job
+
+
+#: Grid step (mm) on which an initial transform that ITK cannot read as it is (a non-linear
+#: transform stored in the other direction, or under a parent transform) is sampled.
+SAMPLED_TRANSFORM_MM = 3.0
+
+
+def write_initial_transform(scene, node, fixed, moving, folder: Path) -> str:
+    """An ITK file of ``node``'s transform from world (its resampling direction, LPS: a fixed
+    point to the moving point) for ``--initial-transform``; returns its path.
+
+    Linear (with its parents): the matrix, exactly (``initial.tfm``). A node of its own,
+    non-linear: Slicer's own writer (``initial.h5``), when SimpleITK reads what it wrote. Else
+    (an inverse-stored grid or B-spline, a chain of parents): the transform sampled by VTK on a
+    :data:`SAMPLED_TRANSFORM_MM` grid over the fixed volume (``initial.nrrd``). Refused when
+    the moving volume is already under it: the volume is registered in world coordinates,
+    where it is applied."""
+    import vtk
+    from vtk.util import numpy_support
+
+    chain = moving.GetParentTransformNode()
+    while chain is not None:
+        if chain.GetID() == node.GetID():
+            raise InputError(f"initial transform '{node.GetName()}': the moving volume is already under it, and "
+                             "volumes are registered as they lie in the scene: choose no initial transform")
+        chain = chain.GetParentTransformNode()
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    if node.IsTransformToWorldLinear():
+        m = vtk.vtkMatrix4x4()
+        node.GetMatrixTransformFromWorld(m)
+        lps = flip @ np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)]) @ flip
+        path = folder / "initial.tfm"
+        sitk.WriteTransform(sitk.AffineTransform(tuple(lps[:3, :3].ravel()), tuple(lps[:3, 3])), str(path))
+        return str(path)
+    if node.GetParentTransformNode() is None:
+        path = folder / "initial.h5"
+        with temporary_nodes(scene):
+            storage = scene.AddNewNodeByClass("vtkMRMLTransformStorageNode")
+            storage.SetFileName(str(path))
+            written = storage.WriteData(node)
+        try:
+            if written:
+                sitk.ReadTransform(str(path))
+                return str(path)
+        except RuntimeError:
+            pass  # a transform type SimpleITK does not read (an inverse displacement field)
+        path.unlink(missing_ok=True)
+    lo, hi = grid_of_volume_node(fixed, world=True, what=f"fixed volume '{fixed.GetName()}'").bounding_box_lps()
+    lo_ras, hi_ras = np.minimum(lo, hi) * [-1, -1, 1], np.maximum(lo, hi) * [-1, -1, 1]
+    lo_ras, hi_ras = np.minimum(lo_ras, hi_ras), np.maximum(lo_ras, hi_ras)
+    size = [int(np.ceil((b - a) / SAMPLED_TRANSFORM_MM)) + 1 for a, b in zip(lo_ras, hi_ras)]
+    general = vtk.vtkGeneralTransform()
+    node.GetTransformFromWorld(general)
+    sampler = vtk.vtkTransformToGrid()
+    sampler.SetInput(general)
+    sampler.SetGridOrigin(*lo_ras)
+    sampler.SetGridSpacing(*(SAMPLED_TRANSFORM_MM,) * 3)
+    sampler.SetGridExtent(0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
+    sampler.SetGridScalarTypeToDouble()
+    sampler.Update()
+    ras = numpy_support.vtk_to_numpy(sampler.GetOutput().GetPointData().GetScalars()).reshape(*size[::-1], 3)
+    grid = Grid(tuple(size), (SAMPLED_TRANSFORM_MM,) * 3, tuple(LPS_TO_RAS @ lo_ras),
+                tuple(np.diag([-1.0, -1.0, 1.0]).ravel()))
+    path = folder / "initial.nrrd"
+    write_transform(displacement_image(ras * [-1.0, -1.0, 1.0], grid), path)
+    return str(path)
+
+
+def displacement_of_grid_transform(node) -> sitk.Image:
+    """The displacement field (LPS mm, resampling direction, vector float64) of a grid
+    transform node stored as this module stores its results (:func:`set_grid_transform`)."""
+    import slicer
+    from vtk.util import numpy_support
+
+    transform = node.GetTransformFromParent()
+    if not isinstance(transform, slicer.vtkOrientedGridTransform) or transform.GetDisplacementGrid() is None:
+        raise InputError(f"transform '{node.GetName()}' holds no displacement grid in the resampling direction "
+                         "(a registration result of this module does)")
+    data = transform.GetDisplacementGrid()
+    size = data.GetDimensions()
+    ras = numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(size[2], size[1], size[0], 3)
+    direction = transform.GetGridDirectionMatrix()
+    d_ras = np.array([[direction.GetElement(r, c) for c in range(3)] for r in range(3)])
+    scale = np.asarray(transform.GetDisplacementScale()) if hasattr(transform, "GetDisplacementScale") else 1.0
+    shift = np.asarray(transform.GetDisplacementShift()) if hasattr(transform, "GetDisplacementShift") else 0.0
+    grid = Grid(tuple(size), tuple(data.GetSpacing()), tuple(LPS_TO_RAS @ np.asarray(data.GetOrigin())),
+                tuple((LPS_TO_RAS @ d_ras).ravel()))
+    return displacement_image((ras * scale + shift) * [-1.0, -1.0, 1.0], grid)
+
+
+def export_dicom_registration(scene, transform, path, file_of_instance) -> None:
+    """Write ``transform`` (a registration result: it references its fixed and moving volumes)
+    as a DICOM Deformable Spatial Registration object (:mod:`io.dicom_reg`) to ``path``.
+
+    ``file_of_instance(uid)``: the file of a DICOM instance (in Slicer
+    ``slicer.dicomDatabase.fileForInstance``), for the volumes' ``DICOM.instanceUIDs``.
+    Refused when a volume was not loaded from DICOM, or lies under a transform other than
+    the result (the object relates the series as stored)."""
+    fixed, moving = transform.GetNodeReference(FIXED_REFERENCE), transform.GetNodeReference(MOVING_REFERENCE)
+    if fixed is None or moving is None:
+        raise InputError(f"transform '{transform.GetName()}' is not a registration result with its fixed and "
+                         "moving volumes")
+    references = []
+    for role, volume in (("fixed", fixed), ("moving", moving)):
+        parent = volume.GetParentTransformNode()
+        if parent is not None and parent.GetID() != transform.GetID():
+            raise InputError(f"{role} volume '{volume.GetName()}' is under the transform '{parent.GetName()}': the "
+                             "DICOM object relates the series as stored; harden or remove that transform and register "
+                             "again")
+        uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
+        files = [file_of_instance(uid) for uid in uids]
+        if not uids or not all(files):
+            raise InputError(f"{role} volume '{volume.GetName()}' was not loaded from the DICOM database: a DICOM "
+                             "registration object references its series by their UIDs")
+        references.append(series_reference_of_files(files, f"{role} volume '{volume.GetName()}'"))
+    write_registration(path, displacement_of_grid_transform(transform), *references, __version__)
 
 
 def _tre_csv_landmarks(path) -> dict:

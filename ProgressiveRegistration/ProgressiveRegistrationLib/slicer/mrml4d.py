@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +49,14 @@ from .mrml import (
     LPS_TO_RAS,
     image_from_volume_node,
     into_folder_of,
+    labels_of_node,
     markups_lps,
+    segmentations_logic,
+    segments_of,
     set_grid_transform,
     set_volume_from_image,
+    string_array,
+    temporary_nodes,
     user_color_table,
 )
 
@@ -91,85 +95,6 @@ def phase_names(source) -> list[str]:
         return [node.GetName() or f"phase {k}" for k, node in enumerate(source)]
     return [phase_label(source.GetNthIndexValue(k), source.GetIndexUnit() or "", source.GetIndexName() or "")
             for k in range(source.GetNumberOfDataNodes())]
-
-
-def _node_ids(scene) -> set[str]:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-@contextmanager
-def _temporary_nodes(scene):
-    """Removes every node added to ``scene`` inside the block, except those passed to the
-    ``keep`` function it yields (with their display and storage nodes); if the block
-    fails, every node it added. Slicer's export and import make nodes besides the ones asked
-    for (a label map's display node and colour table, vtkSlicerSegmentationsModuleLogic.cxx,
-    ``ExportSegmentsToLabelmapNode``, v5.6.2 to v5.10.0)."""
-    before, kept = _node_ids(scene), []
-    ok = False
-    try:
-        yield kept.append
-        ok = True
-    finally:
-        keep = set()
-        for node in kept if ok else []:
-            keep.add(node.GetID())
-            for i in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
-                keep.add(node.GetNthDisplayNodeID(i))
-            for i in range(node.GetNumberOfStorageNodes() if hasattr(node, "GetNumberOfStorageNodes") else 0):
-                keep.add(node.GetNthStorageNodeID(i))
-        for node_id in _node_ids(scene) - before - keep:
-            node = scene.GetNodeByID(node_id)
-            if node is not None:
-                scene.RemoveNode(node)
-
-
-def segments_of(node) -> list[tuple[str, str, tuple[float, float, float]]]:
-    """(ID, name, RGB colour) of the segments exported from a segmentation node: the visible
-    ones (all of them without a display node), in the segmentation's order."""
-    import vtk
-
-    segmentation = node.GetSegmentation()
-    ids = vtk.vtkStringArray()
-    display = node.GetDisplayNode()
-    if display is not None:
-        display.GetVisibleSegmentIDs(ids)
-    else:
-        segmentation.GetSegmentIDs(ids)
-    found = []
-    for i in range(ids.GetNumberOfValues()):
-        segment = segmentation.GetSegment(ids.GetValue(i))
-        found.append((ids.GetValue(i), segment.GetName(), tuple(float(c) for c in segment.GetColor())))
-    return found
-
-
-def _string_array(values):
-    import vtk
-
-    array = vtk.vtkStringArray()
-    for v in values:
-        array.InsertNextValue(v)
-    return array
-
-
-def labels_of_node(scene, node, reference_volume, what: str, segments=None) -> sitk.Image:
-    """A label map (LPS, on ``reference_volume``'s geometry) of a labelmap volume node or of
-    a segmentation node's ``segments`` (default :func:`segments_of`; label value ``i + 1``
-    for the ``i``-th). The scene is left as it was."""
-
-    if node.IsA("vtkMRMLLabelMapVolumeNode"):
-        return image_from_volume_node(node, what)
-    if not node.IsA("vtkMRMLSegmentationNode"):
-        raise InputError(f"{what}: a segmentation or labelmap volume is needed")
-    segments = segments_of(node) if segments is None else segments
-    if not segments:
-        raise InputError(f"{what}: it has no visible segment")
-    logic = segmentations_logic(scene)
-    with _temporary_nodes(scene):
-        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("export"))
-        if not logic.ExportSegmentsToLabelmapNode(
-                node, _string_array([s[0] for s in segments]), labelmap, reference_volume):
-            raise InputError(f"{what}: could not be exported as a label map")
-        return image_from_volume_node(labelmap, what)
 
 
 @dataclass
@@ -450,21 +375,6 @@ def _trajectories(scene, earlier: dict, rows: list[dict], base: str, source, job
     return table, points
 
 
-def segmentations_logic(scene):
-    """Slicer's Segmentations logic (in Slicer its module's). On slicer-core the segment
-    representations are registered (in the converter factory, for good) by making one logic
-    with a scene, once: without them a segment cannot be added by ID."""
-    import slicer
-
-    modules = getattr(slicer, "modules", None)
-    if modules is not None and hasattr(modules, "segmentations"):
-        return modules.segmentations.logic()
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    if factory.ConstructRepresentationObjectByRepresentation("Binary labelmap") is None:
-        slicer.vtkSlicerSegmentationsModuleLogic().SetMRMLScene(scene)
-    return slicer.vtkSlicerSegmentationsModuleLogic  # (the methods used here are static)
-
-
 def _sequences_logic(scene):
     """Slicer's Sequences logic (in Slicer its module's; on slicer-core one of our own)."""
     import slicer
@@ -509,7 +419,7 @@ def _segmentation_node(scene, earlier: dict, labels: sitk.Image, name: str, segm
     (a label map was given). The import's label map leaves the scene again."""
 
     logic = segmentations_logic(scene)
-    with _temporary_nodes(scene) as keep:
+    with temporary_nodes(scene) as keep:
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("import"))
         set_volume_from_image(labelmap, labels)
         node = _output_node(scene, earlier, "segmentation", "vtkMRMLSegmentationNode", name, source)
@@ -518,7 +428,7 @@ def _segmentation_node(scene, earlier: dict, labels: sitk.Image, name: str, segm
             node.SetName(name)
         node.GetSegmentation().RemoveAllSegments()
         if segments:
-            ok = logic.ImportLabelmapToSegmentationNode(labelmap, node, _string_array([s[0] for s in segments]))
+            ok = logic.ImportLabelmapToSegmentationNode(labelmap, node, string_array([s[0] for s in segments]))
         else:
             ok = logic.ImportLabelmapToSegmentationNode(labelmap, node)
         if not ok:
