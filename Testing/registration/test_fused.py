@@ -65,7 +65,7 @@ def _compiled(lv: R._Level, v: torch.Tensor, config: R.RefineConfig, threads: in
                            (lv.d_net + v).permute(3, 0, 1, 2).numpy(), lv.grid.spacing_mm, radius=config.radius_vox,
                            eps_variance=config.eps, scale=float(v[..., 0].numel()), smoothness=config.smoothness,
                            lr=config.learning_rate_mm, eps=config.gradient_floor, threads=threads,
-                           restrict=restrict)
+                           restrict=restrict, edges=lv.edges, across=lv.across)
 
 
 def test_the_warp_and_its_gradient_equal_grid_sample_and_autograd():
@@ -113,14 +113,22 @@ def _box_ij(x: torch.Tensor, r: int) -> torch.Tensor:
 def _levels(small_pairs, spacing_mm: float, config: R.RefineConfig):
     for name, fixed, moving in small_pairs:
         crop, network_disp, body_mask = _problem(fixed)
+        lungs = thorax_masks(fixed).lungs
         lo, hi = crop.bounding_box_lps()
         yield name, R._level(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32), lo, hi,
-                             spacing_mm, config, network_disp, body_mask, torch.device("cpu"))
+                             spacing_mm, config, network_disp, body_mask, torch.device("cpu"),
+                             lungs=lambda g, lungs=lungs: mask_on(lungs, g))
 
 
-def test_loss_and_gradient_equal_the_torch_path(small_pairs):
-    config = R.RefineConfig(levels_mm=(6.0,), iterations=(1,))
+@pytest.mark.parametrize("sliding_weight", [1.0, 0.1])
+def test_loss_and_gradient_equal_the_torch_path(small_pairs, sliding_weight):
+    """Isotropic, and with the lungs sliding along their surface (the diffusion's weight
+    across it below 1): the compiled passes' loss and gradient are autograd's."""
+    config = R.RefineConfig(levels_mm=(6.0,), iterations=(1,), sliding_weight=sliding_weight)
     for name, lv in _levels(small_pairs, 6.0, config):
+        assert (lv.edges is not None) == (sliding_weight != 1.0)
+        if lv.edges is not None:
+            assert lv.edges.any()
         assert (lv.mm_to_vox.dim() == 2) == (name == "rotated")
         v = (torch.rand((*lv.grid.shape_zyx, 3), generator=torch.Generator().manual_seed(0)) - 0.5) * 4.0
         p = v.clone().requires_grad_(True)
@@ -157,6 +165,13 @@ def test_the_diffusion_record_equals_the_torch_expression():
     spacing = (0.8, 1.3, 2.5)
     expected = float(R.diffusion(v, spacing))
     assert fused.diffusion(v.permute(3, 0, 1, 2).numpy(), spacing, threads=2) == pytest.approx(expected, rel=1e-6)
+    lungs = torch.rand(7, 9, 11, generator=torch.Generator().manual_seed(4)).numpy() > 0.5
+    edges = R.surface_edges(lungs)
+    across = R.across_weights(Grid((11, 9, 7), spacing, (0.0, 0.0, 0.0)), 0.2)
+    expected = float(R.diffusion(v, spacing, torch.from_numpy(edges).bool(), torch.from_numpy(across)))
+    assert expected < float(R.diffusion(v, spacing))
+    got = fused.diffusion(v.permute(3, 0, 1, 2).numpy(), spacing, threads=2, edges=edges, across=across)
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_working_within_the_weighted_rows_gives_the_same_bits(small_pairs):

@@ -90,6 +90,29 @@ def test_diffusion_of_a_linear_field_is_its_squared_gradient():
     assert float(R.diffusion(v, spacing)) == pytest.approx(0.1**2 + 0.2**2)
 
 
+def test_across_the_lung_surface_only_the_slide_is_relaxed():
+    """A vertical surface (lungs for x ≥ 3): a field jumping along S across it (the lungs
+    sliding along the chest wall) costs the sliding weight times the isotropic term; a jump
+    along L (a gap opening, or an overlap) costs as much as anywhere."""
+    z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in (5, 6, 7)), indexing="ij")
+    lungs = (x >= 3).numpy()
+    edges = torch.from_numpy(R.surface_edges(lungs)).bool()
+    assert edges[2].sum() == 5 * 6 and not edges[0].any() and not edges[1].any()
+    grid = Grid((7, 6, 5), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    across = torch.from_numpy(R.across_weights(grid, 0.1)).double()
+    np.testing.assert_allclose(across.numpy(), [[0.1, 0.1, 1.0], [0.1, 1.0, 0.1], [1.0, 0.1, 0.1]], rtol=1e-6)
+    jump = (x >= 3).double()
+    slide = torch.stack([torch.zeros_like(x), torch.zeros_like(x), jump], -1)
+    gap = torch.stack([jump, torch.zeros_like(x), torch.zeros_like(x)], -1)
+    spacing = (1.0, 1.0, 1.0)
+    assert float(R.diffusion(slide, spacing, edges, across)) == pytest.approx(0.1 * float(R.diffusion(slide, spacing)))
+    assert float(R.diffusion(gap, spacing, edges, across)) == pytest.approx(float(R.diffusion(gap, spacing)))
+    # A grid stored along other axes: the weights follow each index axis's LPS direction.
+    permuted = Grid((5, 6, 7), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0, 0, 1, 0, 1, 0, 1, 0, 0))
+    np.testing.assert_allclose(R.across_weights(permuted, 0.1), [[0.1, 0.1, 1.0], [0.1, 1.0, 0.1], [1.0, 0.1, 0.1]][::-1],
+                               rtol=1e-6)
+
+
 # --- refinement on a pair with a known field --------------------------------------------------
 
 def _bump_lps(points_lps: np.ndarray, centre: np.ndarray) -> np.ndarray:

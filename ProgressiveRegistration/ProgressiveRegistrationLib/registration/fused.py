@@ -324,13 +324,18 @@ def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
 
 
 @_jit
-def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, constants, scratch):
+def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, constants, scratch, sliding, edges,
+                 slack):
     """Pass 3: ``∂L/∂u`` for ``L = scale · (λ·diffusion(u) − Σ w·NCC²)`` and Adam's step,
     ``u_next = u − lr_t · m₁ / (√m₂ / bias2 + eps)``; ``u``, ``dj_du``, the moments:
     ``(3, D, H, W)``. ``constants`` (float32): scale·λ times the diffusion gradient's factor
     ``6 / (spacing² · n_differences)`` along z, y, x; scale; 1 − β₁; β₂; 1 − β₂; lr_t; bias2; eps.
     ``reach``: the rows' extents of :func:`_warp_pass`; outside them no weighted window holds
-    the voxel, and the similarity's part of the gradient is 0 (computed so, it would be)."""
+    the voxel, and the similarity's part of the gradient is 0 (computed so, it would be).
+    ``sliding``: whether ``edges`` (uint8 ``(3, D, H, W)``: 1 where the neighbour along z, y, x
+    lies across the lung surface) and ``slack`` (float32 ``(3, 3)``: ``cz·(1 − w)`` per axis and
+    component, ``w`` the diffusion's weight across the surface) take part; without, the
+    gradient is the isotropic one, bit for bit."""
     n_k, n_j, n_i = fixed.shape
     cz, cy, cx, scale, step1, beta2, step2, lr_t, bias2, eps = (constants[0], constants[1], constants[2],
                                                                  constants[3], constants[4], constants[5],
@@ -368,6 +373,19 @@ def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, const
                 if n_i > 1:
                     g[0] -= cx * (here[1] - here[0])
                     g[n_i - 1] += cx * (here[n_i - 1] - here[n_i - 2])
+                if sliding:
+                    # Across the lung surface the difference weighs w instead of 1: give back (1 − w)
+                    # of each crossing difference's share (0 at the clamped borders, as above).
+                    sz_, sy_, sx_ = slack[0, c], slack[1, c], slack[2, c]
+                    ezm, ezp, eym, eyp, ex = edges[0, km, j], edges[0, k, j], edges[1, k, jm], edges[1, k, j], edges[2, k, j]
+                    for i in range(n_i):
+                        h = here[i]
+                        g[i] += (sz_ * ((zp[i] - h) * ezp[i] - (h - zm[i]) * ezm[i])
+                                 + sy_ * ((yp[i] - h) * eyp[i] - (h - ym[i]) * eym[i]))
+                    for i in range(n_i - 1):
+                        d = sx_ * (here[i + 1] - here[i]) * ex[i]
+                        g[i] += d
+                        g[i + 1] -= d
                 dj, gj, mean, var, nxt = dj_du[c, k, j], g_j[j], m1[c, k, j], m2[c, k, j], u_next[c, k, j]
                 for i in range(n_i):
                     gi = g[i] - gj[i] * dj[i]
@@ -447,7 +465,8 @@ class FusedAdam:
 
     def __init__(self, fixed, moving, index_to_moving, mm_to_vox, windows, u0, spacing_mm, *, radius: int,
                  eps_variance: float, scale: float, smoothness: float, lr: float, eps: float,
-                 betas: tuple[float, float] = (0.9, 0.999), threads: int = 1, restrict: bool = True):
+                 betas: tuple[float, float] = (0.9, 0.999), threads: int = 1, restrict: bool = True,
+                 edges=None, across=None):
         f32 = np.float32
         self.fixed = np.ascontiguousarray(fixed, f32)
         self.moving = np.ascontiguousarray(moving, f32)
@@ -482,6 +501,10 @@ class FusedAdam:
         self.radius, self.eps_variance, self.scale = int(radius), float(eps_variance), float(scale)
         self.smoothness, self.lr, self.eps, self.betas = float(smoothness), float(lr), float(eps), betas
         self.threads, self.t = threads, 0
+        # The lung surface's edges and the diffusion's weight across them (:func:`.refine.surface_edges`).
+        self.sliding = edges is not None
+        self.edges = np.ascontiguousarray(edges, np.uint8) if self.sliding else np.zeros((3, 1, 1, 1), np.uint8)
+        self.across = np.ascontiguousarray(across if self.sliding else np.ones((3, 3)), np.float32)
 
     def _similarity(self) -> float:
         _warp_pass(self.moving, self.index_to_moving, self.mm_to_vox, self.fixed, self.u, self.radius,
@@ -504,16 +527,18 @@ class FusedAdam:
             constants = np.array([*(self.scale * self.smoothness * self.diffusion_mm2), self.scale, 1.0 - b1, b2,
                                   1.0 - b2, self.lr / (1.0 - b1**self.t), np.sqrt(1.0 - b2**self.t), self.eps],
                                  np.float32)
+            slack = (constants[:3, None] * (1.0 - self.across)).astype(np.float32)
             _update_pass(self.terms, self.fixed, self.warped, self.dj_du, self.u, self._next, self.m1, self.m2,
-                         self.radius, self.extents[1], constants, self._scratch)
+                         self.radius, self.extents[1], constants, self._scratch, self.sliding, self.edges, slack)
         self.u, self._next = self._next, self.u
         return similarity
 
 
 @_jit
-def _squared_differences(u, partial):
+def _squared_differences(u, partial, sliding, edges, across):
     """``partial[k]`` = Σ over components and slice k of the squared forward differences of
-    ``u`` (``(3, D, H, W)``) along z (to slice k + 1), y and x, float64."""
+    ``u`` (``(3, D, H, W)``) along z (to slice k + 1), y and x, float64; with ``sliding``, a
+    difference across the lung surface (``edges``) weighs ``across[axis, component]``."""
     n_c, n_k, n_j, n_i = u.shape
     for k in prange(n_k):
         s_z = s_y = s_x = 0.0
@@ -523,25 +548,32 @@ def _squared_differences(u, partial):
                 if k + 1 < n_k:
                     above = u[c, k + 1, j]
                     for i in range(n_i):
-                        s_z += np.float64(above[i] - here[i]) ** 2
+                        d2 = np.float64(above[i] - here[i]) ** 2
+                        s_z += d2 * across[0, c] if sliding and edges[0, k, j, i] else d2
                 if j + 1 < n_j:
                     ahead = u[c, k, j + 1]
                     for i in range(n_i):
-                        s_y += np.float64(ahead[i] - here[i]) ** 2
+                        d2 = np.float64(ahead[i] - here[i]) ** 2
+                        s_y += d2 * across[1, c] if sliding and edges[1, k, j, i] else d2
                 for i in range(n_i - 1):
-                    s_x += np.float64(here[i + 1] - here[i]) ** 2
+                    d2 = np.float64(here[i + 1] - here[i]) ** 2
+                    s_x += d2 * across[2, c] if sliding and edges[2, k, j, i] else d2
         partial[k, 0], partial[k, 1], partial[k, 2] = s_z, s_y, s_x
 
 
-def diffusion(u, spacing_mm, threads: int = 1) -> float:
+def diffusion(u, spacing_mm, threads: int = 1, edges=None, across=None) -> float:
     """:func:`.refine.diffusion` of a field stored as planes, ``u``: ``(3, D, H, W)`` LPS mm on
     a grid of (x, y, z) ``spacing_mm``: the mean squared forward difference per mm along each
-    axis, their sum times 3. One pass, summed per slice in float64, then in slice order."""
+    axis, their sum times 3 (across the lung surface, ``edges``, weighed by ``across``). One
+    pass, summed per slice in float64, then in slice order."""
     u = np.ascontiguousarray(u, np.float32)
     n_k, n_j, n_i = u.shape[1:]
     partial = np.empty((n_k, 3))
+    sliding = edges is not None
+    edges = np.ascontiguousarray(edges, np.uint8) if sliding else np.zeros((3, 1, 1, 1), np.uint8)
+    across = np.ascontiguousarray(across if sliding else np.ones((3, 3)), np.float64)
     with _threads(threads):
-        _squared_differences(u, partial)
+        _squared_differences(u, partial, sliding, edges, across)
     sums = partial.sum(axis=0)
     sx, sy, sz = spacing_mm
     counts = (3 * (n_k - 1) * n_j * n_i, 3 * n_k * (n_j - 1) * n_i, 3 * n_k * n_j * (n_i - 1))

@@ -64,13 +64,16 @@ class PairGeometry:
         """Where both images hold measured data, on ``grid`` (bool ``[k, j, i]``)."""
         return mask_on(self.fixed_masks.fov, grid) & mask_on(self.moving_masks.fov, grid)
 
-    def similarity_mask_on(self, grid: Grid) -> np.ndarray:
-        """Where the images are compared (bool ``[k, j, i]``): the fixed body, or where the user
-        gave a fixed mask, the body within :data:`MASK_MARGIN_MM` of the mask; either within
-        the moving image's field of view (beyond it the moving image holds padding or nothing)."""
+    def similarity_mask_on(self, grid: Grid, margin_mm: float | None = None) -> np.ndarray:
+        """Where the images are compared (bool ``[k, j, i]``): the fixed body, within
+        ``margin_mm`` of the lung field when given (where the user gave a fixed mask, within
+        :data:`MASK_MARGIN_MM` of it at least), within the moving image's field of view (beyond
+        it the moving image holds padding or nothing)."""
         region = self.body_on(grid)
         if self.fixed_masks.given is not None:
-            region &= mask_on(self.fixed_masks.lungs_dilated(MASK_MARGIN_MM), grid)
+            margin_mm = MASK_MARGIN_MM if margin_mm is None else margin_mm
+        if margin_mm is not None:
+            region &= mask_on(self.fixed_masks.lungs_dilated(margin_mm), grid)
         return region & mask_on(self.moving_masks.fov, grid)
 
 

@@ -200,13 +200,47 @@ def local_ncc2(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor, 
     return LocalNCC2.apply(warped, fixed, weight, sums, count, radius, eps)
 
 
-def diffusion(v_mm: torch.Tensor, spacing_mm: tuple[float, float, float]) -> torch.Tensor:
-    """Mean squared forward difference of ``v`` (``(D, H, W, 3)`` mm) per mm, over the grid."""
+def diffusion(v_mm: torch.Tensor, spacing_mm: tuple[float, float, float], edges: torch.Tensor | None = None,
+              across: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared forward difference of ``v`` (``(D, H, W, 3)`` mm) per mm, over the grid.
+
+    ``edges`` (bool ``(3, D, H, W)``, :func:`surface_edges`): where the neighbour along z, y, x
+    lies across the lung surface; there a difference weighs ``across[axis, component]``
+    (:func:`across_weights`) instead of 1."""
     sx, sy, sz = spacing_mm
-    dz = (v_mm[1:] - v_mm[:-1]) / sz
-    dy = (v_mm[:, 1:] - v_mm[:, :-1]) / sy
-    dx = (v_mm[:, :, 1:] - v_mm[:, :, :-1]) / sx
-    return (dz.square().mean() + dy.square().mean() + dx.square().mean()) * 3.0
+    total = 0.0
+    for axis, step in enumerate((sz, sy, sx)):
+        n = v_mm.shape[axis]
+        ahead = v_mm.narrow(axis, 1, n - 1)
+        here = v_mm.narrow(axis, 0, n - 1)
+        squared = ((ahead - here) / step).square()
+        if edges is not None:
+            crossing = edges[axis].narrow(axis, 0, n - 1)[..., None]
+            squared = torch.where(crossing, squared * across[axis], squared)
+        total = total + squared.mean()
+    return total * 3.0
+
+
+def surface_edges(lungs: np.ndarray) -> np.ndarray:
+    """Where a grid voxel's next neighbour along z, y and x lies on the other side of the lung
+    surface: uint8 ``(3, D, H, W)`` from the lung field ``lungs`` (bool ``(D, H, W)``); the last
+    plane along each axis has no next neighbour (0)."""
+    edges = np.zeros((3, *lungs.shape), np.uint8)
+    edges[0, :-1] = lungs[:-1] != lungs[1:]
+    edges[1, :, :-1] = lungs[:, :-1] != lungs[:, 1:]
+    edges[2, :, :, :-1] = lungs[:, :, :-1] != lungs[:, :, 1:]
+    return edges
+
+
+def across_weights(grid: Grid, tangential: float) -> np.ndarray:
+    """``(3, 3)`` weights of a difference across the lung surface, per array axis (z, y, x:
+    the grid's index axes k, j, i) and displacement component (L, P, S): ``e_c² + t·(1 − e_c²)``
+    with ``e`` the axis's LPS direction and ``t`` = ``tangential``. A neighbour across the
+    surface along ``e`` keeps the jump of the displacement along ``e`` (the surface's normal,
+    where the surface faces that axis) fully penalised, so no gap opens, and the jump across
+    it (the slide) only ``t`` times."""
+    directions = grid.direction_matrix[:, ::-1].T  # rows: the LPS direction of k, j, i
+    return (directions**2 + tangential * (1.0 - directions**2)).astype(np.float32)
 
 
 # --- the optimisation -----------------------------------------------------------------------
@@ -307,14 +341,17 @@ class _Level:
     fixed_sums: tuple[torch.Tensor, torch.Tensor] | None  # torch path only
     count: torch.Tensor | None  # torch path only
     windows: np.ndarray | None = None  # (4, D, H, W) of fused.window_statistics; compiled path only
+    edges: np.ndarray | None = None  # (3, D, H, W) uint8, surface_edges: sliding at the lung surface
+    across: np.ndarray | None = None  # (3, 3) across_weights
 
 
 def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray, spacing: float,
            config: RefineConfig, network_disp, body_mask, device: torch.device, compiled: bool = False,
-           finest: bool = False) -> _Level:
+           finest: bool = False, lungs=None) -> _Level:
     """The level at ``spacing`` mm: images shrunk on the CPU (ITK), every tensor on ``device``;
     ``compiled``: for :func:`_adam_compiled`, which computes the sample positions itself;
-    ``finest``: the last level (:func:`shrink_factors`)."""
+    ``finest``: the last level (:func:`shrink_factors`); ``lungs(grid)``: the fixed lung
+    field, for sliding at its surface (``config.sliding_weight`` < 1)."""
     f_small = _normalised(fixed, spacing, config.hu_range, finest)
     m_small = _normalised(moving, spacing, config.hu_range, finest)
     grid, cut = sub_grid(Grid.from_image(f_small), lo, hi)
@@ -347,7 +384,10 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     weight = mask / mask.sum().clamp_min(1.0)
     if windows is not None:
         windows[3] = weight.numpy()
-    return _Level(grid, f, m, weight, base, mm_to_vox, to_vox, d_net, fixed_sums, count, windows)
+    edges = across = None
+    if lungs is not None and config.sliding_weight != 1.0:
+        edges, across = surface_edges(lungs(grid)), across_weights(grid, config.sliding_weight)
+    return _Level(grid, f, m, weight, base, mm_to_vox, to_vox, d_net, fixed_sums, count, windows, edges, across)
 
 
 def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,12 +397,17 @@ def _objective(lv: _Level, v_mm: torch.Tensor, config: RefineConfig, slabs: int)
     similarity = LocalNCC2.apply(warped, lv.fixed, lv.weight, lv.fixed_sums, lv.count, config.radius_vox, config.eps)
     # The total field is regularised, not only v: the network's field can be sharp where its
     # input ends (the crop border), and a smooth v alone could never undo that.
-    return similarity, diffusion(lv.d_net + v_mm, lv.grid.spacing_mm)
+    edges = across = None
+    if lv.edges is not None:
+        edges = torch.from_numpy(lv.edges).to(v_mm.device).bool()
+        across = torch.from_numpy(lv.across).to(v_mm.device)
+    return similarity, diffusion(lv.d_net + v_mm, lv.grid.spacing_mm, edges, across)
 
 
 def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Callable[[Grid], np.ndarray],
            body_mask: Callable[[Grid], np.ndarray], config: RefineConfig = DEFAULT,
-           progress: Callable[[float, str], None] | None = None, device: torch.device | str = "cpu") -> Refinement:
+           progress: Callable[[float, str], None] | None = None, device: torch.device | str = "cpu",
+           lungs: Callable[[Grid], np.ndarray] | None = None) -> Refinement:
     """Optimise ``v`` coarse to fine on the box of the fixed lung crop ``crop``.
 
     ``fixed``/``moving``: the CT images in HU (any geometry);
@@ -370,7 +415,9 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
     ``body_mask(grid)``: the fixed body mask on ``grid`` (bool ``[k, j, i]``);
     ``progress(fraction of the refinement done, message)``;
     ``device``: the torch device of the optimisation (the images are shrunk on the CPU, then
-    every tensor of a level lies there); the returned ``v`` is on the CPU.
+    every tensor of a level lies there); the returned ``v`` is on the CPU;
+    ``lungs(grid)``: the fixed lung field on ``grid`` (bool ``[k, j, i]``), whose surface the
+    lungs slide along where ``config.sliding_weight`` < 1.
     """
     device = torch.device(device)
     report = progress or (lambda fraction, message: None)
@@ -396,7 +443,7 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
         factors = level_factors
         t0 = time.perf_counter()
         compiled = fused.available() and device.type == "cpu"
-        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device, compiled, finest)
+        lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device, compiled, finest, lungs)
         t_setup = time.perf_counter() - t0
         v0 = resample_field(v, grid, lv.grid) if v is not None else torch.zeros((*lv.grid.shape_zyx, 3), device=device)
         grid = lv.grid
@@ -462,7 +509,7 @@ def _adam_compiled(lv: _Level, v0: torch.Tensor, config: RefineConfig, iteration
                           lv.grid.spacing_mm,
                           radius=config.radius_vox, eps_variance=config.eps, scale=_loss_scale(v0),
                           smoothness=config.smoothness, lr=config.learning_rate_mm, eps=config.gradient_floor,
-                          threads=slabs)
+                          threads=slabs, edges=lv.edges, across=lv.across)
     start = None
     for it in range(iterations):
         similarity = opt.step()
@@ -470,4 +517,5 @@ def _adam_compiled(lv: _Level, v0: torch.Tensor, config: RefineConfig, iteration
         tick(it, similarity)
     end = opt.similarity()
     v = torch.from_numpy(opt.u).permute(1, 2, 3, 0) - lv.d_net  # (D, H, W, 3)
-    return v, (end if start is None else start), end, fused.diffusion(opt.u, lv.grid.spacing_mm, slabs)
+    return v, (end if start is None else start), end, fused.diffusion(opt.u, lv.grid.spacing_mm, slabs, lv.edges,
+                                                                      lv.across)

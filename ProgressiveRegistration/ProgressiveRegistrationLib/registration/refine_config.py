@@ -33,6 +33,13 @@ class RefineConfig:
     #: Variance below which a window counts as flat (intensities in [0, 1]: 1e-7 is a standard
     #: deviation of ~0.4 HU; lung texture has ~1e-4).
     eps: float = 1e-7
+    #: Weight of the diffusion across the lung surface for the slide along it (1: as everywhere
+    #: else, the lungs dragged with the chest wall; below 1 they slide along it, the jump normal
+    #: to the surface still fully penalised, so that no gap opens). ``refine.across_weights``.
+    sliding_weight: float = 1.0
+    #: Compare the images only within this distance (mm) of the fixed lung field (None: the
+    #: whole body; a user's mask always has its own margin, ``geometry.MASK_MARGIN_MM``).
+    similarity_margin_mm: float | None = None
 
     def __post_init__(self):
         if not self.levels_mm:
