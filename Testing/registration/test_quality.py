@@ -104,6 +104,25 @@ def test_an_analytic_linear_field_has_its_exact_jacobian_and_consistency(base, p
     assert _info(q, "inverse_consistency_max_mm")["value"] < 0.01
     assert not any(r["check"].startswith("inverse_consistency") for r in q["checks"])
     assert "cannot fail" in _info(q, "inverse_consistency_mean_mm")["note"]
+    # At the pleura too: the one det J, stated as information.
+    pleura = q["measured"]["pleura_jacobian"]
+    assert pleura["voxels"] > 0 and pleura["min"] == pytest.approx(expected, abs=1e-4)
+    assert pleura["max"] == pytest.approx(expected, abs=1e-4) and pleura["folding_percent"] == 0.0
+    assert _info(q, "pleura_jacobian_min")["value"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_pleura_band_lies_on_the_lungs_surface(base):
+    """The band holds the voxels next to the pleura, inside and outside, and no deep ones."""
+    from ProgressiveRegistrationLib.registration.quality import pleura_band
+
+    band = pleura_band(base)
+    inside = base.geometry.fixed_masks.pleura_on(base.out_grid)
+    assert band.any() and (band & inside).any() and (band & ~inside).any()
+    deep = inside.copy()
+    for axis in range(3):
+        for step in (-2, -1, 1, 2):
+            deep &= np.roll(inside, step, axis)
+    assert not (band & deep).any()
 
 
 def test_a_fold_put_in_on_purpose_fails_and_is_located(base, pair):

@@ -46,6 +46,13 @@ class ThoraxMasks:
         given (at its own resolution), else the computed one."""
         return mask_on(self.given if self.given is not None else self.lungs, grid)
 
+    def pleura_on(self, grid: Grid) -> np.ndarray:
+        """The space inside the pleura on ``grid`` (bool ``[k, j, i]``): the lung field with its
+        vessels and airways filled in (closed by one working cell, holes filled), so that its
+        surface is the lungs' outer surface, along which they slide, and not every vessel's wall."""
+        closed = sitk.BinaryMorphologicalClosing(self.lungs, [1, 1, 1], sitk.sitkBall)
+        return mask_on(sitk.BinaryFillhole(sitk.Or(closed, self.lungs)), grid)
+
     def lungs_dilated(self, margin_mm: float) -> sitk.Image:
         """The lung field on the working grid grown by ``margin_mm`` (rounded to whole cells)."""
         radius = [max(1, int(round(margin_mm / s))) for s in self.lungs.GetSpacing()]

@@ -215,7 +215,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
         refined = refine(fixed, moving, fixed_crop, lambda grid: displacement_lps(u_vox, fixed_crop, moving_crop, grid),
                          lambda grid: geometry.similarity_mask_on(grid, refinement.similarity_margin_mm), refinement,
                          lambda fraction, message: report(0.3 + 0.4 * fraction, message), device=device,
-                         lungs=geometry.lungs_on)
+                         lungs=geometry.fixed_masks.pleura_on)
         done("refine")
 
     stage("transform", 0.7, "mapping the field to the fixed image (LPS, mm)")

@@ -66,9 +66,9 @@ class PairGeometry:
 
     def similarity_mask_on(self, grid: Grid, margin_mm: float | None = None) -> np.ndarray:
         """Where the images are compared (bool ``[k, j, i]``): the fixed body, within
-        ``margin_mm`` of the lung field when given (where the user gave a fixed mask, within
-        :data:`MASK_MARGIN_MM` of it at least), within the moving image's field of view (beyond
-        it the moving image holds padding or nothing)."""
+        ``margin_mm`` of the lung field when given (where the user gave a fixed mask and no
+        margin, within :data:`MASK_MARGIN_MM` of the mask), within the moving image's field of
+        view (beyond it the moving image holds padding or nothing)."""
         region = self.body_on(grid)
         if self.fixed_masks.given is not None:
             margin_mm = MASK_MARGIN_MM if margin_mm is None else margin_mm

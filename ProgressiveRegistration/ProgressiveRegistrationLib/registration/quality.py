@@ -253,6 +253,15 @@ def landmark_names(outliers: list[dict], shown: int = 5) -> str:
     return ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
+def pleura_band(result: Result) -> np.ndarray:
+    """The transform grid's voxels within one voxel of the pleura (the lungs' outer surface,
+    :meth:`lungs.ThoraxMasks.pleura_on`), inside the body: bool ``[k, j, i]``."""
+    inside = sitk.GetImageFromArray(result.geometry.fixed_masks.pleura_on(result.out_grid).astype(np.uint8))
+    grown = sitk.GetArrayViewFromImage(sitk.BinaryDilate(inside, [1, 1, 1], sitk.sitkCross)) > 0
+    shrunk = sitk.GetArrayViewFromImage(sitk.BinaryErode(inside, [1, 1, 1], sitk.sitkCross)) > 0
+    return grown & ~shrunk & result.body_mask
+
+
 def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tolerance] | None = None,
                     contours: dict[int, dict] | None = None, tolerances_file: str | None = None,
                     labels: list[str] | None = None) -> dict:
@@ -380,6 +389,15 @@ def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tol
     info("lung_abs_hu_difference_before", measured["lung_abs_hu_difference"]["before"])
     info("lung_volume_change_percent", measured["lung_volume_change_percent"])
     info("residual_in_lungs_mean", measured["residual_in_lungs"]["mean"], "quality.nrrd")
+    pleura = pleura_band(result)
+    if pleura.any():
+        jac = result.jacobian[pleura]
+        measured["pleura_jacobian"] = {"min": float(jac.min()), "max": float(jac.max()),
+                                       "folding_percent": float(100.0 * np.mean(jac <= 0)), "voxels": int(jac.size)}
+        info("pleura_jacobian_min", measured["pleura_jacobian"]["min"],
+             f"det J from {format_number(jac.min())} to {format_number(jac.max())} there, "
+             f"{format_number(measured['pleura_jacobian']['folding_percent'])} % ≤ 0: where the lungs slide along the "
+             "chest wall the field may shear, but a gap (det J far above 1) or an overlap (≤ 0) would show here")
 
     verdicts = [r["verdict"] for r in rows]
     checks_verdict = "FAIL" if "FAIL" in verdicts else "WARN" if "WARN" in verdicts else "PASS"

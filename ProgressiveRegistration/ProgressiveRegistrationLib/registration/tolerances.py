@@ -135,6 +135,7 @@ INFO_LABELS = {
     "lung_ncc_before": "similarity in the lungs: local NCC before registration",
     "lung_abs_hu_difference_before": "similarity in the lungs: mean |ΔHU| before registration (HU)",
     "residual_in_lungs_mean": "doubt (1 − local NCC) in the lungs, mean",
+    "pleura_jacobian_min": "Jacobian determinant at the pleura (within one voxel of the lungs' surface), minimum",
 }
 INVERSE_NOTE = ("cannot fail: φ⁻¹ is the fixed-point inverse of this same field (core/transforms.py), so this "
                 "measures how well that inversion converged, not the registration's accuracy; TG-132's consistency "
