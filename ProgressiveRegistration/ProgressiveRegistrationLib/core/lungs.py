@@ -11,6 +11,7 @@ LPS mm: a flipped or permuted copy of an image has the same masks and the same b
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,12 +47,17 @@ class ThoraxMasks:
         given (at its own resolution), else the computed one."""
         return mask_on(self.given if self.given is not None else self.lungs, grid)
 
-    def pleura_on(self, grid: Grid) -> np.ndarray:
-        """The space inside the pleura on ``grid`` (bool ``[k, j, i]``): the lung field with its
+    @functools.cached_property
+    def pleura(self) -> sitk.Image:
+        """The space inside the pleura on the working grid (uint8): the lung field with its
         vessels and airways filled in (closed by one working cell, holes filled), so that its
         surface is the lungs' outer surface, along which they slide, and not every vessel's wall."""
         closed = sitk.BinaryMorphologicalClosing(self.lungs, [1, 1, 1], sitk.sitkBall)
-        return mask_on(sitk.BinaryFillhole(sitk.Or(closed, self.lungs)), grid)
+        return sitk.BinaryFillhole(sitk.Or(closed, self.lungs))
+
+    def pleura_on(self, grid: Grid) -> np.ndarray:
+        """:attr:`pleura` on ``grid`` (bool ``[k, j, i]``)."""
+        return mask_on(self.pleura, grid)
 
     def lungs_dilated(self, margin_mm: float) -> sitk.Image:
         """The lung field on the working grid grown by ``margin_mm`` (rounded to whole cells)."""

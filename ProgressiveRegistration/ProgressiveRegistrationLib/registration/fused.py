@@ -325,7 +325,7 @@ def _window_pass(products, windows, eps, r, weighted, terms, partial, scratch):
 
 @_jit
 def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, constants, scratch, sliding, edges,
-                 slack):
+                 slack, row_ptr, cols):
     """Pass 3: ``∂L/∂u`` for ``L = scale · (λ·diffusion(u) − Σ w·NCC²)`` and Adam's step,
     ``u_next = u − lr_t · m₁ / (√m₂ / bias2 + eps)``; ``u``, ``dj_du``, the moments:
     ``(3, D, H, W)``. ``constants`` (float32): scale·λ times the diffusion gradient's factor
@@ -334,8 +334,9 @@ def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, const
     the voxel, and the similarity's part of the gradient is 0 (computed so, it would be).
     ``sliding``: whether ``edges`` (uint8 ``(3, D, H, W)``: 1 where the neighbour along z, y, x
     lies across the lung surface) and ``slack`` (float32 ``(3, 3)``: ``cz·(1 − w)`` per axis and
-    component, ``w`` the diffusion's weight across the surface) take part; without, the
-    gradient is the isotropic one, bit for bit."""
+    component, ``w`` the diffusion's weight across the surface) take part, at the voxels that
+    touch the surface only (row ``(k, j)``'s are ``cols[row_ptr[k·H + j]:row_ptr[k·H + j + 1]]``,
+    :func:`surface_voxels`); without, the gradient is the isotropic one, bit for bit."""
     n_k, n_j, n_i = fixed.shape
     cz, cy, cx, scale, step1, beta2, step2, lr_t, bias2, eps = (constants[0], constants[1], constants[2],
                                                                  constants[3], constants[4], constants[5],
@@ -373,19 +374,22 @@ def _update_pass(terms, fixed, warped, dj_du, u, u_next, m1, m2, r, reach, const
                 if n_i > 1:
                     g[0] -= cx * (here[1] - here[0])
                     g[n_i - 1] += cx * (here[n_i - 1] - here[n_i - 2])
-                if sliding:
+                first, last = (row_ptr[k * n_j + j], row_ptr[k * n_j + j + 1]) if sliding else (0, 0)
+                if last > first:
                     # Across the lung surface the difference weighs w instead of 1: give back (1 − w)
                     # of each crossing difference's share (0 at the clamped borders, as above).
                     sz_, sy_, sx_ = slack[0, c], slack[1, c], slack[2, c]
                     ezm, ezp, eym, eyp, ex = edges[0, km, j], edges[0, k, j], edges[1, k, jm], edges[1, k, j], edges[2, k, j]
-                    for i in range(n_i):
+                    for t in range(first, last):
+                        i = cols[t]
                         h = here[i]
-                        g[i] += (sz_ * ((zp[i] - h) * ezp[i] - (h - zm[i]) * ezm[i])
-                                 + sy_ * ((yp[i] - h) * eyp[i] - (h - ym[i]) * eym[i]))
-                    for i in range(n_i - 1):
-                        d = sx_ * (here[i + 1] - here[i]) * ex[i]
+                        d = (sz_ * ((zp[i] - h) * ezp[i] - (h - zm[i]) * ezm[i])
+                             + sy_ * ((yp[i] - h) * eyp[i] - (h - ym[i]) * eym[i]))
+                        if i + 1 < n_i:
+                            d += sx_ * (here[i + 1] - h) * ex[i]
+                        if i > 0:
+                            d -= sx_ * (h - here[i - 1]) * ex[i - 1]
                         g[i] += d
-                        g[i + 1] -= d
                 dj, gj, mean, var, nxt = dj_du[c, k, j], g_j[j], m1[c, k, j], m2[c, k, j], u_next[c, k, j]
                 for i in range(n_i):
                     gi = g[i] - gj[i] * dj[i]
@@ -505,6 +509,8 @@ class FusedAdam:
         self.sliding = edges is not None
         self.edges = np.ascontiguousarray(edges, np.uint8) if self.sliding else np.zeros((3, 1, 1, 1), np.uint8)
         self.across = np.ascontiguousarray(across if self.sliding else np.ones((3, 3)), np.float32)
+        self.row_ptr, self.cols = surface_voxels(self.edges) if self.sliding else (np.zeros(1, np.int64),
+                                                                                  np.zeros(0, np.int32))
 
     def _similarity(self) -> float:
         _warp_pass(self.moving, self.index_to_moving, self.mm_to_vox, self.fixed, self.u, self.radius,
@@ -529,9 +535,26 @@ class FusedAdam:
                                  np.float32)
             slack = (constants[:3, None] * (1.0 - self.across)).astype(np.float32)
             _update_pass(self.terms, self.fixed, self.warped, self.dj_du, self.u, self._next, self.m1, self.m2,
-                         self.radius, self.extents[1], constants, self._scratch, self.sliding, self.edges, slack)
+                         self.radius, self.extents[1], constants, self._scratch, self.sliding, self.edges, slack,
+                         self.row_ptr, self.cols)
         self.u, self._next = self._next, self.u
         return similarity
+
+
+def surface_voxels(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels that a difference across the lung surface touches, row by row: ``row_ptr``
+    (int64, ``D·H + 1``) and ``cols`` (int32 i-indices), row ``(k, j)``'s being
+    ``cols[row_ptr[k·H + j]:row_ptr[k·H + j + 1]]``. ``edges``: uint8 ``(3, D, H, W)``, 1 where
+    the next neighbour along z, y, x lies across the surface."""
+    ez, ey, ex = (e.astype(bool) for e in edges)
+    touch = ez | ey | ex
+    touch[1:] |= ez[:-1]
+    touch[:, 1:] |= ey[:, :-1]
+    touch[:, :, 1:] |= ex[:, :, :-1]
+    rows = touch.reshape(-1, touch.shape[2])
+    row_ptr = np.zeros(rows.shape[0] + 1, np.int64)
+    np.cumsum(rows.sum(axis=1), out=row_ptr[1:])
+    return row_ptr, np.nonzero(rows)[1].astype(np.int32)
 
 
 @_jit
