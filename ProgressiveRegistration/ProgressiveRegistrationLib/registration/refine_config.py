@@ -37,7 +37,7 @@ class RefineConfig:
     #: the lungs dragged with the chest wall; below 1 they slide along it, the jump normal to the
     #: surface still fully penalised, so that no gap opens). ``refine.across_weights``. Measured
     #: (``benchmarks/results/sliding.md``): 0.1 against 1 on eleven sliding pairs, mean TRE
-    #: 0.627 → 0.56 mm, worst landmark 6.6 → 3.4 mm; 0.05 was no better.
+    #: 0.627 → 0.562 mm, worst landmark 6.59 → 4.06 mm; 0.05 was no better.
     sliding_weight: float = 0.1
     #: Compare the images only within this distance (mm) of the fixed lung field (None: the
     #: whole body; a user's mask always has its own margin, ``geometry.MASK_MARGIN_MM``).
