@@ -149,6 +149,9 @@ def depth_figure(errors: dict, path: Path) -> None:
         ax.plot(x + (n - 0.5) * 0.38, p95, "v", color=f"C{1 - n}", label=f"{name}: 95th percentile")
     counts = [int(((errors[next(iter(errors))][0] >= a) & (errors[next(iter(errors))][0] < b)).sum())
               for a, b in DEPTH_BINS_MM]
+    top = max(np.percentile(err[(depth >= a) & (depth < b)], 95) for depth, err in errors.values()
+              for a, b in DEPTH_BINS_MM)
+    ax.set_ylim(0, 1.45 * top)  # room for the legend above the markers
     ax.set_xticks(x, [f"{lab} mm\n(n = {c})" for lab, c in zip(labels, counts)])
     ax.set_xlabel("landmark depth below the pleura")
     ax.set_ylabel("refined TRE (mm)")
