@@ -793,8 +793,8 @@ def write_initial_transform(scene, node, fixed, moving, folder: Path) -> str:
             pass  # a transform type SimpleITK does not read (an inverse displacement field)
         path.unlink(missing_ok=True)
     lo, hi = grid_of_volume_node(fixed, world=True, what=f"fixed volume '{fixed.GetName()}'").bounding_box_lps()
-    lo_ras, hi_ras = np.minimum(lo, hi) * [-1, -1, 1], np.maximum(lo, hi) * [-1, -1, 1]
-    lo_ras, hi_ras = np.minimum(lo_ras, hi_ras), np.maximum(lo_ras, hi_ras)
+    corners_ras = np.stack([lo, hi]) @ LPS_TO_RAS
+    lo_ras, hi_ras = corners_ras.min(axis=0), corners_ras.max(axis=0)
     size = [int(np.ceil((b - a) / SAMPLED_TRANSFORM_MM)) + 1 for a, b in zip(lo_ras, hi_ras)]
     general = vtk.vtkGeneralTransform()
     node.GetTransformFromWorld(general)
