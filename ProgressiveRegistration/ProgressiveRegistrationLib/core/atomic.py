@@ -135,7 +135,8 @@ def check_writable(folder: str | os.PathLike, what: str = "--out") -> None:
 def concurrent(write: Callable[[Path], object]) -> Callable[[Path], object]:
     """Mark a writer of :meth:`OutputFolder.write` as one to run on a thread beside the
     others: it shares no state with them and spends its time outside the GIL (ITK's image
-    writers compress and write without it; matplotlib's figures hold it)."""
+    writers compress and write without it, numpy's array work and Pillow's drawing and PNG
+    encoding largely too; matplotlib's figures hold it)."""
     write.concurrent = True
     return write
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..core.atomic import write_file
+from . import pictures
 from .display import JACOBIAN_RANGE, VENTILATION_NOISE_SD, VENTILATION_NOISE_SD_NETWORK_ALONE, VENTILATION_RANGE
 from .tolerances import signed
 
@@ -109,10 +111,9 @@ def orient(ax, grid, plane: str, flip: bool, scale: bool = True) -> None:
     h, v, _ = PLANE_AXES[plane]
     columns, rows = grid.size[h], grid.size[v]
     spacing = grid.spacing_mm[h]
-    fits = [mm for mm in (5, 10, 20, 50, 100, 200) if mm <= columns * spacing / 3]
-    if not fits:
+    length = pictures.scale_bar_mm(columns * spacing)
+    if length is None:
         return
-    length = fits[-1]
     x0, y = 0.06 * columns, rows - 1 - 0.09 * rows
     ax.plot([x0, x0 + length / spacing], [y, y], color="white", lw=2.5, solid_capstyle="butt", path_effects=outline)
     ax.text(x0 + 0.5 * length / spacing, y - 0.02 * rows, f"{length} mm", ha="center", va="bottom", color="white",
@@ -120,70 +121,74 @@ def orient(ax, grid, plane: str, flip: bool, scale: bool = True) -> None:
     _plane_limits(ax, plane, grid)  # (the bar must not widen the picture)
 
 
+def _view(a: np.ndarray, flip: bool) -> np.ndarray:
+    return a[::-1] if flip else a
+
+
+def slice_panel(layers: list[np.ndarray], grid, plane: str, flip: bool, box_px: tuple[int, int], title: str = "",
+                scale: bool = True) -> pictures.Panel:
+    """A picture of a ``plane`` of ``grid`` (``layers``: RGBA layers of the plane as shown, bottom
+    first) fitted into ``box_px`` with square millimetres, the patient's side at each edge and,
+    with ``scale``, a mm scale bar."""
+    h, v, _ = PLANE_AXES[plane]
+    p = pictures.panel(pictures.flatten(*layers), grid.spacing_mm[v] / grid.spacing_mm[h], box_px, title)
+    pictures.edge_labels(p, edge_letters(grid, plane, flip))
+    if scale:
+        pictures.scale_bar(p, grid.spacing_mm[h])
+    return p
+
+
+#: The histograms' colours (matplotlib's first three): before, the network alone, after.
+BEFORE_RGB, NETWORK_RGB, AFTER_RGB = (31, 119, 180), (255, 127, 14), (44, 160, 44)
+
+
+def tre_picture(before_mm, network_mm, after_mm, refined: bool, size=(520, 300)):
+    """The landmark TRE histograms (before, the network alone when refined, after) as a picture."""
+    top = max(float(np.max(before_mm)), float(np.max(after_mm)), float(np.max(network_mm)) if refined else 0.0)
+    series = [(before_mm, f"before {np.mean(before_mm):.2f} ± {np.std(before_mm):.2f} mm", BEFORE_RGB)]
+    if refined:
+        series.append((network_mm, f"network {np.mean(network_mm):.2f} ± {np.std(network_mm):.2f} mm", NETWORK_RGB))
+    series.append((after_mm, f"{'refined' if refined else 'after'} {np.mean(after_mm):.2f} ± {np.std(after_mm):.2f} mm",
+                   AFTER_RGB))
+    return pictures.histogram(series, np.linspace(0, top * 1.05 + 1e-6, 30), "TRE (mm)", "landmark pairs", size)
+
+
 def overview_figure(fixed, moving, result, path) -> None:
     """Fig. 8-like overview: overlays before/after, Jacobian slice, TRE histogram."""
-
-    plt = pyplot()
     fixed_grid = result.fixed_grid
     # Coronal slice through the centre of the fixed lung crop.
     centre = result.fixed_crop.points_to_lps(np.array([[(s - 1) / 2 for s in result.fixed_crop.size]]))
     j = int(np.clip(round(fixed_grid.points_to_index(centre)[0, 1]), 0, fixed_grid.size[1] - 1))
-    f = _coronal(fixed, j)
-    before = _coronal_on(moving, fixed_grid, j)
-    after = _coronal(result.warped, j) if result.warped is not None else before
-    sx, _, sz = fixed_grid.spacing_mm
-    aspect = sz / sx
-    has_tre = result.landmarks is not None
-    ncol = 4 if has_tre else 3
-    # Panels as tall as the figure allows and as wide as the slice's proportions make them.
-    height_mm, width_mm = f.shape[0] * sz, f.shape[1] * sx
-    panel_h = 5.2
-    panel_w = float(np.clip(panel_h * width_mm / height_mm, 1.6, 6.0))
-    tre_w = 5.0 if has_tre else 0.0
-    fig, axes = plt.subplots(1, ncol, figsize=(3 * panel_w + 1.4 + tre_w, panel_h + 1.3),
-                             gridspec_kw={"width_ratios": [panel_w, panel_w, panel_w + 1.0] + ([tre_w] if has_tre else [])})
     flip = fixed_grid.direction_matrix[2, 2] > 0  # show superior at the top
-    for ax, img, title in ((axes[0], _overlay(f, before), "before"), (axes[1], _overlay(f, after), "after")):
-        ax.imshow(img[::-1] if flip else img, aspect=aspect)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        orient(ax, fixed_grid, "coronal", flip)
+    f = _view(_coronal(fixed, j), flip)
+    before = _view(_coronal_on(moving, fixed_grid, j), flip)
+    after = _view(_coronal(result.warped, j), flip) if result.warped is not None else before
+    box = (460, 620)
+    cells = [slice_panel([pictures.rgb_layer(_overlay(f, m))], fixed_grid, "coronal", flip, box, title)
+             for m, title in ((before, "before"), (after, "after"))]
     jac_grid = result.out_grid
     jj = int(np.clip(round(jac_grid.points_to_index(centre)[0, 1]), 0, jac_grid.size[1] - 1))
-    jac = result.jacobian[:, jj, :]
-    body = result.body_mask[:, jj, :]
-    jac_aspect = jac_grid.spacing_mm[2] / jac_grid.spacing_mm[0]
-    ct = _coronal_on(fixed, jac_grid, jj)
-    axes[2].imshow(ct[::-1] if flip else ct, cmap="gray", vmin=-1000, vmax=400, aspect=jac_aspect)
-    shown = np.where(body, jac, np.nan)
-    im = axes[2].imshow(shown[::-1] if flip else shown, **JACOBIAN_COLOURS, alpha=0.75, aspect=jac_aspect)
-    folded = np.where(body & (jac <= 0), 1.0, np.nan)
-    axes[2].imshow(folded[::-1] if flip else folded, cmap="autumn", vmin=0, vmax=1, aspect=jac_aspect)
-    axes[2].set_title(f"Jacobian determinant\nfolding {result.folding_percent:.2f} % (red)", fontsize=9)
-    axes[2].axis("off")
-    orient(axes[2], jac_grid, "coronal", flip)
-    fig.colorbar(im, ax=axes[2], fraction=0.08, label="det J: < 1 compressed, > 1 expanded")
-    if has_tre:
-        b, a = result.landmarks["before_mm"], result.landmarks["after_mm"]
-        refined = result.refinement is not None
-        n = result.landmarks["network_mm"]
-        top = max(b.max(), a.max(), n.max() if refined else 0.0)
-        bins = np.linspace(0, top * 1.05 + 1e-6, 25)
-        axes[3].hist(b, bins, alpha=0.6, label=f"before {b.mean():.2f} ± {b.std():.2f} mm")
-        if refined:  # the network alone, then refined
-            axes[3].hist(n, bins, alpha=0.5, label=f"network {n.mean():.2f} ± {n.std():.2f} mm")
-        axes[3].hist(a, bins, alpha=0.6, label=f"{'refined' if refined else 'after'} {a.mean():.2f} ± {a.std():.2f} mm")
-        axes[3].set_xlabel("TRE (mm)")
-        axes[3].set_ylabel("landmarks")
-        axes[3].legend(fontsize=8)
-        axes[3].set_title(f"Landmark TRE (n = {len(a)})", fontsize=9)
+    jac = _view(result.jacobian[:, jj, :], flip)
+    body = _view(result.body_mask[:, jj, :], flip)
+    ct = _view(_coronal_on(fixed, jac_grid, jj), flip)
+    jac_panel = slice_panel([pictures.layer(ct, "gray", -1000, 400),
+                             pictures.layer(np.where(body, jac, np.nan), **JACOBIAN_COLOURS, alpha=0.75),
+                             pictures.layer(np.where(body & (jac <= 0), 1.0, np.nan), "autumn", 0, 1)],
+                            jac_grid, "coronal", flip, box,
+                            f"Jacobian determinant, folding {result.folding_percent:.2f} % (red)")
+    jac_panel.colour_bar = pictures.colour_bar(JACOBIAN_COLOURS["cmap"], *JACOBIAN_RANGE,
+                                               "det J: < 1 compressed, > 1 expanded", jac_panel.image.size[1], 0.75)
+    cells.append(jac_panel)
+    if result.landmarks is not None:
+        lm = result.landmarks
+        tre = tre_picture(lm["before_mm"], lm["network_mm"], lm["after_mm"], result.refinement is not None,
+                          size=(520, 340))
+        cells.append(pictures.Panel(tre, title=f"Landmark TRE (n = {len(lm['after_mm'])})"))
     position = slice_position(fixed_grid, "coronal", (0, j, 0))
     plane = anatomical_plane(fixed_grid, "coronal").capitalize()
-    fig.suptitle(f"{plane} slice at {position} (LPS): fixed in magenta, moving in green (grey where they agree); "
-                 "letters: the patient's side", fontsize=9)
-    fig.tight_layout()
-    write_file(path, lambda tmp: fig.savefig(tmp, dpi=130))
-    plt.close(fig)
+    sheet = pictures.sheet([cells], f"{plane} slice at {position} (LPS): fixed in magenta, moving in green (grey "
+                                    "where they agree); letters: the patient's side")
+    write_file(path, lambda tmp: Path(tmp).write_bytes(pictures.png(sheet)))
 
 
 def phases_figure(fourd, reference_image, path) -> None:
@@ -308,162 +313,134 @@ def _in_plane(name: str, centre_kji, shape_zyx, flip: bool, points_ijk: np.ndarr
     return x[near], y[near]
 
 
-def _mark_folds(ax, name, centre_kji, grid, flip, points_lps) -> int:
-    """Red circles at the folding voxels in this plane; returns how many were drawn."""
-    x, y = _in_plane(name, centre_kji, grid.shape_zyx, flip, grid.points_to_index(points_lps) if len(points_lps)
-                     else np.zeros((0, 3)))
-    if x.size:
-        ax.scatter(x, y, s=70, facecolors="none", edgecolors="red", linewidths=1.3)
-        _plane_limits(ax, name, grid)
-    return int(x.size)
-
-
 def _plane_limits(ax, name, grid) -> None:
     """The picture's own extent (markers drawn over it must not widen it)."""
     ax.set_xlim(-0.5, grid.shape_zyx[2 if name != "sagittal" else 1] - 0.5)
     ax.set_ylim(grid.shape_zyx[1 if name == "axial" else 0] - 0.5, -0.5)
 
 
+#: The size (px) each picture of the report's sheets is fitted into.
+REPORT_BOX_PX = (280, 280)
+
+
 def review_figure(result, maps) -> bytes:
     """TG-132's visual review on three planes through the lungs, two rows per plane: the
     checkerboards and |ΔHU| before and after; det J (folding in red), |d| with the deformed grid,
     and the doubt map. Each picture has the patient's sides at its edges and a mm scale bar; each
-    plane says where it lies (LPS)."""
-    plt = pyplot()
+    plane says where it lies (LPS). PNG bytes."""
     grid, lungs, body, jacobian = maps.grid, maps.lungs, maps.body, maps.jacobian
     centre = np.round(np.argwhere(lungs).mean(0)).astype(int) if lungs.any() else np.asarray(grid.shape_zyx) // 2
-    fixed, before = maps.fixed_hu, maps.before_hu
-    after = maps.after_hu
+    fixed, before, after = maps.fixed_hu, maps.before_hu, maps.after_hu
     disp = maps.displacement
     magnitude = np.linalg.norm(disp, axis=-1)
     tile = np.maximum(1, np.round(16.0 / np.asarray(grid.spacing_mm)).astype(int))  # ~16 mm squares
     kk, jj, ii = np.ogrid[: grid.shape_zyx[0], : grid.shape_zyx[1], : grid.shape_zyx[2]]
     board = ((kk // tile[2]) + (jj // tile[1]) + (ii // tile[0])) % 2 == 0
     folds = folding_points_lps(result)
-    titles = [["checkerboard before", "checkerboard after", "|ΔHU| before", "|ΔHU| after"],
-              ["det J (folding: red ○)", "|d| and the deformed grid", "doubt: 1 − local NCC", ""]]
-    fig, axes = plt.subplots(6, 4, figsize=(12.0, 16.2), squeeze=False, layout="constrained")
-    window = {"cmap": "gray", "vmin": -1000, "vmax": 300}
+    folds_ijk = grid.points_to_index(folds) if len(folds) else np.zeros((0, 3))
     vmax_d = max(1.0, float(np.percentile(magnitude[body], 99))) if body.any() else 1.0
-    for r, (name, cut, aspect, flip) in enumerate(_planes(grid, centre)):
-        top, low = axes[2 * r], axes[2 * r + 1]
+    rows = []
+    for name, cut, _, flip in _planes(grid, centre):
+        plane = anatomical_plane(grid, name)
 
-        def show(ax, a, cut=cut, flip=flip, aspect=aspect, **kw):
-            a = cut(a)
-            return ax.imshow(a[::-1] if flip else a, aspect=aspect, interpolation="nearest", **kw)
+        def view(a, cut=cut, flip=flip):
+            return _view(cut(a), flip)
 
-        show(top[0], np.where(board, fixed, before), **window)
-        show(top[1], np.where(board, fixed, after), **window)
-        show(top[2], np.abs(fixed - before), cmap="magma", vmin=0, vmax=500)
-        diff = show(top[3], np.abs(fixed - after), cmap="magma", vmin=0, vmax=500)
-        show(low[0], fixed, **window)
-        jac = show(low[0], np.where(body, jacobian, np.nan), **JACOBIAN_COLOURS, alpha=0.8)
-        show(low[0], np.where(body & (jacobian <= 0), 0.0, np.nan), cmap="autumn", vmin=0, vmax=1)  # red
-        _mark_folds(low[0], name, centre, grid, flip, folds)
-        mag = show(low[1], magnitude, cmap="viridis", vmin=0, vmax=vmax_d)
+        def show(layers, title, name=name, flip=flip, plane=plane):
+            return slice_panel(layers, grid, name, flip, REPORT_BOX_PX, f"{plane}: {title}")
+
+        f, b_body = view(fixed), view(body)
+        window = ("gray", -1000, 300)
+        top = [show([pictures.layer(view(np.where(board, fixed, before)), *window)], "checkerboard before"),
+               show([pictures.layer(view(np.where(board, fixed, after)), *window)], "checkerboard after"),
+               show([pictures.layer(np.abs(f - view(before)), "magma", 0, 500)], "|ΔHU| before"),
+               show([pictures.layer(np.abs(f - view(after)), "magma", 0, 500)], "|ΔHU| after")]
+        jac = view(jacobian)
+        low = [show([pictures.layer(f, *window), pictures.layer(np.where(b_body, jac, np.nan), **JACOBIAN_COLOURS,
+                                                                alpha=0.8),
+                     pictures.layer(np.where(b_body & (jac <= 0), 0.0, np.nan), "autumn", 0, 1)],
+                    "det J (folding: red ○)"),
+               show([pictures.layer(view(magnitude), "viridis", 0, vmax_d)], "|d| and the deformed grid"),
+               show([pictures.layer(np.where(b_body, view(maps.residual), np.nan), "inferno", 0, 1)],
+                    "doubt: 1 − local NCC")]
+        pictures.circles(low[0], *_in_plane(name, centre, grid.shape_zyx, flip, folds_ijk))
         _deformed_grid(low[1], cut, grid, disp, flip)
-        doubt = show(low[2], np.where(body, maps.residual, np.nan), cmap="inferno", vmin=0, vmax=1)
-        for row, texts in ((top, titles[0]), (low, titles[1])):
-            for ax, title in zip(row, texts):
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if title:
-                    ax.set_title(f"{anatomical_plane(grid, name)}: {title}", fontsize=8)
-                    orient(ax, grid, name, flip)
-        low[3].axis("off")
-        where = f"{anatomical_plane(grid, name)} plane at\n{slice_position(grid, name, centre)} (LPS)"
-        low[3].text(0.0, 0.95, f"{where}\n\nletters: the patient's "
-                    "side\neach edge faces", va="top", fontsize=9, transform=low[3].transAxes)
-        fig.colorbar(diff, ax=top[3], fraction=0.05, label="|ΔHU| (HU)")
-        fig.colorbar(jac, ax=low[0], fraction=0.05, label="det J")
-        fig.colorbar(mag, ax=low[1], fraction=0.05, label="|d| (mm)")
-        fig.colorbar(doubt, ax=low[2], fraction=0.05, label="1 − local NCC")
-    return png_bytes(fig, dpi=100)
+        height = top[0].image.size[1]
+        for p, (cmap, low_v, high_v, label, alpha) in ((top[3], ("magma", 0, 500, "|ΔHU| (HU)", 1.0)),
+                                                       (low[0], (JACOBIAN_COLOURS["cmap"], *JACOBIAN_RANGE, "det J", 0.8)),
+                                                       (low[1], ("viridis", 0, vmax_d, "|d| (mm)", 1.0)),
+                                                       (low[2], ("inferno", 0, 1, "1 − local NCC", 1.0))):
+            p.colour_bar = pictures.colour_bar(cmap, low_v, high_v, label, height, alpha)
+        low.append(pictures.note(f"{plane} plane at\n{slice_position(grid, name, centre)} (LPS)\n\n"
+                                 "letters: the patient's side\neach edge faces"))
+        rows += [top, low]
+    return pictures.png(pictures.sheet(rows))
 
 
 def folding_figure(result, maps, clusters: list[dict], rows: int = 3) -> bytes:
     """Where the field folds: per cluster (the largest first, ``clusters`` as
     :func:`quality.folding_clusters` lists them, at most ``rows``), the three planes through
     its worst voxel: the fixed CT, det J over it, red circles at the folding voxels of the
-    plane and a cross at the worst voxel."""
-    plt = pyplot()
+    plane and a cross at the worst voxel. PNG bytes."""
     grid, body = maps.grid, maps.body
     folds = folding_points_lps(result)
-    shown = clusters[:rows]
-    fig, axes = plt.subplots(len(shown), 3, figsize=(8.4, 2.9 * len(shown)), squeeze=False, layout="constrained")
-    image = None
-    for r, cluster in enumerate(shown):
+    folds_ijk = grid.points_to_index(folds) if len(folds) else np.zeros((0, 3))
+    sheet_rows = []
+    for r, cluster in enumerate(clusters[:rows]):
         ijk = grid.points_to_index(np.asarray([cluster["worst_lps"]], dtype=np.float64))[0]
         centre = tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(ijk[::-1], grid.shape_zyx))
-        for c, (name, cut, aspect, flip) in enumerate(_planes(grid, centre)):
-            ax = axes[r, c]
-
-            def show(a, cut=cut, flip=flip, aspect=aspect, ax=ax, **kw):
-                a = cut(a)
-                return ax.imshow(a[::-1] if flip else a, aspect=aspect, interpolation="nearest", **kw)
-
-            show(maps.fixed_hu, cmap="gray", vmin=-1000, vmax=300)
-            image = show(np.where(body, maps.jacobian, np.nan), **JACOBIAN_COLOURS, alpha=0.6)
-            _mark_folds(ax, name, centre, grid, flip, folds)
-            x, y = _in_plane(name, centre, grid.shape_zyx, flip, ijk[None])
-            ax.plot(x, y, "+", color="cyan", ms=7, mew=1.0)
-            _plane_limits(ax, name, grid)
-            orient(ax, grid, name, flip, scale=r == 0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{anatomical_plane(grid, name)} at {slice_position(grid, name, centre)}", fontsize=8)
         lps = ", ".join(f"{v:.1f}" for v in cluster["worst_lps"])
-        axes[r, 0].set_ylabel(f"fold {r + 1}: {cluster['voxels']} voxels\nworst det J {cluster['worst_det_j']:.2f}\n"
-                              f"at LPS ({lps}) mm", fontsize=8)
-    fig.colorbar(image, ax=axes[:, -1].tolist(), fraction=0.04, label="det J (red ○: det J ≤ 0)")
-    return png_bytes(fig, dpi=100)
+        voxels = f"{cluster['voxels']} voxel{'s' if cluster['voxels'] != 1 else ''}"
+        row = [pictures.note(f"fold {r + 1}:\n{voxels}\nworst det J {cluster['worst_det_j']:.2f}\n"
+                             f"at LPS\n({lps}) mm")]
+        for name, cut, _, flip in _planes(grid, centre):
+            def view(a, cut=cut, flip=flip):
+                return _view(cut(a), flip)
+
+            p = slice_panel([pictures.layer(view(maps.fixed_hu), "gray", -1000, 300),
+                             pictures.layer(np.where(view(body), view(maps.jacobian), np.nan), **JACOBIAN_COLOURS,
+                                            alpha=0.6)],
+                            grid, name, flip, (240, 240),
+                            f"{anatomical_plane(grid, name)} at {slice_position(grid, name, centre)}", scale=r == 0)
+            pictures.circles(p, *_in_plane(name, centre, grid.shape_zyx, flip, folds_ijk))
+            x, y = _in_plane(name, centre, grid.shape_zyx, flip, ijk[None])
+            if x.size:
+                pictures.cross(p, x[0], y[0])
+            row.append(p)
+        row[-1].colour_bar = pictures.colour_bar(JACOBIAN_COLOURS["cmap"], *JACOBIAN_RANGE, "det J (red ○: det J ≤ 0)",
+                                                 row[-1].image.size[1], 0.6)
+        sheet_rows.append(row)
+    return pictures.png(pictures.sheet(sheet_rows))
 
 
-def _deformed_grid(ax, cut, grid, disp, flip, every_vox: int = 6) -> None:
-    """Grid lines of the fixed grid carried through φ = id + d, drawn in the plane's index
-    coordinates (the in-plane components of φ(x) in the grid's voxels)."""
+def _deformed_grid(p: pictures.Panel, cut, grid, disp, flip, every_vox: int = 6) -> None:
+    """Grid lines of the fixed grid carried through φ = id + d, drawn on panel ``p``: the lines
+    where an in-plane component of φ(x), in the grid's voxels, crosses a multiple of
+    ``every_vox``."""
     shape = grid.shape_zyx
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")[::-1], -1)  # (k, j, i, [i, j, k])
     moved_vox = np.asarray(cut(disp)) @ np.linalg.inv(grid.direction_matrix @ np.diag(grid.spacing_mm)).T
     plane_idx = np.asarray(cut(idx)).astype(np.float64) + moved_vox
     rows, cols = plane_idx.shape[:2]
-    # which two index axes vary in this plane
-    varying = [a for a in range(3) if np.ptp(np.asarray(cut(idx))[..., a]) > 0]
-    for a in varying:
-        values = plane_idx[..., a][::-1] if flip else plane_idx[..., a]
-        levels = np.arange(0, shape[2 - a], every_vox)
-        if rows > 1 and cols > 1 and len(levels) > 1:
-            ax.contour(values, levels=levels, colors="white", linewidths=0.4, alpha=0.8)
+    varying = [a for a in range(3) if np.ptp(np.asarray(cut(idx))[..., a]) > 0]  # the plane's two index axes
+    if rows > 1 and cols > 1:
+        for a in varying:
+            pictures.level_lines(p, _view(plane_idx[..., a], flip), every_vox)
 
 
 def tre_histogram(before_mm, network_mm, after_mm, refined: bool) -> bytes:
-    """The landmark TRE histograms: before, after the network alone, after refinement."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    top = max(float(np.max(before_mm)), float(np.max(after_mm)), float(np.max(network_mm)))
-    bins = np.linspace(0, top * 1.05 + 1e-6, 30)
-    ax.hist(before_mm, bins, alpha=0.55, label=f"before, mean {np.mean(before_mm):.2f} mm")
-    if refined:
-        ax.hist(network_mm, bins, alpha=0.5, label=f"network alone, mean {np.mean(network_mm):.2f} mm")
-    ax.hist(after_mm, bins, alpha=0.65, label=f"{'refined' if refined else 'after'}, mean {np.mean(after_mm):.2f} mm")
-    ax.set_xlabel("TRE (mm)")
-    ax.set_ylabel("landmark pairs")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return png_bytes(fig)
+    """The landmark TRE histograms: before, after the network alone, after refinement. PNG bytes."""
+    return pictures.png(tre_picture(before_mm, network_mm, after_mm, refined))
 
 
 def quality_histogram(maps) -> bytes:
-    """Distributions in the lungs: the doubt map (1 − local NCC) and the inverse-consistency error."""
-    plt = pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(7.6, 2.8))
-    a.hist(maps.residual[maps.lungs], bins=50, range=(0, 2), color="tab:purple")
-    a.set_xlabel("1 − local NCC (lungs)")
-    a.set_ylabel("voxels")
+    """Distributions in the lungs: the doubt map (1 − local NCC) and the inverse-consistency
+    error, counts on a log axis. PNG bytes."""
+    doubt = maps.residual[maps.lungs]
     err = maps.inverse_error_mm[maps.consistency_lungs]
-    b.hist(err, bins=50, color="tab:green")
-    b.set_xlabel("|φ∘φ⁻¹ − id| in the lungs (mm)")
-    for ax in (a, b):
-        ax.set_yscale("log")
-    fig.tight_layout()
-    return png_bytes(fig)
+    top = max(float(err.max()) if err.size else 0.0, 1e-3)
+    return pictures.png(pictures.beside(
+        pictures.histogram([(doubt, "lung voxels", (148, 103, 189))], np.linspace(0, 2, 51), "1 − local NCC (lungs)",
+                           "voxels", (380, 280), log=True),
+        pictures.histogram([(err, "lung voxels", (44, 160, 44))], np.linspace(0, top * 1.02, 51),
+                           "|φ∘φ⁻¹ − id| in the lungs (mm)", "voxels", (380, 280), log=True)))

@@ -96,7 +96,7 @@ def registration_writers(result: Result, summary: dict, fixed: sitk.Image, movin
     if result.landmarks is not None:
         writers["tre.csv"] = lambda p: write_tre_csv(p, result.landmarks, labels)
     if overview:
-        writers["overview.png"] = lambda p: overview_figure(fixed, moving, result, p)
+        writers["overview.png"] = concurrent(lambda p: overview_figure(fixed, moving, result, p))
     return _with_summary({**writers, **(extra or {})}, summary, t0)
 
 

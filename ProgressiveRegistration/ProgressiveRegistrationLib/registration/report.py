@@ -559,8 +559,8 @@ def report_writers(result, summary: dict, fixed, moving, landmark_labels: list[s
     add_provenance(summary, tolerances_file)
     return {"quality.nrrd": concurrent(lambda p: write_image(maps.residual_image(), p)),
             "inverse_consistency.nrrd": concurrent(lambda p: write_image(maps.inverse_error_image(), p)),
-            "report.html": lambda p: write_report(p, registration_page(
-                summary, report_figures(result, maps, summary["quality"]), landmark_labels, result.landmarks, title))}
+            "report.html": concurrent(lambda p: write_report(p, registration_page(
+                summary, report_figures(result, maps, summary["quality"]), landmark_labels, result.landmarks, title)))}
 
 
 def fourd_report_writers(fourd, summary: dict, images: list, names: list[str], tolerances: dict[str, Tolerance],
