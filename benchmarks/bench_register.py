@@ -83,12 +83,12 @@ ELASTIX_BSPLINE = {
 }
 
 
-def full_fov_ct() -> sitk.Image:
+def full_fov_ct(size=(512, 512, 130), spacing=(0.7, 0.7, 2.5)) -> sitk.Image:
     """The benchmark's inhale CT: a real chest CT (the one next to the project if present,
-    else the bundled sample) in a 512×512×130 grid of 0.7×0.7×2.5 mm, int16."""
+    else the bundled sample) in a ``size`` grid of ``spacing`` mm (512×512×130 of 0.7×0.7×2.5
+    mm unless given), int16."""
     source = SHARED_CT if SHARED_CT.is_file() else SAMPLE
     ct = sitk.ReadImage(str(source), sitk.sitkFloat32)
-    size, spacing = (512, 512, 130), (0.7, 0.7, 2.5)
     centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ct.GetSize()]))
     ref = sitk.Image(size, sitk.sitkInt16)
     ref.SetSpacing(spacing)

@@ -373,3 +373,16 @@ def test_the_maps_grids_cover_the_grid_and_index_it_alike():
         # every coarse sample sits where the fine grid has the voxel it was taken from (or beyond its last one)
         k, j, i = (np.asarray(a).ravel() for a in index)
         assert i[-1] == grid.size[0] - 1 and k[0] == 0
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 11), (1, 5, 6), (30, 40, 50)])
+def test_surface_band_is_a_dilation_less_an_erosion(shape):
+    """The pleura's band (shifted views) equals SimpleITK's dilation less its erosion by a cross
+    of radius 1, on random masks, thin ones included."""
+    from ProgressiveRegistrationLib.registration.quality import surface_band
+
+    mask = np.random.default_rng(sum(shape)).random(shape) > 0.5
+    inside = sitk.GetImageFromArray(mask.astype(np.uint8))
+    grown = sitk.GetArrayFromImage(sitk.BinaryDilate(inside, [1, 1, 1], sitk.sitkCross)) > 0
+    shrunk = sitk.GetArrayFromImage(sitk.BinaryErode(inside, [1, 1, 1], sitk.sitkCross)) > 0
+    np.testing.assert_array_equal(surface_band(mask), grown & ~shrunk)

@@ -67,28 +67,27 @@ def save_model(path: str | Path, net: UNet, cfg: NetworkConfig, synthesis: Synth
     write_file(path, lambda tmp: torch.save(state, tmp))
 
 
-def fold_batchnorm(net: UNet) -> nn.Module:
-    """A copy of ``net`` (eval mode) with every BatchNorm3d folded into the preceding conv.
+def fold_batchnorm(net: UNet, copy_net: bool = True) -> nn.Module:
+    """``net`` (a copy unless ``copy_net`` is False; eval mode) with every BatchNorm3d folded
+    into the preceding conv.
 
     ``BN(conv(x)) = conv'(x)`` with ``w' = w·g/σ`` and ``b' = β + (b − μ)·g/σ``: one pass
     less over every feature map, the same numbers up to rounding.
     """
-    net = copy.deepcopy(net).eval()
-    for module in net.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        layers = list(module)
-        for k in range(len(layers) - 1):
-            conv, bn = layers[k], layers[k + 1]
-            if isinstance(conv, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d):
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                  bias=True)
-                fused.weight.data = conv.weight.data * scale[:, None, None, None, None]
-                bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                fused.bias.data = bn.bias.data + (bias - bn.running_mean) * scale
-                module[k] = fused
-                module[k + 1] = nn.Identity()
+    net = (copy.deepcopy(net) if copy_net else net).eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if not isinstance(module, nn.Sequential):
+                continue
+            layers = list(module)
+            for k in range(len(layers) - 1):
+                conv, bn = layers[k], layers[k + 1]
+                if isinstance(conv, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d):
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                    conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale)
+                    conv.weight = nn.Parameter(conv.weight * scale[:, None, None, None, None])
+                    module[k + 1] = nn.Identity()
     return net.requires_grad_(False)
 
 
@@ -125,7 +124,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", fold_bn: boo
     bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise InputError(f"{path}: model file is damaged: {len(bad)} weight tensors hold NaN or Inf (first: {bad[0]})")
-    net = fold_batchnorm(net) if fold_bn else net.eval().requires_grad_(False)
+    net = fold_batchnorm(net, copy_net=False) if fold_bn else net.eval().requires_grad_(False)
     # channels_last_3d: oneDNN's fastest convolution layout on the CPU (benchmarks/results/forward.md).
     net = net.to(device, memory_format=torch.channels_last_3d)
     return Model(net, syn, str(path), {k: state.get(k) for k in ("iterations", "arm")})

@@ -256,10 +256,23 @@ def landmark_names(outliers: list[dict], shown: int = 5) -> str:
 def pleura_band(result: Result) -> np.ndarray:
     """The transform grid's voxels within one voxel of the pleura (the lungs' outer surface,
     :meth:`lungs.ThoraxMasks.pleura_on`), inside the body: bool ``[k, j, i]``."""
-    inside = sitk.GetImageFromArray(result.geometry.fixed_masks.pleura_on(result.out_grid).astype(np.uint8))
-    grown = sitk.GetArrayViewFromImage(sitk.BinaryDilate(inside, [1, 1, 1], sitk.sitkCross)) > 0
-    shrunk = sitk.GetArrayViewFromImage(sitk.BinaryErode(inside, [1, 1, 1], sitk.sitkCross)) > 0
-    return grown & ~shrunk & result.body_mask
+    return surface_band(result.geometry.fixed_masks.pleura_on(result.out_grid)) & result.body_mask
+
+
+def surface_band(inside: np.ndarray) -> np.ndarray:
+    """The voxels within one voxel of the surface of ``inside`` (bool ``[k, j, i]``): those whose
+    6-neighbourhood (themselves included, neighbours beyond the array left out) holds voxels
+    both inside and outside. The same as a dilation and an erosion by a cross of radius 1
+    (``sitk.BinaryDilate & ~sitk.BinaryErode``), in shifted views of the array."""
+    grown, shrunk = inside.copy(), inside.copy()
+    for axis in range(3):
+        ahead = [slice(None)] * 3
+        behind = [slice(None)] * 3
+        for a, b in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            ahead[axis], behind[axis] = a, b
+            grown[tuple(ahead)] |= inside[tuple(behind)]
+            shrunk[tuple(ahead)] &= inside[tuple(behind)]
+    return grown & ~shrunk
 
 
 def quality_summary(result: Result, maps: QualityMaps, tolerances: dict[str, Tolerance] | None = None,

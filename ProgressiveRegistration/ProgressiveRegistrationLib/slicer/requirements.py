@@ -3,11 +3,12 @@ only: it runs before any of them is importable).
 
 Slicer bundles numpy, SimpleITK (and VTK): those are never installed, with one exception
 below. PyTorch comes from Slicer's PyTorch extension (``PyTorchUtils``, which picks the CPU
-or CUDA build); the rest from pip, and only what a registration imports: Pillow (which draws the
-pictures) and matplotlib (their colour maps and fonts, and the 4DCT figure). numba is optional: without it the library runs the same computations in
-torch and ITK, slower. Not installed for the module: PyYAML (read only for YAML training
-configurations and ``--tolerances`` files, neither of which the module uses) and psutil
-(``jobs`` uses it where it is installed, and the standard library otherwise).
+or CUDA build); the rest from pip, and only what a registration imports: Pillow (which draws
+the pictures) and matplotlib (their colour maps and fonts, and the 4DCT figure). numba is
+optional: without it the library runs the same computations in torch and ITK, slower. Not
+installed for the module: PyYAML (read only for YAML training configurations and
+``--tolerances`` files, neither of which the module uses) and psutil (``jobs`` uses it where
+it is installed, and the standard library otherwise).
 
 Offline, pip's own error says only that pip failed: :func:`install_failure` says whether
 the package index could be reached, and what to do.
