@@ -41,6 +41,7 @@ import SimpleITK as sitk
 from ..core.atomic import write_file
 from ..core.checks import check_volume
 from ..core.errors import InputError
+from ..core.itk_fields import gzip_pays
 from .dirlab import read_raw
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".dcm")
@@ -516,22 +517,11 @@ def read_image(path: str | os.PathLike, series: str | None = None, what: str | N
     return image
 
 
-#: Voxel types written uncompressed by default: a float map's low bits are noise, so gzip
-#: shrinks it by 0-18 % for 15-60 times the writing time; integer images (CT, label maps)
-#: shrink by a third or more (benchmarks/results/writing.md).
-UNCOMPRESSED_TYPES = frozenset({sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64})
-
-
-def compresses(image: sitk.Image) -> bool:
-    """Whether :func:`write_image` gzips ``image`` by default (integer voxels) or not (float)."""
-    return image.GetPixelID() not in UNCOMPRESSED_TYPES
-
-
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool | None = None) -> None:
     """Write an image atomically (write to a temporary file, then rename). ``compress``: gzip
-    the voxels; by default where it pays (:func:`compresses`). A ``.gz`` name is always
-    compressed (the name says so)."""
-    compress = compresses(image) if compress is None else compress
+    the voxels; by default where it pays (:func:`itk_fields.gzip_pays`). A ``.gz`` name is
+    always compressed (the name says so)."""
+    compress = gzip_pays(image) if compress is None else compress
     write_file(path, lambda tmp: sitk.WriteImage(image, tmp, compress or str(path).lower().endswith(".gz")))
 
 
