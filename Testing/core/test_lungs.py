@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from ProgressiveRegistrationLib.core.grid import Grid, box_grid_lps
@@ -50,3 +51,20 @@ def test_fill_holes_per_slice_matches_slice_loop():
     ours = fill_holes_per_slice(image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(reference))
     assert ours.GetSpacing() == image.GetSpacing()
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.4])
+def test_cells_bounds_are_those_of_every_cell(angle):
+    """The LPS bounds of a mask's cells, taken from each row's first and last cell, equal the
+    bounds of every cell mapped (a random mask, an axis-aligned and an oblique, flipped grid)."""
+    from ProgressiveRegistrationLib.core.lungs import cells_bounds_lps
+
+    c, s = np.cos(angle), np.sin(angle)
+    grid = Grid((13, 11, 9), (1.5, 2.0, 3.0), (10.0, -20.0, 5.0), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, -1.0))
+    cells = np.random.default_rng(3).random(grid.shape_zyx) > 0.9
+    centres = grid.points_to_lps(np.argwhere(cells)[:, ::-1].astype(np.float64))
+    half = grid.half_voxel_lps()
+    lo, hi = cells_bounds_lps(grid, cells)
+    np.testing.assert_allclose(lo, centres.min(0) - half, atol=1e-9)
+    np.testing.assert_allclose(hi, centres.max(0) + half, atol=1e-9)
+    assert cells_bounds_lps(grid, np.zeros(grid.shape_zyx, bool)) is None

@@ -208,10 +208,16 @@ def lung_bounds_lps(image: sitk.Image, margin_mm: float = 8.0, masks: ThoraxMask
 def cells_bounds_lps(grid: Grid, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """LPS bounds (min, max; mm) of the cells of ``grid`` where ``cells`` (bool ``[k, j, i]``)
     holds: their extents, not their centres; None for no cell."""
-    cells_kji = np.argwhere(cells)
-    if not len(cells_kji):
+    # An LPS coordinate is affine in (i, j, k): over the cells of one row (k, j) it is least and
+    # greatest at the row's first and last cell, so those two per row are all that is mapped.
+    rows = cells.any(axis=2)
+    if not rows.any():
         return None
-    centres = grid.points_to_lps(cells_kji[:, ::-1].astype(np.float64))
+    k, j = np.nonzero(rows)
+    first = np.argmax(cells, axis=2)[k, j]
+    last = cells.shape[2] - 1 - np.argmax(cells[:, :, ::-1], axis=2)[k, j]
+    ends_ijk = np.concatenate([np.stack([first, j, k], 1), np.stack([last, j, k], 1)]).astype(np.float64)
+    centres = grid.points_to_lps(ends_ijk)
     half = grid.half_voxel_lps()
     return centres.min(0) - half, centres.max(0) + half
 
