@@ -342,7 +342,7 @@ def beside(*images: Image.Image, gap_px: int = GAP_PX) -> Image.Image:
     return out
 
 
-#: PNG compression (zlib level): 6 is Pillow's default and near the smallest these pictures get.
+#: PNG compression (zlib level): Pillow's default.
 PNG_COMPRESS_LEVEL = 6
 
 
