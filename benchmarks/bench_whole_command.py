@@ -187,6 +187,10 @@ def table(rows: list[dict], threads: int, repeat: int, baseline: Path | None, bo
              "writing); elastix once, the same pair, in the same run. Real CT: the bundled sample (small pair) and "
              f"`{source}` (full chest), each with a simulated exhale (15 mm, lungs 5 % denser) and 100 exact "
              "landmarks.", ""]
+    if baseline:
+        commit = subprocess.run(["git", "-C", str(baseline), "log", "-1", "--format=%h %s"], capture_output=True,
+                                text=True).stdout.strip()
+        lines += [f"\"before\": the same commands of another checkout, interleaved with ours: `{commit}`.", ""]
     for r in rows:
         ours_d, ours_l = r[("ours", "default")], r[("ours", "lean")]
         s = ours_d["summary"]
