@@ -43,6 +43,14 @@ def gzip_pays(image: sitk.Image) -> bool:
     return len(zlib.compress(sample, 1)) <= (1.0 - GZIP_WORTHWHILE) * len(sample)
 
 
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool | None = None) -> None:
+    """Write an image atomically (to a temporary file, then renamed). ``compress``: gzip the
+    voxels; by default where it pays (:func:`gzip_pays`). A ``.gz`` name is always compressed
+    (the name says so)."""
+    compress = gzip_pays(image) if compress is None else compress
+    write_file(path, lambda tmp: sitk.WriteImage(image, tmp, compress or str(path).lower().endswith(".gz")))
+
+
 def displacement_image(disp_lps: np.ndarray, grid: Grid) -> sitk.Image:
     """An ITK displacement-field image (vector float64, LPS) from ``[k, j, i, 3]`` mm."""
     image = sitk.GetImageFromArray(np.asarray(disp_lps, dtype=np.float64), isVector=True)
@@ -73,7 +81,7 @@ def write_transform(disp_image: sitk.Image, path: str | os.PathLike) -> None:
         # Slicer >= 5.10 reads this key; ITK ignores it.
         image.SetMetaData("displacement field type", "resampling")
         image.SetMetaData("intent_code", "1006")
-    write_file(path, lambda tmp: sitk.WriteImage(image, tmp, name.endswith(".gz") or gzip_pays(image)))
+    write_image(image, path)
 
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:

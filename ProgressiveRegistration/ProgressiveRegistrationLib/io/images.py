@@ -38,10 +38,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atomic import write_file
 from ..core.checks import check_volume
 from ..core.errors import InputError
-from ..core.itk_fields import gzip_pays
+from ..core.itk_fields import write_image  # noqa: F401 - the image writer, beside the readers
 from .dirlab import read_raw
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".dcm")
@@ -517,12 +516,6 @@ def read_image(path: str | os.PathLike, series: str | None = None, what: str | N
     return image
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool | None = None) -> None:
-    """Write an image atomically (write to a temporary file, then rename). ``compress``: gzip
-    the voxels; by default where it pays (:func:`itk_fields.gzip_pays`). A ``.gz`` name is
-    always compressed (the name says so)."""
-    compress = gzip_pays(image) if compress is None else compress
-    write_file(path, lambda tmp: sitk.WriteImage(image, tmp, compress or str(path).lower().endswith(".gz")))
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
