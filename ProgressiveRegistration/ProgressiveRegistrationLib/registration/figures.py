@@ -418,11 +418,15 @@ def _deformed_grid(p: pictures.Panel, cut, grid, disp, flip, every_vox: int = 6)
     where an in-plane component of φ(x), in the grid's voxels, crosses a multiple of
     ``every_vox``."""
     shape = grid.shape_zyx
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")[::-1], -1)  # (k, j, i, [i, j, k])
+    # The plane's own (i, j, k) indices: each axis's index broadcast over the volume (a view),
+    # cut to the plane, so that no volume-sized index array is made.
+    index = [np.broadcast_to(np.arange(n).reshape([-1 if a == axis else 1 for a in range(3)]), shape)
+             for axis, n in ((2, shape[2]), (1, shape[1]), (0, shape[0]))]
+    plane_index = np.stack([np.asarray(cut(a)) for a in index], -1)  # (rows, cols, [i, j, k])
     moved_vox = np.asarray(cut(disp)) @ np.linalg.inv(grid.direction_matrix @ np.diag(grid.spacing_mm)).T
-    plane_idx = np.asarray(cut(idx)).astype(np.float64) + moved_vox
+    plane_idx = plane_index.astype(np.float64) + moved_vox
     rows, cols = plane_idx.shape[:2]
-    varying = [a for a in range(3) if np.ptp(np.asarray(cut(idx))[..., a]) > 0]  # the plane's two index axes
+    varying = [a for a in range(3) if np.ptp(plane_index[..., a]) > 0]  # the plane's two index axes
     if rows > 1 and cols > 1:
         for a in varying:
             pictures.level_lines(p, _view(plane_idx[..., a], flip), every_vox)
