@@ -20,7 +20,7 @@ checkout of another commit, e.g. ``git worktree add DIR <commit>``) the same com
 checkout, interleaved with ours.
 
 Then, per output file of the default run: its size and writing time with and without gzip
-(the trade behind ``io/images.py``'s compression rule), and the start-up: ``progreg --help``
+(the trade behind the compression rule, ``core/itk_fields.gzip_pays``), and the start-up: ``progreg --help``
 and the imports a registration needs.
 
     python benchmarks/bench_whole_command.py [--threads 2] [--repeat 3] [--baseline DIR] [--skip-elastix]
