@@ -166,17 +166,27 @@ def run_elastix(paths, threads: int) -> tuple[float, dict, float]:
     """elastix on ``paths`` in a process of its own, as ours runs: a benchmark process that
     had run elastix itself held its memory, and our next case ran ~15 % slower beside it
     (measured). Returns (registration seconds, TRE summary after, mean TRE before)."""
+    from ProgressiveRegistrationLib.io.landmarks import read_landmarks
+
+    seconds, predicted = run_elastix_points(paths, threads)
+    f, m = read_landmarks(paths[2]).points, read_landmarks(paths[3]).points
+    return seconds, summary(tre_mm(predicted, m)), summary(tre_mm(f, m))["mean"]
+
+
+def run_elastix_points(paths, threads: int) -> tuple[float, np.ndarray]:
+    """elastix on ``paths`` (fixed, moving, fixed landmarks, moving landmarks) in a process of
+    its own: (registration seconds, the fixed landmarks mapped by its transform, LPS mm)."""
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_register as b; "
             f"from pathlib import Path; print(json.dumps(b._elastix_in_process([Path(p) for p in "
             f"{[str(p) for p in paths]!r}], {threads}), default=float))")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "ProgressiveRegistration", capture_output=True,
                        text=True, env=env, check=True)
-    seconds, after, before = json.loads(r.stdout.strip().splitlines()[-1])
-    return seconds, after, before
+    seconds, predicted = json.loads(r.stdout.strip().splitlines()[-1])
+    return seconds, np.asarray(predicted, dtype=np.float64)
 
 
-def _elastix_in_process(paths, threads: int) -> tuple[float, dict, float]:
+def _elastix_in_process(paths, threads: int) -> tuple[float, list]:
     import itk
 
     fixed = itk.imread(str(paths[0]), itk.F)
@@ -204,9 +214,7 @@ def _elastix_in_process(paths, threads: int) -> tuple[float, dict, float]:
     from ProgressiveRegistrationLib.io.landmarks import read_landmarks
 
     f = read_landmarks(paths[2]).points
-    m = read_landmarks(paths[3]).points
-    pred = np.array([tx.TransformPoint(p.tolist()) for p in f])
-    return seconds, summary(tre_mm(pred, m)), summary(tre_mm(f, m))["mean"]
+    return seconds, [tx.TransformPoint(p.tolist()) for p in f]
 
 
 def denser(exhale: sitk.Image, percent: float = 5.0) -> sitk.Image:

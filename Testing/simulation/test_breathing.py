@@ -37,3 +37,30 @@ def test_breathing_ground_truth_is_exact():
     # Sliding is a shear: the motion never folds.
     det = fields.jacobian_determinant(w, grid.index_to_lps[:3, :3])
     assert float(det.min()) > 0
+
+
+def test_picked_landmarks_lie_inside_the_lungs_not_on_their_surface():
+    """The simulator's own picks are vessel voxels at least ``LANDMARK_DEPTH_MM`` inside the
+    pleura (depth from scipy's exact Euclidean distance transform of the exhale image's
+    pleura mask, in mm); without the depth limit most picks land on the lung surface, where
+    the gradient is highest."""
+    from scipy.ndimage import distance_transform_edt
+
+    from ProgressiveRegistrationLib.core.lungs import mask_on, thorax_masks
+    from ProgressiveRegistrationLib.io.resources import BUNDLED_SAMPLE
+    from ProgressiveRegistrationLib.simulation.breathing import LANDMARK_DEPTH_MM
+
+    inhale = sitk.ReadImage(str(BUNDLED_SAMPLE))
+    grid = Grid.from_image(inhale)
+    depth = {}
+    for limit in (LANDMARK_DEPTH_MM, 0.0):
+        pair = simulate(inhale, seed=2, amplitude_si_mm=20.0, n_landmarks=40, min_depth_mm=limit)
+        pleura = mask_on(thorax_masks(pair.exhale).pleura, grid)
+        inside_mm = distance_transform_edt(pleura, sampling=grid.spacing_mm[::-1])
+        index = np.round(grid.points_to_index(pair.moving_points_lps)).astype(int)
+        depth[limit] = inside_mm[index[:, 2], index[:, 1], index[:, 0]]
+        assert len(depth[limit]) == 40
+    # scipy's depth runs to the nearest outside voxel centre, so it is never less than the
+    # picker's, which runs to the surface between voxels.
+    assert depth[LANDMARK_DEPTH_MM].min() >= LANDMARK_DEPTH_MM, np.sort(depth[LANDMARK_DEPTH_MM])[:5]
+    assert np.mean(depth[0.0] < LANDMARK_DEPTH_MM) > 0.5, np.sort(depth[0.0])

@@ -99,7 +99,8 @@ def thorax_masks(image: sitk.Image, air_hu: float = -400.0, min_fraction: float 
     stats = sitk.LabelIntensityStatisticsImageFilter()
     stats.Execute(labels, small)
     labels_arr = sitk.GetArrayViewFromImage(labels)
-    core = sitk.GetArrayViewFromImage(sitk.BinaryErode(air, [1, 1, 1], sitk.sitkBall)) > 0
+    eroded = sitk.BinaryErode(air, [1, 1, 1], sitk.sitkBall)  # kept: a view does not keep its image alive
+    core = sitk.GetArrayViewFromImage(eroded) > 0
     cells = np.bincount(labels_arr.ravel())
     core_cells = np.bincount(labels_arr[core], minlength=len(cells))
     keep = [lab for lab in stats.GetLabels()

@@ -21,7 +21,10 @@ import torch
 
 from ..core import fields
 from ..core.grid import Grid
-from ..core.lungs import lung_mask
+from ..core.lungs import lung_mask, mask_on, thorax_masks
+
+#: Least depth (mm) inside the pleura of the landmarks :func:`simulate` picks.
+LANDMARK_DEPTH_MM = 5.0
 
 
 @dataclass
@@ -64,12 +67,16 @@ def breathing_field_lps(image: sitk.Image, amplitude_si_mm: float, amplitude_ap_
 
 
 def simulate(inhale: sitk.Image, seed: int = 0, amplitude_si_mm: float = 15.0, amplitude_ap_mm: float = 5.0,
-             n_landmarks: int = 60, fixed_landmarks_lps: np.ndarray | None = None) -> BreathingPair:
+             n_landmarks: int = 60, fixed_landmarks_lps: np.ndarray | None = None,
+             min_depth_mm: float = LANDMARK_DEPTH_MM) -> BreathingPair:
     """Exhale image and landmark pairs (fixed = inhale, moving = exhale) from an inhale CT.
 
     Landmarks: given inhale points (e.g. the phantom's vessel bifurcations), their exhale
     partners solve ``y + w(y) = x`` (fixed-point iteration; w is a contraction); otherwise
-    bright high-gradient lung voxels of the exhale image are picked.
+    the exhale image's highest-gradient lung voxels at least ``min_depth_mm`` inside the
+    pleura are picked (vessel walls, as DIR-Lab's landmarks are vessel and airway
+    bifurcations inside the lungs; ``min_depth_mm=0`` lets the lung surface in, where the
+    gradient is highest and most picks land).
     """
     rng = np.random.default_rng(seed)
     grid = Grid.from_image(inhale)
@@ -95,8 +102,15 @@ def simulate(inhale: sitk.Image, seed: int = 0, amplitude_si_mm: float = 15.0, a
             y = y_new
         return BreathingPair(inhale, exhale, x, y, w)
 
-    # Landmarks on bright, high-gradient lung voxels of the exhale image (vessels).
-    lungs = sitk.GetArrayFromImage(lung_mask(exhale)).astype(bool)
+    # Landmarks on high-gradient lung voxels of the exhale image away from its surface (vessels).
+    masks = thorax_masks(exhale)
+    lungs = mask_on(masks.lungs, grid)
+    if min_depth_mm > 0:
+        pleura = sitk.GetImageFromArray(mask_on(masks.pleura, grid).astype(np.uint8))
+        grid.apply_to(pleura)
+        depth = sitk.SignedMaurerDistanceMap(pleura, insideIsPositive=True, squaredDistance=False,
+                                             useImageSpacing=True)
+        lungs &= sitk.GetArrayViewFromImage(depth) >= min_depth_mm  # the view lives while `depth` does
     grad = fields.gaussian_gradient_magnitude(torch.from_numpy(exhale_arr), 1.0).numpy()
     cand = np.argwhere(lungs & (grad > np.percentile(grad[lungs], 90))) if lungs.any() else np.argwhere(grad > 0)
     rng.shuffle(cand)
