@@ -130,16 +130,15 @@ def stats(tre: np.ndarray, interior: np.ndarray, folding: float | None, seconds:
 def folding_in_lungs(disp_lps: np.ndarray, grid: Grid, lungs: np.ndarray) -> float:
     """Share (%) of the lungs' voxels where det(I + ∇u) ≤ 0; ``disp_lps`` ``[k, j, i, 3]`` on ``grid``."""
     jac = fields.jacobian_determinant(torch.from_numpy(np.ascontiguousarray(disp_lps, np.float32)).movedim(-1, 0),
-                                      grid.index_to_lps[:3, :3]).numpy()
-    return float(100.0 * ((jac <= 0) & lungs).sum() / max(lungs.sum(), 1))
+                                      grid.index_to_lps[:3, :3])
+    return fields.folding_percent(jac, torch.from_numpy(lungs))
 
 
 def ours(pair, interior, model: Model, lungs_of) -> tuple[dict, dict]:
     """(network alone, network + refinement) of one registration."""
     r = register_images(pair.inhale, pair.exhale, model, "cpu", pair.fixed_points_lps, pair.moving_points_lps,
                         refinement=DEFAULT, warp_moving=False)
-    disp = sitk.GetArrayFromImage(r.displacement)
-    folding = folding_in_lungs(disp, r.out_grid, lungs_of(r.out_grid))
+    folding = fields.folding_percent(torch.from_numpy(r.jacobian), torch.from_numpy(lungs_of(r.out_grid)))
     seconds = sum(r.seconds[s] for s in OURS_STAGES)
     return (stats(r.landmarks["network_mm"], interior, None, None),
             stats(r.landmarks["after_mm"], interior, folding, seconds))

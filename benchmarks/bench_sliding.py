@@ -71,14 +71,9 @@ def cases():
 
 def depth_mm(image: sitk.Image, points_lps: np.ndarray) -> np.ndarray:
     """Each point's distance (mm) inside the pleura (the lungs' outer surface; negative outside)."""
-    masks = thorax_masks(image)
     grid = Grid.from_image(image)
-    pleura = sitk.GetImageFromArray(masks.pleura_on(grid).astype(np.uint8))
-    grid.apply_to(pleura)
-    distance = sitk.SignedMaurerDistanceMap(pleura, insideIsPositive=True, squaredDistance=False,
-                                            useImageSpacing=True)
     index = np.clip(np.round(grid.points_to_index(points_lps)).astype(int), 0, np.asarray(grid.size) - 1)
-    return sitk.GetArrayViewFromImage(distance)[index[:, 2], index[:, 1], index[:, 0]].astype(float)
+    return thorax_masks(image).pleura_depth_mm(grid)[index[:, 2], index[:, 1], index[:, 0]].astype(float)
 
 
 def true_displacement(pair, points_lps: np.ndarray) -> np.ndarray:

@@ -59,6 +59,13 @@ class ThoraxMasks:
         """:attr:`pleura` on ``grid`` (bool ``[k, j, i]``)."""
         return mask_on(self.pleura, grid)
 
+    def pleura_depth_mm(self, grid: Grid) -> np.ndarray:
+        """Each voxel's distance (mm) inside the pleura on ``grid`` (``[k, j, i]`` float32;
+        negative outside): SimpleITK's signed Maurer distance of :meth:`pleura_on`."""
+        pleura = grid.apply_to(sitk.GetImageFromArray(self.pleura_on(grid).astype(np.uint8)))
+        return sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(pleura, insideIsPositive=True,
+                                                                   squaredDistance=False, useImageSpacing=True))
+
     def lungs_dilated(self, margin_mm: float) -> sitk.Image:
         """The lung field on the working grid grown by ``margin_mm`` (rounded to whole cells)."""
         radius = [max(1, int(round(margin_mm / s))) for s in self.lungs.GetSpacing()]

@@ -106,11 +106,7 @@ def simulate(inhale: sitk.Image, seed: int = 0, amplitude_si_mm: float = 15.0, a
     masks = thorax_masks(exhale)
     lungs = mask_on(masks.lungs, grid)
     if min_depth_mm > 0:
-        pleura = sitk.GetImageFromArray(mask_on(masks.pleura, grid).astype(np.uint8))
-        grid.apply_to(pleura)
-        depth = sitk.SignedMaurerDistanceMap(pleura, insideIsPositive=True, squaredDistance=False,
-                                             useImageSpacing=True)
-        lungs &= sitk.GetArrayViewFromImage(depth) >= min_depth_mm  # the view lives while `depth` does
+        lungs &= masks.pleura_depth_mm(grid) >= min_depth_mm
     grad = fields.gaussian_gradient_magnitude(torch.from_numpy(exhale_arr), 1.0).numpy()
     cand = np.argwhere(lungs & (grad > np.percentile(grad[lungs], 90))) if lungs.any() else np.argwhere(grad > 0)
     rng.shuffle(cand)
