@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ProgressiveRegistrationLib.model.config import NetworkConfig
-from ProgressiveRegistrationLib.model.network import ProgressiveUNet, UNet
+from ProgressiveRegistrationLib.model.network import Conv3d, ProgressiveUNet, UNet
 
 
 def test_last_level_only_equals_plain_unet():
@@ -41,3 +41,36 @@ def test_finer_levels_are_not_computed():
     assert out.shape == (1, 3, 8, 8, 8) and not called
     net(torch.randn(1, 2, 16, 16, 16), [0, 0.5, 0.5])
     assert called == ["enc2", "dec2"]
+
+
+def _convolution_kernels(run) -> set[str]:
+    """The names of the aten convolution kernels that ``run()`` calls (torch's profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return {e.key for e in prof.key_averages() if "conv" in e.key and e.key.startswith("aten::")
+            and e.key not in ("aten::conv3d", "aten::convolution", "aten::_convolution")}
+
+
+def test_inference_convolutions_run_on_onednn_whatever_their_size():
+    """The shapes torch's backend rule sends to its slow im2col kernel (a single volume whose
+    channels · slices · rows ≤ 20480: the coarse levels, the 2-channel first layer) run on
+    oneDNN at inference, with torch's own result to float rounding; with a gradient, torch's
+    own kernel and bit for bit its result."""
+    torch.manual_seed(0)
+    for c_in, c_out, side in ((16, 32, 32), (2, 16, 64), (256, 128, 8)):
+        conv = Conv3d(c_in, c_out, 3, padding=1)
+        plain = torch.nn.Conv3d(c_in, c_out, 3, padding=1)
+        plain.load_state_dict(conv.state_dict())
+        x = torch.randn(1, c_in, side, side, side).contiguous(memory_format=torch.channels_last_3d)
+        assert "aten::slow_conv3d_forward" in _convolution_kernels(lambda p=plain, x=x: p(x))  # torch's own rule
+        with torch.inference_mode():
+            kernels = _convolution_kernels(lambda c=conv, x=x: c(x))
+            assert kernels == {"aten::mkldnn_convolution"}, kernels
+            torch.testing.assert_close(conv(x), plain(x), rtol=1e-4, atol=1e-4)
+        with torch.enable_grad():
+            assert "aten::slow_conv3d_forward" in _convolution_kernels(lambda c=conv, x=x: c(x))
+            assert torch.equal(conv(x), plain(x))
+    # The U-Net's every convolution is one of these (the output maps included).
+    net = UNet(NetworkConfig(levels=3, base_channels=4))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(isinstance(m, Conv3d) for m in convs)

@@ -15,7 +15,7 @@ accumulated during training normalise at test time, which is the paper's ref. [3
 (-> 3 maps); its forward pass takes the schedule weights α and computes only the levels
 the schedule needs, at the resolution of the finest active level.
 
-On the CPU the forward pass gives the same bits for any thread count (:func:`pointwise`).
+On the CPU the forward pass gives the same bits for any thread count (:class:`Conv3d`).
 """
 
 from __future__ import annotations
@@ -32,31 +32,38 @@ from .schedule import betas, finest_active, level_factor
 
 def _conv_block(c_in: int, c_out: int, slope: float, momentum: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out, momentum=momentum), nn.LeakyReLU(slope),
-        nn.Conv3d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out, momentum=momentum), nn.LeakyReLU(slope),
+        Conv3d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out, momentum=momentum), nn.LeakyReLU(slope),
+        Conv3d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out, momentum=momentum), nn.LeakyReLU(slope),
     )
 
 
-def pointwise(conv: nn.Conv3d, h: torch.Tensor) -> torch.Tensor:
-    """``conv(h)`` for a 1×1×1 convolution (the output maps), on the CPU by oneDNN whatever the
-    thread count.
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose forward pass on the CPU, where no gradient is needed, is oneDNN's
+    whatever the input's size and the thread count.
 
-    torch picks the backend of a 1×1 convolution by the thread count (``ConvParams::use_mkldnn``,
-    where batch · channels · slices · rows of its input exceed 20480): oneDNN with two threads
-    or more, its own matrix product with one, and the two round differently (the bundled
-    model's field: up to 1.9e-6 voxels, which the refinement, whose trilinear gradient jumps
-    at cell faces, carried to 1.7 mm on the sample pair). oneDNN gives the same bits for 1 to
-    8 threads (measured; so do the other layers, whose backend torch picks by their shapes
-    only), and at one thread it is also the faster (the bundled model's head at 64³: 2.8
-    against 30 ms). Where a gradient is needed (training), or off the CPU, the module's own
-    call."""
-    if (h.device.type == "cpu" and h.dtype == torch.float32 and hasattr(torch, "mkldnn_convolution")
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and conv.padding_mode == "zeros"
-            and not (torch.is_grad_enabled() and (h.requires_grad or conv.weight.requires_grad))):
-        return torch.mkldnn_convolution(h, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
-                                        conv.groups)
-    return conv(h)
+    torch picks a convolution's backend by a rule made for 2D images
+    (``ConvParams::use_mkldnn``): oneDNN only where batch · channels · the first two spatial
+    sizes exceed 20480, else its own im2col kernel (``slow_conv3d``). For one 3D volume that
+    sends the U-Net's coarse levels and its first convolution (2 channels at 64³) to the slow
+    kernel: 6–12× slower there (16 → 32 channels at 32³: 66 against 5.7 ms on 2 threads), half
+    of the bundled model's forward pass (``benchmarks/results/forward.md``). For 1×1×1
+    convolutions (the output maps) the rule also depends on the thread count (oneDNN with two
+    threads or more, its own matrix product with one), and the two round differently (the
+    bundled model's field: up to 1.9e-6 voxels, which the refinement, whose trilinear
+    gradient jumps at cell faces, carried to 1.7 mm on the sample pair). oneDNN gives the same
+    bits for 1 to 8 threads (measured). Where a gradient is needed (training), or off the CPU,
+    the module's own call: in training oneDNN's forward would gain 1.05–1.2× per iteration,
+    but its kernels differ by memory layout, and the default and channels-last layouts would
+    no longer train the same network to float rounding."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if (h.device.type == "cpu" and h.dtype == torch.float32 and hasattr(torch, "mkldnn_convolution")
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and not (torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad))):
+            return torch.mkldnn_convolution(h, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
+        return super().forward(h)
 
 
 def glorot_init(module: nn.Module) -> None:
@@ -83,7 +90,7 @@ class UNet(nn.Module):
         # up[i], dec[i] for i >= 1: upsample level i-1's output, concatenate with enc[i].
         self.up = nn.ModuleList([nn.Identity()] + [nn.ConvTranspose3d(c[i - 1], c[i], 2, stride=2) for i in range(1, L)])
         self.dec = nn.ModuleList([nn.Identity()] + [_conv_block(2 * c[i], c[i], s, mom) for i in range(1, L)])
-        self.head = nn.Conv3d(c[L - 1], 3, 1)
+        self.head = Conv3d(c[L - 1], 3, 1)
         glorot_init(self)
 
     @property
@@ -99,7 +106,7 @@ class UNet(nn.Module):
             skips[i] = h
         for i in range(1, L):
             h = self.dec[i](torch.cat([self.up[i](h), skips[i]], 1))
-        return pointwise(self.head, h)
+        return self.head(h)
 
 
 class ProgressiveUNet(nn.Module):
@@ -110,8 +117,8 @@ class ProgressiveUNet(nn.Module):
         self.unet = UNet(cfg)
         cfg, c = self.unet.cfg, self.unet.channels
         L = cfg.levels
-        self.inputs = nn.ModuleList([nn.Conv3d(cfg.in_channels, c[i + 1], 3, padding=1) for i in range(L - 1)])
-        self.outputs = nn.ModuleList([nn.Conv3d(c[i], 3, 1) for i in range(L - 1)])
+        self.inputs = nn.ModuleList([Conv3d(cfg.in_channels, c[i + 1], 3, padding=1) for i in range(L - 1)])
+        self.outputs = nn.ModuleList([Conv3d(c[i], 3, 1) for i in range(L - 1)])
         glorot_init(self.inputs)
         glorot_init(self.outputs)
 
@@ -171,7 +178,7 @@ class ProgressiveUNet(nn.Module):
             if i > 0:
                 h = net.dec[i](torch.cat([net.up[i](h), skips[i]], 1))
             if i in wanted:
-                outs[i] = pointwise(net.head if i == L - 1 else self.outputs[i], h)
+                outs[i] = (net.head if i == L - 1 else self.outputs[i])(h)
         return outs
 
 
