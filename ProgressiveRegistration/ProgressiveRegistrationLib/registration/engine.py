@@ -42,6 +42,7 @@ from ..core.grid import Grid
 from ..core.itk_fields import displacement_image, field_transform
 from ..core.lungs import ThoraxMasks
 from ..core.metrics import summary, tre_mm
+from ..core.parallel import side_by_side
 from ..core.transforms import displacement_lps, field_at_points, invert_displacement, map_points, output_grid
 from ..model.modelfile import Model, load_model
 from ..model.preprocess import crop_hu, network_input
@@ -197,7 +198,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     geometry = pair_geometry(fixed, moving, model.synthesis, fixed_masks, given)
     notes += geometry.notes
     fixed_crop, moving_crop = geometry.fixed_crop, geometry.moving_crop
-    fixed_hu, moving_hu = crop_hu(fixed, fixed_crop), crop_hu(moving, moving_crop)
+    fixed_hu, moving_hu = side_by_side(lambda pair: crop_hu(*pair), ((fixed, fixed_crop), (moving, moving_crop)))
     done("crop")
 
     stage("network", 0.25, f"network forward pass ({model.size}³, {device})")

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..core.grid import Grid
 from ..core.lungs import ThoraxMasks, mask_on, thorax_masks, with_given_lungs
+from ..core.parallel import side_by_side
 from ..model.config import SynthesisConfig
 from ..model.preprocess import lung_crop
 
@@ -93,8 +94,10 @@ def pair_geometry(fixed: sitk.Image, moving: sitk.Image, cfg: SynthesisConfig,
     ``fixed``, when the caller registers several images to it. ``given``: the user's fixed and
     moving masks (uint8, each on its image's grid; :func:`checks.given_mask`), replacing the
     computed lung fields where given."""
-    fixed_masks = fixed_masks or thorax_masks(fixed)
-    moving_masks = thorax_masks(moving)
+    if fixed_masks is None:
+        fixed_masks, moving_masks = side_by_side(thorax_masks, (fixed, moving))
+    else:
+        moving_masks = thorax_masks(moving)
     if given[0] is not None:
         fixed_masks = with_given_lungs(fixed_masks, given[0])
     if given[1] is not None:

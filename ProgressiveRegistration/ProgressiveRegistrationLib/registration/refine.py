@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ..core import fields
 from ..core.grid import Grid
+from ..core.parallel import side_by_side
 from . import fused
 from .refine_config import DEFAULT, RefineConfig
 
@@ -352,8 +353,7 @@ def _level(fixed: sitk.Image, moving: sitk.Image, lo: np.ndarray, hi: np.ndarray
     ``compiled``: for :func:`_adam_compiled`, which computes the sample positions itself;
     ``finest``: the last level (:func:`shrink_factors`); ``lungs(grid)``: the fixed lung
     field, for sliding at its surface (``config.sliding_weight`` < 1)."""
-    f_small = _normalised(fixed, spacing, config.hu_range, finest)
-    m_small = _normalised(moving, spacing, config.hu_range, finest)
+    f_small, m_small = side_by_side(lambda image: _normalised(image, spacing, config.hu_range, finest), (fixed, moving))
     grid, cut = sub_grid(Grid.from_image(f_small), lo, hi)
 
     def tensor(array: np.ndarray, dtype=None) -> torch.Tensor:
@@ -421,7 +421,7 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
     """
     device = torch.device(device)
     report = progress or (lambda fraction, message: None)
-    fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
+    fixed, moving = side_by_side(lambda image: sitk.Cast(image, sitk.sitkFloat32), (fixed, moving))
     lo, hi = crop.bounding_box_lps()
     half = 0.5 * np.abs(crop.direction_matrix @ np.asarray(crop.spacing_mm))
     lo, hi = lo - half, hi + half
