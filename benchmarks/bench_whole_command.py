@@ -17,7 +17,7 @@ reported), after one untimed run that fills the compiled kernels' cache; the fir
 installation (an empty numba cache: the kernels compiled); elastix B-spline
 (``bench_register.ELASTIX_BSPLINE``) once, in its own process. With ``--baseline DIR`` (a
 checkout of another commit, e.g. ``git worktree add DIR <commit>``) the same commands of that
-checkout, interleaved with ours.
+checkout, run in turn with ours (ours, before, ours, …).
 
 Then, per output file of the default run: its size and writing time with and without gzip
 (the trade behind the compression rule, ``core/itk_fields.gzip_pays``), and the start-up: ``progreg --help``
@@ -102,11 +102,19 @@ def progreg(checkout: Path, paths, out: Path, threads: int, extra: list[str], en
     return {"wall": wall, "summary": summary}
 
 
-def median_run(checkout, paths, out, threads, extra, repeat) -> dict:
-    runs = [progreg(checkout, paths, out, threads, extra) for _ in range(repeat)]
-    walls = [r["wall"] for r in runs]
-    best = runs[int(np.argsort(walls)[len(walls) // 2])]
-    return {**best, "walls": walls}
+def median_runs(checkouts, paths, out: Path, threads, extra, repeat) -> dict:
+    """Per checkout ``(name, path)`` its median run of ``repeat``, the checkouts' runs taken in
+    turn (ours, before, ours, before, …) so that a machine speeding up or slowing down over
+    the run weighs on both alike."""
+    runs: dict = {who: [] for who, _ in checkouts}
+    for _ in range(repeat):
+        for who, checkout in checkouts:
+            runs[who].append(progreg(checkout, paths, out / who, threads, extra))
+    medians = {}
+    for who, taken in runs.items():
+        walls = [r["wall"] for r in taken]
+        medians[who] = {**taken[int(np.argsort(walls)[len(walls) // 2])], "walls": walls}
+    return medians
 
 
 def writing_rows(out: Path) -> list[dict]:
@@ -166,12 +174,13 @@ def case_rows(case: str, threads: int, repeat: int, baseline: Path | None, elast
         progreg(checkout, paths, work / case / "warm", threads, [])
     row: dict = {"case": case, "voxels": int(np.prod(sitk.ReadImage(str(paths[0])).GetSize()))}
     for variant, extra in (("default", []), ("lean", LEAN)):
-        for who, checkout in checkouts:
-            row[(who, variant)] = median_run(checkout, paths, work / case / f"{who}-{variant}", threads, extra, repeat)
-            print(f"{case} {who} {variant}: {row[(who, variant)]['walls']}", file=sys.stderr, flush=True)
+        medians = median_runs(checkouts, paths, work / case / variant, threads, extra, repeat)
+        for who, run in medians.items():
+            row[(who, variant)] = run
+            print(f"{case} {who} {variant}: {run['walls']}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as cache:
         row["first"] = progreg(ROOT, paths, work / case / "first", threads, [], {"NUMBA_CACHE_DIR": cache})
-    row["writing"] = writing_rows(work / case / "ours-default")
+    row["writing"] = writing_rows(work / case / "default" / "ours")
     if elastix:
         row["elastix_s"], tre, _ = run_elastix(paths, threads)
         row["elastix_tre"] = tre
@@ -190,7 +199,8 @@ def table(rows: list[dict], threads: int, repeat: int, baseline: Path | None, bo
     if baseline:
         commit = subprocess.run(["git", "-C", str(baseline), "log", "-1", "--format=%h %s"], capture_output=True,
                                 text=True).stdout.strip()
-        lines += [f"\"before\": the same commands of another checkout, interleaved with ours: `{commit}`.", ""]
+        lines += [f"\"before\": the same commands of another checkout, run in turn with ours (ours, before, ours, …): "
+                  f"`{commit}`.", ""]
     for r in rows:
         ours_d, ours_l = r[("ours", "default")], r[("ours", "lean")]
         s = ours_d["summary"]
