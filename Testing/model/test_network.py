@@ -74,3 +74,12 @@ def test_inference_convolutions_run_on_onednn_whatever_their_size():
     net = UNet(NetworkConfig(levels=3, base_channels=4))
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
     assert convs and all(isinstance(m, Conv3d) for m in convs)
+
+
+def test_a_traced_network_holds_no_onednn_operator():
+    """Traced (as ``torch.onnx.export`` traces), the convolutions are torch's own operator, which
+    ONNX knows; oneDNN's has no ONNX counterpart."""
+    net = UNet(NetworkConfig(levels=2, base_channels=4)).eval().requires_grad_(False)
+    with torch.no_grad():
+        graph = str(torch.jit.trace(net, torch.randn(1, 2, 8, 8, 8)).inlined_graph)
+    assert "aten::_convolution" in graph and "mkldnn" not in graph

@@ -51,7 +51,8 @@ class Conv3d(nn.Conv3d):
     threads or more, its own matrix product with one), and the two round differently (the
     bundled model's field: up to 1.9e-6 voxels, which the refinement, whose trilinear
     gradient jumps at cell faces, carried to 1.7 mm on the sample pair). oneDNN gives the same
-    bits for 1 to 8 threads (measured). Where a gradient is needed (training), or off the CPU,
+    bits for 1 to 8 threads (measured). Where a gradient is needed (training), off the CPU, or
+    in a traced, scripted or compiled graph (an ONNX export: ONNX has no oneDNN operator),
     the module's own call: in training oneDNN's forward would gain 1.05–1.2× per iteration,
     but its kernels differ by memory layout, and the default and channels-last layouts would
     no longer train the same network to float rounding."""
@@ -60,7 +61,8 @@ class Conv3d(nn.Conv3d):
         if (h.device.type == "cpu" and h.dtype == torch.float32 and hasattr(torch, "mkldnn_convolution")
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and not (torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad))):
+                and not (torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad))
+                and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
             return torch.mkldnn_convolution(h, self.weight, self.bias, self.padding, self.stride, self.dilation,
                                             self.groups)
         return super().forward(h)
