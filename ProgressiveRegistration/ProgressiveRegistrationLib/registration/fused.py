@@ -180,7 +180,7 @@ def _warp_pass(moving, index_to_moving, mm_to_vox, fixed, u, r, reach, warped, d
     only), the second gathers the cells' eight corners into rows, the third interpolates.
     Apart, the first and the third compile to vector instructions; together they did not
     (the split of the first: 1.7× faster; of the gathers, with unsigned indices: the pass
-    1.2–1.3× faster again), bit for bit the same. ``rows``: ``(threads, 14, W)`` float32
+    1.3–1.4× faster again), bit for bit the same. ``rows``: ``(threads, 14, W)`` float32
     (weights, in-volume factors, corners), ``cells``: ``(threads, W)`` int32 (the moving image
     has fewer than 2³¹ voxels, checked by :class:`FusedAdam`).
 
