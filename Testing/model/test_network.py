@@ -1,6 +1,9 @@
-"""The progressive U-Net: the paper's shape, one-hot α equals the plain U-Net, levels not computed."""
+"""The progressive U-Net: the paper's shape, one-hot α equals the plain U-Net, levels not computed, and
+its convolutions' backend (oneDNN at inference, torch's own operator in training and exported graphs)."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -76,10 +79,17 @@ def test_inference_convolutions_run_on_onednn_whatever_their_size():
     assert convs and all(isinstance(m, Conv3d) for m in convs)
 
 
-def test_a_traced_network_holds_no_onednn_operator():
-    """Traced (as ``torch.onnx.export`` traces), the convolutions are torch's own operator, which
-    ONNX knows; oneDNN's has no ONNX counterpart."""
+def test_an_exported_or_traced_network_holds_no_onednn_operator():
+    """Exported (``torch.export``, as ``torch.onnx.export(dynamo=True)`` exports) or traced (as
+    its older TorchScript path traces), the convolutions are torch's own operator, which ONNX
+    knows; oneDNN's has no ONNX counterpart (and cannot even be exported)."""
     net = UNet(NetworkConfig(levels=2, base_channels=4)).eval().requires_grad_(False)
+    x = torch.randn(1, 2, 8, 8, 8)
     with torch.no_grad():
-        graph = str(torch.jit.trace(net, torch.randn(1, 2, 8, 8, 8)).inlined_graph)
-    assert "aten::_convolution" in graph and "mkldnn" not in graph
+        exported = torch.export.export(net, (x,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace: still what the old exporter runs
+            traced = str(torch.jit.trace(net, x).inlined_graph)
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "aten.conv3d.default" in ops and not any("mkldnn" in op for op in ops), ops
+    assert "aten::_convolution" in traced and "mkldnn" not in traced
