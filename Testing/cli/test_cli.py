@@ -212,6 +212,30 @@ def test_sigterm_leaves_no_staging_and_no_partial_output(small_pair, tiny_model,
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
+def test_a_termination_swallowed_by_a_callback_from_c_is_raised_at_the_next_progress_report(monkeypatch):
+    """Python drops an exception raised inside a callback from C (numba's compiler calls back into
+    Python while it loads its kernels): a SIGTERM handled there must still stop the run."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    from ProgressiveRegistrationLib.cli.common import TERMINATION, Terminated, progress_printer, terminate
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)
+    before = signal.signal(signal.SIGTERM, terminate)
+    TERMINATION.clear()
+    try:
+        ctypes.CFUNCTYPE(None)(lambda: os.kill(os.getpid(), signal.SIGTERM))()
+        assert [type(u.exc_value) for u in swallowed] == [Terminated]  # lost on its way back through C
+        with pytest.raises(Terminated):
+            progress_printer(False)(0.5, "refining")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        TERMINATION.clear()
+
+
 def test_train_settings_and_folders_are_checked(tmp_path):
     (tmp_path / "a_file").write_text("mine")
     assert_bad_input(progreg("train", "--smoke", "--out", tmp_path / "a_file"))

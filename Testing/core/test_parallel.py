@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -47,3 +50,41 @@ def test_an_exception_reaches_the_caller(threads):
 
     with pytest.raises(ValueError, match="no lungs"):
         side_by_side(step, (1, 2))
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="signals are held back on POSIX systems only")
+def test_an_interruption_while_a_worker_starts_leaves_no_thread_running(threads, monkeypatch):
+    """SIGTERM raised (as the command line's handler does) just as a worker thread has started:
+    held back, it reaches the caller once every worker is done. Raised there, it would leave the
+    thread outside the pool, still running when the interpreter exits (a SimpleITK call in it
+    then aborts the process)."""
+    threads(2)
+
+    class Interrupted(KeyboardInterrupt):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    start = threading.Thread.start
+
+    def start_then_signal(thread):  # the signal arrives while the pool starts its workers
+        start(thread)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    finished = []
+
+    def step(x):
+        time.sleep(0.3)
+        finished.append(x)
+        return x
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_signal)
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Interrupted):
+            side_by_side(step, (1, 2))
+        alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert alive == [] and sorted(finished) == [1, 2], (alive, finished)

@@ -21,7 +21,7 @@ import threading
 from .. import __version__
 from ..core.errors import EXIT_BAD_INPUT, InputError, write_error
 from ..registration.runlog import COMMAND
-from .common import configure_logging
+from .common import TERMINATION, Terminated, configure_logging, terminate
 from .parsers import (
     add_apply,
     add_batch,
@@ -54,15 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (Slicer's Cancel, a cluster scheduler, ``kill``), handled like Ctrl-C: every
-    ``finally`` runs, so no staging folder or partial output stays behind."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
 def handler_of(name: str):
     """The function ``"module:function"`` of this package that runs a subcommand, imported now:
     the parser is built without the engine (``progreg --help`` answers at once)."""
@@ -77,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     token = COMMAND.set(["progreg", *map(str, argv)]) if argv is not None else None
     handler = configure_logging(args.command, args.verbose)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        TERMINATION.clear()
+        signal.signal(signal.SIGTERM, terminate)
     try:
         return int(handler_of(args.func)(args) or 0)
     except InputError as err:

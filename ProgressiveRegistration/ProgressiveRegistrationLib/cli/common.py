@@ -5,16 +5,37 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 
 from ..core.errors import InputError
 from ..registration.refine_config import DEFAULT as DEFAULT_REFINEMENT
 from ..registration.refine_config import RefineConfig, config_from_options
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slicer's Cancel, a cluster scheduler, ``kill``), handled like Ctrl-C: every
+    ``finally`` runs, so no staging folder or partial output stays behind."""
+
+
+# Set by the SIGTERM handler; cleared when a command starts (``progreg.main`` called again in one process).
+TERMINATION = threading.Event()
+
+
+def terminate(signum, frame):
+    """The SIGTERM handler: raises :class:`Terminated`, and raises it again at the next progress
+    report where the first one was swallowed (Python drops an exception raised inside a callback
+    from C, such as numba's compiler calling back into Python while it loads its kernels)."""
+    TERMINATION.set()
+    raise Terminated
+
+
 def progress_printer(as_json: bool):
     """``progress(fraction, message)``: ``[ 42%] message`` on stderr, or JSON lines on stdout
-    (what the Slicer module's background process reads)."""
+    (what the Slicer module's background process reads). A termination requested before
+    (:func:`terminate`) is raised here instead."""
     def report(fraction, message):
+        if TERMINATION.is_set():
+            raise Terminated
         if as_json:
             print(json.dumps({"fraction": round(fraction, 3), "message": message}), flush=True)
         else:
