@@ -213,3 +213,14 @@ def test_curves_of_a_missing_run_are_one_clear_error(shipped_model, tiny_model, 
         shipped_model.main(["--model", f"m={tiny_model}", "--report", str(report), "--curves", f"x={tmp_path / 'none'}"])
     assert exit_info.value.code == 2 and "--curves x=" in capsys.readouterr().err
     assert not report.parent.exists()
+
+
+def test_shipped_model_command_runs_end_to_end(shipped_model, tiny_model, tmp_path):
+    """The script's own command (its ``main``), on the tiny pairs of ``--micro``: the report
+    and its JSON are written, the model's evaluation is cached."""
+    report = tmp_path / "eval" / "evaluation.md"
+    assert shipped_model.main(["--model", f"tiny={tiny_model}", "--cache", str(tmp_path / "cache"),
+                               "--report", str(report), "--micro"]) in (0, None)
+    results = json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))
+    assert list(results["models"]) == ["tiny"] and len(results["pairs"]) == len(results["kinds"]) >= 2
+    assert "tiny" in report.read_text(encoding="utf-8") and any((tmp_path / "cache").iterdir())

@@ -248,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also plot these runs' validation error against training time (training_time.png)")
     args = ap.parse_args(argv)
     curves = dict(item.partition("=")[::2] for item in args.curves)
-    for name, run in curves.items():
-        if not name or not _read_log(Path(run)):
-            ap.error(f"--curves {name}={run}: expected NAME=RUN with a training log in RUN/log.csv")
+    for name, folder in curves.items():  # not `run`: that is this module's evaluation function
+        if not name or not _read_log(Path(folder)):
+            ap.error(f"--curves {name}={folder}: expected NAME=RUN with a training log in RUN/log.csv")
     models = {}
     for item in args.model:
         name, sep, file = item.partition("=")

@@ -3,11 +3,13 @@ reference's masks can be reused, and its notes go to the log."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from conftest import SAMPLE
 
 from ProgressiveRegistrationLib.core.errors import InputError
@@ -72,3 +74,40 @@ def test_bad_pairs_are_refused(pair, tiny_model):
     with pytest.raises(InputError, match="pair up"):
         register_images(pair.inhale, pair.exhale, load_model(tiny_model), "cpu", pair.fixed_points_lps,
                         pair.moving_points_lps[:-1])
+
+
+class _Shift(torch.nn.Module):
+    """A stand-in network: a constant field ``+a`` (voxels, x/y/z) where the moving input (channel 1)
+    holds more structure than the fixed one, ``-a`` where it holds less: the field between a flat
+    fixed crop and a textured moving crop, whichever order the two are given in."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = torch.tensor(a, dtype=torch.float32).reshape(1, 3, 1, 1, 1)
+
+    def forward(self, x):
+        sign = torch.sign(x[:, 1].abs().sum() - x[:, 0].abs().sum())
+        return (sign * self.a).expand(x.shape[0], 3, *x.shape[2:]).contiguous()
+
+
+def test_network_passes_compose_exactly_and_keep_an_aligned_pair_still(tiny_model):
+    """Each pass of the cascade adds its field, composed: a network that answers a constant shift
+    gives k shifts after k passes; identical crops stay exactly the identity, pass after pass."""
+    from ProgressiveRegistrationLib.registration.engine import network_field
+
+    model = load_model(tiny_model)
+    n = model.size
+    g = torch.Generator().manual_seed(0)
+    fixed = torch.full((n, n, n), -800.0)
+    moving = -800.0 + 300.0 * torch.rand((n, n, n), generator=g)
+    shift = dataclasses.replace(model, net=_Shift([0.5, -0.25, 0.75]))
+    for passes in (1, 2, 3):
+        u, first = network_field(shift, fixed, moving, "cpu", passes)
+        expected = torch.tensor([0.5, -0.25, 0.75]).reshape(3, 1, 1, 1) * passes
+        torch.testing.assert_close(u, expected.expand_as(u), atol=1e-5, rtol=0)
+        assert first.shape == (1, 2, n, n, n)
+    for passes in (1, 2, 3):
+        u, _ = network_field(model, moving, moving, "cpu", passes)
+        assert torch.count_nonzero(u) == 0, passes
+    with pytest.raises(InputError, match="network passes"):
+        network_field(model, fixed, moving, "cpu", 0)

@@ -163,3 +163,22 @@ def test_synth_rejects_bad_size(tmp_path, size):
     r = subprocess.run([sys.executable, "-m", "ProgressiveRegistrationLib", "synth", str(SAMPLE), "--out",
                         str(tmp_path / "o"), "--size", size], cwd=MODULE_DIR, capture_output=True, text=True, encoding="utf-8")
     assert r.returncode == 2 and not (tmp_path / "o").exists()
+
+
+def test_nearly_aligned_pairs_shrink_t2_and_keep_the_relation():
+    """synthesis.identity_fraction: those pairs' t2 is the same draw shrunk to at most
+    ``identity_scale`` of itself; the others are the paper's pairs, bit for bit."""
+    n = 32
+    z, y, x = torch.meshgrid(*[torch.linspace(-1, 1, n)] * 3, indexing="ij")
+    hu = 800 * torch.sin(3 * x) * torch.cos(2 * y) * torch.sin(2.5 * z) - 200
+    vol = synthesis.Volume(hu, torch.ones(n, n, n), Grid((n, n, n), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0)), "generated")
+    paper = synthesis.make_pair(vol, SynthesisConfig(size=n), synthesis.pair_generator(3, 0))
+    still = synthesis.make_pair(vol, SynthesisConfig(size=n, identity_fraction=1.0, identity_scale=0.1),
+                                synthesis.pair_generator(3, 0))
+    factor = float((still["target"] * paper["target"]).sum() / (paper["target"] ** 2).sum())
+    assert 0.0 <= factor <= 0.1
+    torch.testing.assert_close(still["target"], factor * paper["target"], rtol=0, atol=1e-6)
+    residual, unregistered = _relation_residual(still)
+    assert residual <= unregistered + 1e-6
+    never = synthesis.make_pair(vol, SynthesisConfig(size=n, identity_fraction=0.0), synthesis.pair_generator(3, 0))
+    torch.testing.assert_close(never["target"], paper["target"], rtol=0, atol=0)

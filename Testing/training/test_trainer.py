@@ -174,3 +174,20 @@ def test_two_process_distributed_run(tmp_path):
                        capture_output=True, text=True, encoding="utf-8", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(read_log(out)) == 2 and (out / "model.pt").is_file()
+
+
+def test_a_run_starts_from_a_model_files_weights(tmp_path, tiny_model):
+    """train.init_model: every arm starts from the file's network (fine-tuning); with a learning rate
+    of zero the exported model holds those weights still. A file of another network is refused."""
+    out = tmp_path / "finetune"
+    r = run_train(out, "--set", f"train.init_model={tiny_model}", "train.mode=baseline", "train.lr=0",
+                  "train.iterations=2", "train.snapshot_every=2")
+    assert r.returncode == 0, r.stderr
+    start = dict(load_model(tiny_model, fold_bn=False).net.named_parameters())
+    trained = dict(load_model(out / "model.pt", fold_bn=False).net.named_parameters())
+    assert start.keys() == trained.keys()
+    for name, weight in start.items():
+        torch.testing.assert_close(trained[name], weight, rtol=0, atol=0, msg=name)
+    r = run_train(tmp_path / "other", "--set", f"train.init_model={tiny_model}", "network.base_channels=8")
+    assert r.returncode == 2 and "train.init_model" in r.stderr, r.stderr
+    assert not (tmp_path / "other" / "model.pt").exists()

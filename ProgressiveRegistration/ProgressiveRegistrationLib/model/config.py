@@ -43,6 +43,11 @@ class SynthesisConfig:
     intensity_scale_hu: float = 1000.0
     lung_margin_mm: float = 8.0
     crop_to_lungs: bool = True
+    #: Share of pairs whose ``t2`` is shrunk towards the identity (its control values times a
+    #: factor drawn uniformly from [0, ``identity_scale``]): nearly aligned pairs, on which the
+    #: network must stay still (a second pass of a cascade sees such pairs). Not in the paper: 0.
+    identity_fraction: float = 0.0
+    identity_scale: float = 0.1
 
     def inference_input(self) -> dict:
         """What registration needs to prepare a network's input the way it was trained: the
@@ -100,6 +105,9 @@ class TrainConfig:
     #: this CPU (16…128 channels at 64³, one thread: benchmarks/results/training.md). The
     #: numbers agree with the default layout to float32 rounding, not bit for bit.
     channels_last: bool = False
+    #: A model file whose weights start every arm (fine-tuning; "" starts from random weights).
+    #: Its network block must equal ``network``. With ``mode: baseline`` every level trains at once.
+    init_model: str = ""
 
 
 @dataclass

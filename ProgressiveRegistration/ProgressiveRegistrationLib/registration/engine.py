@@ -147,12 +147,35 @@ def symmetric_forward(net: torch.nn.Module, x: torch.Tensor, device) -> torch.Te
     return s.contiguous()
 
 
+def network_field(model: Model, fixed_hu: torch.Tensor, moving_hu: torch.Tensor, device, passes: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's field from the fixed to the moving crop, ``(3, N, N, N)`` crop voxels, on the
+    CPU, and the first pass's input ``(1, 2, N, N, N)`` (fixed, moving).
+
+    ``fixed_hu``, ``moving_hu``: the two crops, ``(N, N, N)`` HU. ``passes`` > 1 is a cascade:
+    each further pass registers the fixed crop to the moving crop warped by the field so far,
+    and the fields compose exactly (``u = u_k + u(x + u_k)``, in crop voxels). An aligned pair
+    stays exactly the identity: the warped crop is the moving crop plus the change of its
+    samples, so a zero field leaves its bits as they are."""
+    if passes < 1:
+        raise InputError(f"network passes: {passes} (at least 1)")
+    first = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
+    u_vox = symmetric_forward(model.net, first, device)
+    if passes > 1:
+        at_centres = fields.warp(moving_hu, torch.zeros_like(u_vox))
+    for _ in range(passes - 1):
+        warped = moving_hu + (fields.warp(moving_hu, u_vox) - at_centres)
+        x = torch.stack([first[0, 0], network_input(warped, model.synthesis)])[None]
+        u_vox = fields.compose(u_vox, symmetric_forward(model.net, x, device))
+    return u_vox, first
+
+
 def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None = None, device: str = "cpu",
                     fixed_points_lps: np.ndarray | None = None, moving_points_lps: np.ndarray | None = None,
                     progress=None, warp_moving: bool = True, refinement: RefineConfig | None = None,
                     fixed_masks: ThoraxMasks | None = None, initial: sitk.Transform | None = None,
                     masks: tuple[sitk.Image | None, sitk.Image | None] = (None, None),
-                    mask_names: tuple[str, str] = ("fixed mask", "moving mask")) -> Result:
+                    mask_names: tuple[str, str] = ("fixed mask", "moving mask"), network_passes: int = 1) -> Result:
     """Register ``moving`` to ``fixed`` (both 3D CT in HU, any geometry).
 
     ``progress(fraction, message)`` is called at each stage. Landmarks are LPS mm.
@@ -160,6 +183,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     network's one-pass result. ``fixed_masks``: :func:`lungs.thorax_masks` of ``fixed``, when
     the caller registers several images to one fixed image. ``initial``: an ITK transform
     (fixed -> moving points) to start from; the result includes it (:mod:`.initial`).
+    ``network_passes``: the network's passes (:func:`network_field`; 2 is a cascade of two).
     ``masks``: the user's fixed and moving masks (label maps on any grid of each image's
     frame, non-zero inside), replacing the computed lung fields: the crops, the refinement's
     similarity and the quality checks' region follow them; ``mask_names`` name them in messages.
@@ -203,8 +227,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
 
     stage("network", 0.25, f"network forward pass ({model.size}³, {device})")
     with torch.inference_mode():
-        x = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
-        u_vox = symmetric_forward(model.net, x, device)
+        u_vox, x = network_field(model, fixed_hu, moving_hu, device, network_passes)
     if not torch.isfinite(u_vox).all():
         raise InputError(f"the network gave non-finite displacements (NaN or Inf) with {model.path}: "
                          "is the model file damaged?")

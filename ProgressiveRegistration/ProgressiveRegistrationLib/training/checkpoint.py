@@ -16,8 +16,8 @@ import torch
 
 from ..core.atomic import write_file
 from ..core.errors import InputError, write_error
-from ..model.config import Config, config_from_dict
-from ..model.modelfile import save_model
+from ..model.config import Config, NetworkConfig, config_from_dict
+from ..model.modelfile import load_model, save_model
 from ..model.network import ProgressiveUNet
 
 
@@ -61,6 +61,15 @@ def restore(state: dict, models: dict[str, torch.nn.Module], optims: dict[str, t
     torch.set_rng_state(state["torch_rng"].cpu())
     _set_numpy_rng_state(state["numpy_rng"])
     return state["iteration"], state["log"]
+
+
+def initial_weights(path: str | Path, network: NetworkConfig) -> dict[str, torch.Tensor]:
+    """The U-Net weights of the model file ``path`` (``train.init_model``: fine-tuning), batch
+    norms unfolded; InputError where the file's network is not ``network``."""
+    net = load_model(path, fold_bn=False).net
+    if net.cfg != network:
+        raise InputError(f"train.init_model: {path} holds the network {net.cfg}, the config asks {network}")
+    return {k: v.contiguous() for k, v in net.state_dict().items()}
 
 
 def export_models(models: dict[str, ProgressiveUNet], cfg: Config, iteration: int, out: Path, suffix: str = ""

@@ -159,11 +159,14 @@ def make_pair(volume: Volume, cfg: SynthesisConfig, generator: torch.Generator) 
     """One training pair. Keys (all ``[k, j, i]``, float32):
 
     ``fixed``, ``moving`` (HU, N³), ``input`` (2, N³: fixed and moving gradient magnitude),
-    ``target`` (3, N³: u in voxels, x/y/z), ``mask`` (N³, M(T1(x))).
+    ``target`` (3, N³: u in voxels, x/y/z), ``mask`` (N³, M(T1(x))). A share
+    ``cfg.identity_fraction`` of the pairs is nearly aligned (``t2`` shrunk).
     """
     n = volume.hu.shape[-1]
     u1 = random_transform(cfg.t1, n, generator)
     u2 = random_transform(cfg.t2, n, generator)
+    if cfg.identity_fraction > 0 and float(torch.rand((), generator=generator)) < cfg.identity_fraction:
+        u2 = u2 * (cfg.identity_scale * float(torch.rand((), generator=generator)))
     u12 = fields.compose(u1, u2)  # T1 ∘ T2
     moving = fields.warp(volume.hu, u1)
     fixed = fields.warp(volume.hu, u12)

@@ -35,7 +35,7 @@ from ..model.config import Config
 from ..model.modelfile import Model
 from ..model.network import ProgressiveUNet, ScheduledUNet
 from ..registration.evaluation import PointPair, score_pairs
-from .checkpoint import export_models, read_checkpoint, restore, save_checkpoint
+from .checkpoint import export_models, initial_weights, read_checkpoint, restore, save_checkpoint
 from .figures import training_figures
 from .synthesis import load_ref
 from .trainset import ShardedPairs, collect_images, landmark_pairs, validation_pairs
@@ -120,6 +120,8 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         prog = ProgressiveUNet(cfg.network)
+        if tc.init_model:
+            prog.unet.load_state_dict(initial_weights(tc.init_model, cfg.network))
         # Same initial weights for both arms (paper Sec. III).
         self.models = {arm: copy.deepcopy(prog).to(self.device, memory_format=self.memory_format)
                        for arm in ARMS[tc.mode]}
