@@ -182,3 +182,23 @@ def test_nearly_aligned_pairs_shrink_t2_and_keep_the_relation():
     assert residual <= unregistered + 1e-6
     never = synthesis.make_pair(vol, SynthesisConfig(size=n, identity_fraction=0.0), synthesis.pair_generator(3, 0))
     torch.testing.assert_close(never["target"], paper["target"], rtol=0, atol=0)
+
+
+def test_breathing_pairs_move_as_the_simulator_does():
+    """synthesis.breathing_fraction: t2 is the breathing simulator's field on the crop (diaphragm
+    amplitude drawn from breathing_si_mm): superior at the lung base by up to the amplitude, still
+    at the apex, linear in the amplitude; fixed(x) = moving(x + u(x)) holds as for the splines."""
+    cfg = SynthesisConfig(size=32, breathing_fraction=1.0, breathing_si_mm=(30.0, 30.0))
+    vol = synthesis.prepare_volume(sitk.ReadImage(str(SAMPLE)), cfg)
+    pair = synthesis.make_pair(vol, cfg, synthesis.pair_generator(5, 0))
+    spacing = torch.tensor(vol.grid.spacing_mm).reshape(3, 1, 1, 1)
+    u_mm = pair["target"] * spacing  # crop grids are axis-aligned LPS boxes: voxels x spacing is LPS mm
+    si = u_mm[2]
+    assert 0.5 * 30.0 < float(si.max()) <= 30.0 + 1e-3 and float(si.min()) >= -1e-3  # inhale -> exhale: superior
+    lungs_z = torch.nonzero((vol.hu < -400).flatten(1).any(1)).flatten()
+    top = int(lungs_z.max())  # the apex plane (LPS z grows superiorly on the crop grid)
+    assert float(si[top:].abs().max()) < 0.05 * float(si.max())
+    basis = synthesis.breathing_basis(vol)
+    torch.testing.assert_close(pair["target"], 30.0 * basis[0] + 10.0 * basis[1])
+    residual, unregistered = _relation_residual(pair)
+    assert residual < 0.3 * unregistered, (residual, unregistered)

@@ -48,6 +48,12 @@ class SynthesisConfig:
     #: network must stay still (a second pass of a cascade sees such pairs). Not in the paper: 0.
     identity_fraction: float = 0.0
     identity_scale: float = 0.1
+    #: Share of pairs whose ``t2`` is the breathing simulator's motion instead of the splines
+    #: (:func:`simulation.breathing.breathing_field_lps` on the training crop: superior–inferior
+    #: motion from the diaphragm inside the lungs' footprint, the anterior chest a third of it),
+    #: its diaphragm amplitude drawn uniformly from ``breathing_si_mm`` (mm). Not in the paper: 0.
+    breathing_fraction: float = 0.0
+    breathing_si_mm: tuple[float, float] = (10.0, 70.0)
 
     def inference_input(self) -> dict:
         """What registration needs to prepare a network's input the way it was trained: the

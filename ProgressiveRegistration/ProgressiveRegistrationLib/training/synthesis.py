@@ -30,6 +30,7 @@ from ..core.grid import Grid
 from ..io.images import read_image
 from ..model.config import SplineConfig, SynthesisConfig
 from ..model.preprocess import bore_mask_zyx, crop_hu, lung_crop, network_input
+from ..simulation.breathing import breathing_field_lps
 from ..simulation.phantom import generate
 
 # --- cubic splines ------------------------------------------------------------------------
@@ -117,6 +118,23 @@ class Volume:
     bore: torch.Tensor
     grid: Grid
     source: str
+    #: ``(2, 3, N, N, N)``: :func:`breathing_basis`, made on first use.
+    breathing: torch.Tensor | None = None
+
+
+def breathing_basis(volume: Volume) -> torch.Tensor:
+    """The breathing simulator's motion on the crop per mm of diaphragm (superior–inferior) and
+    per mm of anterior amplitude: ``(2, 3, N, N, N)`` displacements ``u`` in voxels (x, y, z) of
+    the crop grid, from the inhale (fixed) to the exhale (moving) image: ``u = −w``, the
+    simulator's exhale-to-inhale field ``w`` negated (the pair is built from ``u`` itself, so it
+    is exact). Computed once per volume."""
+    if volume.breathing is None:
+        image = volume.grid.apply_to(sitk.GetImageFromArray(volume.hu.numpy()))
+        to_vox = volume.grid.lps_to_index[:3, :3]
+        volume.breathing = torch.stack([
+            torch.from_numpy(-(breathing_field_lps(image, si, ap).astype(np.float64) @ to_vox.T)).permute(3, 0, 1, 2)
+            for si, ap in ((1.0, 0.0), (0.0, 1.0))]).float().contiguous()
+    return volume.breathing
 
 
 def prepare_volume(image: sitk.Image, cfg: SynthesisConfig, source: str = "") -> Volume:
@@ -160,11 +178,18 @@ def make_pair(volume: Volume, cfg: SynthesisConfig, generator: torch.Generator) 
 
     ``fixed``, ``moving`` (HU, N³), ``input`` (2, N³: fixed and moving gradient magnitude),
     ``target`` (3, N³: u in voxels, x/y/z), ``mask`` (N³, M(T1(x))). A share
-    ``cfg.identity_fraction`` of the pairs is nearly aligned (``t2`` shrunk).
+    ``cfg.identity_fraction`` of the pairs is nearly aligned (``t2`` shrunk), a share
+    ``cfg.breathing_fraction`` moves as the breathing simulator does (:func:`breathing_basis`).
     """
     n = volume.hu.shape[-1]
     u1 = random_transform(cfg.t1, n, generator)
-    u2 = random_transform(cfg.t2, n, generator)
+    if cfg.breathing_fraction > 0 and float(torch.rand((), generator=generator)) < cfg.breathing_fraction:
+        lo, hi = cfg.breathing_si_mm
+        si = lo + (hi - lo) * float(torch.rand((), generator=generator))
+        basis = breathing_basis(volume)
+        u2 = si * basis[0] + (si / 3.0) * basis[1]  # the anterior chest a third of the diaphragm, as in the benchmarks
+    else:
+        u2 = random_transform(cfg.t2, n, generator)
     if cfg.identity_fraction > 0 and float(torch.rand((), generator=generator)) < cfg.identity_fraction:
         u2 = u2 * (cfg.identity_scale * float(torch.rand((), generator=generator)))
     u12 = fields.compose(u1, u2)  # T1 ∘ T2
