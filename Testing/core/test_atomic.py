@@ -109,6 +109,50 @@ def test_a_failing_concurrent_writer_changes_nothing(tmp_path):
     assert sorted(q.name for q in out.iterdir()) == [".progreg-outputs.json", "old.txt"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="os.kill with SIGTERM ends the process on Windows")
+def test_sigterm_while_a_writer_thread_starts_changes_nothing_and_leaves_no_thread(tmp_path, monkeypatch):
+    """SIGTERM (raised, as the command line's handler does) just as a writer's thread has started:
+    it reaches the caller once every writer is done, nothing reaches the folder, no staging folder
+    stays, and no thread writes on (raised at once, it left that thread writing into a staging
+    folder that was being removed)."""
+    import signal
+    import threading
+    import time
+
+    class Interrupted(KeyboardInterrupt):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    start = threading.Thread.start
+
+    def start_then_signal(thread):
+        start(thread)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    finished = []
+
+    def slow(p):
+        time.sleep(0.3)
+        Path(p).write_text("a")
+        finished.append(p)
+
+    out = tmp_path / "out"
+    write_all(out, {"old.txt": lambda p: Path(p).write_text("old")})
+    monkeypatch.setattr(threading.Thread, "start", start_then_signal)
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Interrupted):
+            write_all(out, {"a.nrrd": concurrent(slow), "b.nrrd": concurrent(slow),
+                            "summary.json": lambda p: Path(p).write_text("s")})
+        alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert alive == [] and len(finished) == 2, (alive, finished)
+    assert sorted(q.name for q in out.iterdir()) == [".progreg-outputs.json", "old.txt"]
+
+
 def test_an_output_folder_is_checked_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("mine")
     for bad, says in (("", "empty path"), (tmp_path / "a_file", "is a file"),

@@ -21,6 +21,15 @@ def test_config_errors():
     for bad in ("train.snapshot_every=0", "train.keep_snapshots=-1", "train.iterations=0", "train.iterations=1.5"):
         with pytest.raises(InputError, match=bad.split("=")[0]):
             load_config(None, [bad])
+    for bad in ("synthesis.identity_fraction=1.5", "synthesis.breathing_fraction=-0.1", "synthesis.identity_scale=-1",
+                "synthesis.breathing_si_mm=[70,10]", "synthesis.breathing_si_mm=[-5,10]", "synthesis.breathing_si_mm=[10]",
+                'synthesis.breathing_si_mm=["a","b"]'):
+        with pytest.raises(InputError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+    with pytest.raises(InputError, match="train.mode baseline"):
+        load_config(None, ["train.init_model=some.pt", "train.mode=progressive"])
+    cfg = load_config(None, ["synthesis.breathing_si_mm=[5, 40]", "train.init_model=some.pt", "train.mode=baseline"])
+    assert cfg.synthesis.breathing_si_mm == (5.0, 40.0)
 
 
 COMMITTED = [*(ROOT / "configs").glob("*.yaml"), *(ROOT / "experiments" / "candidates").glob("*.yaml")]

@@ -90,6 +90,47 @@ class _Shift(torch.nn.Module):
         return (sign * self.a).expand(x.shape[0], 3, *x.shape[2:]).contiguous()
 
 
+def test_a_second_pass_sees_the_warped_moving_crop_and_composes_in_the_right_order(tiny_model, monkeypatch):
+    """Two passes with spatially varying fields (linear in the voxel position, so that the
+    composition has a closed form and its order matters): the second pass gets the moving crop
+    warped by the first field, and the result is ``v + u(x + v)``, not ``u + v(x + u)``."""
+    from ProgressiveRegistrationLib.core import fields
+    from ProgressiveRegistrationLib.registration import engine
+
+    model = load_model(tiny_model)
+    n = model.size
+    zz, yy, xx = torch.meshgrid(*[torch.arange(n, dtype=torch.float32)] * 3, indexing="ij")
+    position = torch.stack([xx, yy, zz])  # (3, N, N, N): voxel x, y, z
+
+    def linear(a, b):  # u(p) = A p + b, A (3, 3), b (3,): voxels
+        return torch.einsum("ij,jkyx->ikyx", torch.tensor(a), position) + torch.tensor(b).reshape(3, 1, 1, 1)
+
+    a_u, b_u = [[0.05, 0.0, 0.03], [0.0, -0.04, 0.0], [0.03, 0.0, 0.05]], [0.4, -0.3, 0.6]
+    a_v, b_v = [[-0.03, 0.05, 0.0], [0.0, 0.03, 0.04], [0.0, 0.0, -0.05]], [-0.2, 0.5, 0.3]
+    u, v = linear(a_u, b_u), linear(a_v, b_v)
+    seen = []
+
+    def answers(net, x, device):
+        seen.append(x)
+        return (u, v)[len(seen) - 1]
+
+    monkeypatch.setattr(engine, "symmetric_forward", answers)
+    g = torch.Generator().manual_seed(1)
+    fixed, moving = (-800.0 + 300.0 * torch.rand((n, n, n), generator=g) for _ in range(2))
+    total, _ = engine.network_field(model, fixed, moving, "cpu", 2)
+    # The second pass's moving input: the moving crop warped by u.
+    warped = fields.warp(moving, u)
+    from ProgressiveRegistrationLib.model.preprocess import network_input
+    inner = (slice(None), slice(6, -6), slice(6, -6), slice(6, -6))  # where the warp stays inside the crop
+    torch.testing.assert_close(seen[1][0, 1][inner[1:]], network_input(warped, model.synthesis)[inner[1:]],
+                               atol=1e-4, rtol=0)
+    # v + u(x + v) for linear fields: v + A_u (p + v) + b_u.
+    expected = v + torch.einsum("ij,jkyx->ikyx", torch.tensor(a_u), position + v) + torch.tensor(b_u).reshape(3, 1, 1, 1)
+    torch.testing.assert_close(total[inner], expected[inner], atol=1e-4, rtol=0)
+    wrong = u + torch.einsum("ij,jkyx->ikyx", torch.tensor(a_v), position + u) + torch.tensor(b_v).reshape(3, 1, 1, 1)
+    assert float((total - wrong)[inner].abs().max()) > 0.1
+
+
 def test_network_passes_compose_exactly_and_keep_an_aligned_pair_still(tiny_model):
     """Each pass of the cascade adds its field, composed: a network that answers a constant shift
     gives k shifts after k passes; identical crops stay exactly the identity, pass after pass."""

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import NO_SPACE, WRITE_FAILURES, InputError, WriteError, write_error
+from .interrupts import interrupts_held
 
 #: Hidden names inside an output folder: the lock, the staging folders, the list of outputs.
 LOCK_NAME = ".progreg.lock"
@@ -335,7 +336,9 @@ class OutputFolder:
                     (staging / name).parent.mkdir(parents=True, exist_ok=True)
             names = list(writers)
             beside = [n for n in names[:-1] if getattr(writers[n], "concurrent", False)]
-            with ThreadPoolExecutor(max_workers=max(1, min(len(beside), os.cpu_count() or 1))) as pool:
+            # Held back: a thread left running outside the pool would write on into a staging folder
+            # that is being removed (and abort the interpreter's exit from inside SimpleITK).
+            with interrupts_held(), ThreadPoolExecutor(max_workers=max(1, min(len(beside), os.cpu_count() or 1))) as pool:
                 futures = [pool.submit(run, n) for n in beside]
                 try:
                     for name in names[:-1]:

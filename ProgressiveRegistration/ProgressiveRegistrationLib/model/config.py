@@ -43,7 +43,7 @@ class SynthesisConfig:
     intensity_scale_hu: float = 1000.0
     lung_margin_mm: float = 8.0
     crop_to_lungs: bool = True
-    #: Share of pairs whose ``t2`` is shrunk towards the identity (its control values times a
+    #: Share of pairs whose ``t2`` is shrunk towards the identity (its displacement field times a
     #: factor drawn uniformly from [0, ``identity_scale``]): nearly aligned pairs, on which the
     #: network must stay still (a second pass of a cascade sees such pairs). Not in the paper: 0.
     identity_fraction: float = 0.0
@@ -52,6 +52,7 @@ class SynthesisConfig:
     #: (:func:`simulation.breathing.breathing_field_lps` on the training crop: superior–inferior
     #: motion from the diaphragm inside the lungs' footprint, the anterior chest a third of it),
     #: its diaphragm amplitude drawn uniformly from ``breathing_si_mm`` (mm). Not in the paper: 0.
+    #: Each training volume then keeps the simulator's two basis fields (6 MB at 64³, 50 MB at 128³).
     breathing_fraction: float = 0.0
     breathing_si_mm: tuple[float, float] = (10.0, 70.0)
 
@@ -147,8 +148,11 @@ def _build(cls, data, where: str):
             value = [_build(SplineConfig, v, sub) for v in value]
         elif ftype in ("SynthesisConfig", "NetworkConfig", "ScheduleConfig", "TrainConfig"):
             value = _build(globals()[ftype], value, sub)
-        elif name == "range_vox":
-            value = tuple(float(v) for v in value)
+        elif name in ("range_vox", "breathing_si_mm"):
+            try:
+                value = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                raise InputError(f"config {sub}: expected a list of numbers, got {value!r}") from None
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -206,6 +210,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         value = getattr(cfg.train, key)
         if not isinstance(value, int) or value < least:
             raise InputError(f"config: train.{key} must be an integer of at least {least}, not {value!r}")
+    syn = cfg.synthesis
+    for key in ("identity_fraction", "breathing_fraction"):
+        value = getattr(syn, key)
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise InputError(f"config: synthesis.{key} must be a share from 0 to 1, not {value!r}")
+    if not isinstance(syn.identity_scale, (int, float)) or not 0.0 <= syn.identity_scale <= 1.0:
+        raise InputError(f"config: synthesis.identity_scale must be from 0 to 1, not {syn.identity_scale!r}")
+    if len(syn.breathing_si_mm) != 2 or not 0.0 <= syn.breathing_si_mm[0] <= syn.breathing_si_mm[1]:
+        raise InputError("config: synthesis.breathing_si_mm must be [low, high] mm with 0 <= low <= high, not "
+                         f"{list(syn.breathing_si_mm)}")
+    if cfg.train.init_model and cfg.train.mode != "baseline":
+        raise InputError("config: train.init_model fine-tunes a grown network: it needs train.mode baseline "
+                         f"(every level at once), not {cfg.train.mode!r}")
     return cfg
 
 

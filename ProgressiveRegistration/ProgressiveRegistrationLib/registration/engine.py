@@ -153,8 +153,8 @@ def network_field(model: Model, fixed_hu: torch.Tensor, moving_hu: torch.Tensor,
     CPU, and the first pass's input ``(1, 2, N, N, N)`` (fixed, moving).
 
     ``fixed_hu``, ``moving_hu``: the two crops, ``(N, N, N)`` HU. ``passes`` > 1 is a cascade:
-    each further pass registers the fixed crop to the moving crop warped by the field so far,
-    and the fields compose exactly (``u = u_k + u(x + u_k)``, in crop voxels). An aligned pair
+    each further pass registers the fixed crop to the moving crop warped by the field so far
+    ``u``, and its field ``v`` composes exactly: ``u ← v + u(x + v)`` (crop voxels). An aligned pair
     stays exactly the identity: the warped crop is the moving crop plus the change of its
     samples, so a zero field leaves its bits as they are."""
     if passes < 1:
@@ -190,6 +190,8 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     """
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
+    if network_passes < 1:
+        raise InputError(f"network passes: {network_passes} (at least 1)")
     given = tuple(given_mask(mask, image, name) if mask is not None else None
                   for mask, image, name in zip(masks, (fixed, moving), mask_names))
     moving_grid = Grid.from_image(moving)

@@ -16,7 +16,7 @@ import torch
 
 from ..core.atomic import write_file
 from ..core.errors import InputError, write_error
-from ..model.config import Config, NetworkConfig, config_from_dict
+from ..model.config import Config, NetworkConfig, SynthesisConfig, config_from_dict
 from ..model.modelfile import load_model, save_model
 from ..model.network import ProgressiveUNet
 
@@ -63,13 +63,17 @@ def restore(state: dict, models: dict[str, torch.nn.Module], optims: dict[str, t
     return state["iteration"], state["log"]
 
 
-def initial_weights(path: str | Path, network: NetworkConfig) -> dict[str, torch.Tensor]:
+def initial_weights(path: str | Path, network: NetworkConfig, synthesis: SynthesisConfig) -> dict[str, torch.Tensor]:
     """The U-Net weights of the model file ``path`` (``train.init_model``: fine-tuning), batch
-    norms unfolded; InputError where the file's network is not ``network``."""
-    net = load_model(path, fold_bn=False).net
-    if net.cfg != network:
-        raise InputError(f"train.init_model: {path} holds the network {net.cfg}, the config asks {network}")
-    return {k: v.contiguous() for k, v in net.state_dict().items()}
+    norms unfolded; InputError where the file's network is not ``network`` or its input (grid
+    size, crop margin, input scale) is not ``synthesis``'s."""
+    model = load_model(path, fold_bn=False)
+    if model.net.cfg != network:
+        raise InputError(f"train.init_model: {path} holds the network {model.net.cfg}, the config asks {network}")
+    if model.synthesis.inference_input() != synthesis.inference_input():
+        raise InputError(f"train.init_model: {path} takes the input {model.synthesis.inference_input()}, the config "
+                         f"makes {synthesis.inference_input()}")
+    return {k: v.contiguous() for k, v in model.net.state_dict().items()}
 
 
 def export_models(models: dict[str, ProgressiveUNet], cfg: Config, iteration: int, out: Path, suffix: str = ""

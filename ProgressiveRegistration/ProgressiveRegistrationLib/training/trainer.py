@@ -121,7 +121,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         prog = ProgressiveUNet(cfg.network)
         if tc.init_model:
-            prog.unet.load_state_dict(initial_weights(tc.init_model, cfg.network))
+            prog.unet.load_state_dict(initial_weights(tc.init_model, cfg.network, cfg.synthesis))
         # Same initial weights for both arms (paper Sec. III).
         self.models = {arm: copy.deepcopy(prog).to(self.device, memory_format=self.memory_format)
                        for arm in ARMS[tc.mode]}
