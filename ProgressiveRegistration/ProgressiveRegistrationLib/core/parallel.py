@@ -15,6 +15,7 @@ from .interrupts import interrupts_held
 T = TypeVar("T")
 R = TypeVar("R")
 
+
 def side_by_side(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """``[function(item) for item in items]``, on as many threads at once as torch's thread
     count allows (one after the other with one thread, as ``progreg batch`` workers of one

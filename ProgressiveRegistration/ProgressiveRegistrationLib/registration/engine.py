@@ -147,6 +147,12 @@ def symmetric_forward(net: torch.nn.Module, x: torch.Tensor, device) -> torch.Te
     return s.contiguous()
 
 
+def check_passes(passes: int) -> None:
+    """InputError unless the network runs at least once."""
+    if passes < 1:
+        raise InputError(f"network passes: {passes} (at least 1)")
+
+
 def network_field(model: Model, fixed_hu: torch.Tensor, moving_hu: torch.Tensor, device, passes: int = 1
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's field from the fixed to the moving crop, ``(3, N, N, N)`` crop voxels, on the
@@ -157,8 +163,7 @@ def network_field(model: Model, fixed_hu: torch.Tensor, moving_hu: torch.Tensor,
     ``u``, and its field ``v`` composes exactly: ``u ← v + u(x + v)`` (crop voxels). An aligned pair
     stays exactly the identity: the warped crop is the moving crop plus the change of its
     samples, so a zero field leaves its bits as they are."""
-    if passes < 1:
-        raise InputError(f"network passes: {passes} (at least 1)")
+    check_passes(passes)
     first = torch.stack([network_input(fixed_hu, model.synthesis), network_input(moving_hu, model.synthesis)])[None]
     u_vox = symmetric_forward(model.net, first, device)
     if passes > 1:
@@ -190,8 +195,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, model: Model | None =
     """
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
-    if network_passes < 1:
-        raise InputError(f"network passes: {network_passes} (at least 1)")
+    check_passes(network_passes)
     given = tuple(given_mask(mask, image, name) if mask is not None else None
                   for mask, image, name in zip(masks, (fixed, moving), mask_names))
     moving_grid = Grid.from_image(moving)

@@ -120,7 +120,7 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         prog = ProgressiveUNet(cfg.network)
-        if tc.init_model:
+        if tc.init_model and not resume:  # a resumed run's weights come from its checkpoint
             prog.unet.load_state_dict(initial_weights(tc.init_model, cfg.network, cfg.synthesis))
         # Same initial weights for both arms (paper Sec. III).
         self.models = {arm: copy.deepcopy(prog).to(self.device, memory_format=self.memory_format)
