@@ -203,8 +203,11 @@ def test_working_within_the_weighted_rows_gives_the_same_bits(small_pairs):
                 assert lo == hi == 0
 
 
-def test_the_refinement_equals_the_torch_path_after_some_iterations(small_pairs, monkeypatch):
-    config = R.RefineConfig(levels_mm=(8.0, 5.0), iterations=(8, 8))
+@pytest.mark.parametrize("coarse_smoothness", [1.0, 0.3])
+def test_the_refinement_equals_the_torch_path_after_some_iterations(small_pairs, monkeypatch, coarse_smoothness):
+    config = R.RefineConfig(levels_mm=(8.0, 5.0), iterations=(8, 8), coarse_smoothness=coarse_smoothness)
+    # A less smooth first level lets Adam carry the two paths' rounding further apart.
+    bound = {1.0: (2e-4, 1e-2), 0.3: (4e-4, 5e-2)}[coarse_smoothness]
     calls = []
     original = R._grid_sample
     monkeypatch.setattr(R, "_grid_sample", lambda *a: calls.append(1) or original(*a))
@@ -224,8 +227,10 @@ def test_the_refinement_equals_the_torch_path_after_some_iterations(small_pairs,
         # node's step, so a rare node whose gradient is near zero can take a different step
         # from a rounding difference; the bound is on all but 0.1 %.
         diff = (generic.v_mm - compiled.v_mm).abs().reshape(-1)
-        assert float(diff.mean()) < 2e-4 and float(torch.quantile(diff, 0.999)) < 1e-2, (name, float(diff.mean()))
+        assert float(diff.mean()) < bound[0] and float(torch.quantile(diff, 0.999)) < bound[1], (name, float(diff.mean()))
         for a, b in zip(compiled.levels, generic.levels):
+            assert a["smoothness"] == b["smoothness"]
+            assert a["diffusion"] == pytest.approx(b["diffusion"], rel=1e-2)
             assert a["ncc2_before"] == pytest.approx(b["ncc2_before"], abs=2e-4)
             assert a["ncc2_after"] == pytest.approx(b["ncc2_after"], abs=2e-4)
 

@@ -177,6 +177,43 @@ def test_identical_images_stay_identical(known_pair):
         assert all(lv.get("ncc2_after", 1.0) == pytest.approx(1.0) for lv in r.levels)
 
 
+def test_the_coarse_levels_take_the_coarse_smoothness(known_pair):
+    """λ is ``coarse_smoothness`` before the last level and ``smoothness`` at it: with one level
+    the coarse value plays no part, with two it changes the result."""
+    fixed, moving, _, _ = known_pair
+    masks = thorax_masks(fixed)
+    args = (Grid.from_image(fixed), lambda g: np.zeros((*g.shape_zyx, 3), np.float32), lambda g: mask_on(masks.body, g))
+
+    def run(levels, coarse):
+        return R.refine(fixed, moving, *args, RC.RefineConfig(levels_mm=levels, iterations=(20,) * len(levels),
+                                                              coarse_smoothness=coarse))
+
+    assert torch.equal(run((8.0,), 0.0).v_mm, run((8.0,), 1.0).v_mm)
+    stiff, loose = run((8.0, 4.0), 1.0), run((8.0, 4.0), 0.05)
+    assert [lv["smoothness"] for lv in loose.levels] == [0.05, 1.0]
+    assert [lv["smoothness"] for lv in stiff.levels] == [1.0, 1.0]
+    assert stiff.levels[0]["diffusion"] < loose.levels[0]["diffusion"]  # less λ, a rougher field
+    assert not torch.equal(stiff.v_mm, loose.v_mm)
+
+
+def test_where_the_last_level_is_skipped_the_level_before_takes_the_final_smoothness():
+    """5-mm voxels: the 4-mm and the 2-mm level both run on the voxels themselves, so the 2-mm
+    level is skipped, and the 4-mm level, the last that runs, must not keep the coarse λ."""
+    image = generate(7, (40, 36, 16), (5.0, 5.0, 5.0)).image
+    masks = thorax_masks(image)
+    out = R.refine(image, image, Grid.from_image(image), lambda g: np.zeros((*g.shape_zyx, 3), np.float32),
+                   lambda g: mask_on(masks.body, g),
+                   RC.RefineConfig(levels_mm=(16.0, 8.0, 4.0, 2.0), iterations=(1, 1, 1, 1), coarse_smoothness=0.3))
+    assert [lv.get("smoothness") for lv in out.levels] == [0.3, 0.3, 1.0, None]
+    assert "skipped" in out.levels[-1]
+
+
+def test_smoothness_must_not_be_negative():
+    for bad in ({"smoothness": -1.0}, {"coarse_smoothness": -0.1}, {"coarse_smoothness": float("nan")}):
+        with pytest.raises(InputError):
+            RC.RefineConfig(**bad)
+
+
 def test_progress_reports_every_level(known_pair):
     fixed, moving, _, _ = known_pair
     masks = thorax_masks(fixed)
@@ -192,7 +229,7 @@ def test_option_parsing():
     assert RC.parse_levels("8, 4,2") == (8.0, 4.0, 2.0)
     assert RC.parse_iterations("50", 3) == (50, 50, 50)
     assert RC.config_from_options("4,2", None).iterations == (RC.ITERATIONS_PER_LEVEL,) * 2
-    assert RC.config_from_options(None, "10") == RC.RefineConfig(iterations=(10, 10, 10))
+    assert RC.config_from_options(None, "10") == RC.RefineConfig(iterations=(10,) * len(RC.DEFAULT.levels_mm))
     for bad in ("", "4,x", "-2", "0", "nan"):
         with pytest.raises(InputError):
             RC.parse_levels(bad)

@@ -430,10 +430,17 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
     v: torch.Tensor | None = None
     grid: Grid | None = None
     record = []
+    n_levels = len(config.levels_mm)
+    all_factors = [(shrink_factors(fixed, spacing, level == n_levels - 1),
+                    shrink_factors(moving, spacing, level == n_levels - 1))
+                   for level, spacing in enumerate(config.levels_mm)]
+    # The last level that runs takes the final smoothness (RefineConfig.at_level), also where
+    # the images are too coarse for the nominal last level and it is skipped.
+    last_run = max(level for level in range(n_levels) if level == 0 or all_factors[level] != all_factors[level - 1])
     factors = None
     for level, (spacing, iterations) in enumerate(zip(config.levels_mm, config.iterations)):
-        finest = level == len(config.levels_mm) - 1
-        level_factors = shrink_factors(fixed, spacing, finest), shrink_factors(moving, spacing, finest)
+        finest = level == n_levels - 1
+        level_factors = all_factors[level]
         if level_factors == factors:
             # The images are coarser than this level: it would repeat the previous one.
             done += iterations
@@ -454,16 +461,18 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
 
         def tick(it: int, similarity: float, level=level, cells=cells, iterations=iterations, done=done) -> None:
             if (it + 1) % max(1, iterations // 10) == 0 or it + 1 == iterations:
-                report((done + it + 1) / total, f"refining: level {level + 1}/{len(config.levels_mm)} "
+                report((done + it + 1) / total, f"refining: level {level + 1}/{n_levels} "
                                                 f"({cells} mm cells), iteration {it + 1}/{iterations}, "
                                                 f"NCC² {similarity:.3f}")
 
         optimise = _adam_compiled if compiled else _adam_torch
-        v, start, end, smooth = optimise(lv, v0, config, iterations, slabs, tick)
+        level_config = config.at_level(level == last_run)
+        v, start, end, smooth = optimise(lv, v0, level_config, iterations, slabs, tick)
         done += iterations
         record.append({"spacing_mm": [round(s, 3) for s in grid.spacing_mm], "size": list(grid.size),
                        "iterations": int(iterations), "ncc2_before": round(start, 4), "ncc2_after": round(end, 4),
-                       "diffusion": round(smooth, 6), "seconds": round(time.perf_counter() - t0, 3),
+                       "diffusion": round(smooth, 6), "smoothness": level_config.smoothness,
+                       "seconds": round(time.perf_counter() - t0, 3),
                        "setup_seconds": round(t_setup, 3)})
         del lv
     return Refinement(v.cpu(), grid, record)
