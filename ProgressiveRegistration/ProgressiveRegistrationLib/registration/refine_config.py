@@ -31,8 +31,8 @@ class RefineConfig:
     #: λ at the levels before the last. Lower, so that the coarse levels can follow the steep
     #: change of the motion near the diaphragm, which a stiff field under-estimates (the
     #: phantoms' worst landmarks, at the lung base); the last level's λ then smooths what
-    #: they leave (folding stays within 0.01 %; 0.1 here folded more, 0.5 everywhere
-    #: folded 0.03-0.12 %).
+    #: they leave (folding at most 0.01 % of the body on the benchmarks' pairs; 0.1 here folded
+    #: more, 0.5 at every level 0.03-0.12 %; ``docs/CONVENTIONS.md``, "Refinement").
     coarse_smoothness: float = 0.3
     #: Adam step size, mm of displacement.
     learning_rate_mm: float = 0.5
@@ -65,10 +65,10 @@ class RefineConfig:
         if not all(np.isfinite(w) and w >= 0 for w in (self.smoothness, self.coarse_smoothness)):
             raise InputError(f"refinement smoothness {self.smoothness}, {self.coarse_smoothness}: must be >= 0")
 
-    def at_level(self, finest: bool) -> "RefineConfig":
+    def at_level(self, last: bool) -> RefineConfig:
         """The settings of one level: the last level's λ is ``smoothness``, the others'
         ``coarse_smoothness``."""
-        return self if finest else replace(self, smoothness=self.coarse_smoothness)
+        return self if last else replace(self, smoothness=self.coarse_smoothness)
 
 
 #: The default refinement (frozen, so it can serve as a default argument).
