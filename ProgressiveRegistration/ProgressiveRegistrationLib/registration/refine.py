@@ -431,23 +431,20 @@ def refine(fixed: sitk.Image, moving: sitk.Image, crop: Grid, network_disp: Call
     grid: Grid | None = None
     record = []
     n_levels = len(config.levels_mm)
-    all_factors = [(shrink_factors(fixed, spacing, level == n_levels - 1),
-                    shrink_factors(moving, spacing, level == n_levels - 1))
-                   for level, spacing in enumerate(config.levels_mm)]
+    factors = [(shrink_factors(fixed, spacing, level == n_levels - 1), shrink_factors(moving, spacing, level == n_levels - 1))
+               for level, spacing in enumerate(config.levels_mm)]
+    # A level whose images are no finer than the previous level's would repeat it: skipped.
+    runs = [level == 0 or factors[level] != factors[level - 1] for level in range(n_levels)]
     # The last level that runs takes the final smoothness (RefineConfig.at_level), also where
     # the images are too coarse for the nominal last level and it is skipped.
-    last_run = max(level for level in range(n_levels) if level == 0 or all_factors[level] != all_factors[level - 1])
-    factors = None
+    last_run = max(level for level in range(n_levels) if runs[level])
     for level, (spacing, iterations) in enumerate(zip(config.levels_mm, config.iterations)):
         finest = level == n_levels - 1
-        level_factors = all_factors[level]
-        if level_factors == factors:
-            # The images are coarser than this level: it would repeat the previous one.
+        if not runs[level]:
             done += iterations
             record.append({"spacing_mm": record[-1]["spacing_mm"], "size": record[-1]["size"], "iterations": 0,
                            "skipped": "the images are no finer than the previous level"})
             continue
-        factors = level_factors
         t0 = time.perf_counter()
         compiled = fused.available() and device.type == "cpu"
         lv = _level(fixed, moving, lo, hi, spacing, config, network_disp, body_mask, device, compiled, finest, lungs)
